@@ -1,0 +1,1 @@
+"""The Seed IDP services, one package each; `python -m services.<name>` runs one."""

@@ -1,0 +1,1 @@
+"""Audit: persists every event of the suite in a tamper-evident, queryable trail."""

@@ -1,0 +1,3 @@
+from services.identity_sync.app import main
+
+main()

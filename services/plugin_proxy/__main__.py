@@ -1,0 +1,3 @@
+from services.plugin_proxy.app import main
+
+main()

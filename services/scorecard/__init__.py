@@ -1,0 +1,1 @@
+"""Scorecard: checks, scores and levels, driven by the event stream (only the consumer exists so far)."""

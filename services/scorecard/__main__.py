@@ -1,0 +1,3 @@
+from services.scorecard.app import main
+
+main()

@@ -1,0 +1,4 @@
+"""Workflow: templates and durable pipeline executions.
+
+Not built yet: health, readiness and its schema only.
+"""

@@ -1,0 +1,1 @@
+"""Library code shared by every Seed IDP service; it knows no service's domain."""
