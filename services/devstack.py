@@ -15,6 +15,7 @@ import os
 import secrets
 import signal
 import socket
+import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
@@ -163,6 +164,62 @@ async def _wait_ready(services: list[ServiceProcess], timeout: float) -> list[st
     return sorted(pending)
 
 
+@dataclass
+class Stack:
+    """Everything `idp up` started, so that stopping undoes exactly that, in reverse order."""
+
+    data_dir: Path
+    nats_server: EmbeddedNats | None = None
+    postgres: EmbeddedPostgres | None = None
+    services: list[ServiceProcess] = field(default_factory=list)
+    supervisors: list[asyncio.Task] = field(default_factory=list)
+
+    async def start_servers(self) -> tuple[str, str]:
+        """NATS and PostgreSQL URLs: from `IDP_NATS_URL`/`IDP_DATABASE_URL`, or embedded servers."""
+        nats_url = os.environ.get("IDP_NATS_URL")
+        if not nats_url:
+            self.nats_server = await asyncio.to_thread(EmbeddedNats(self.data_dir / "nats").start)
+            nats_url = self.nats_server.url
+        database_url = os.environ.get("IDP_DATABASE_URL")
+        if not database_url:
+            self.postgres = await asyncio.to_thread(EmbeddedPostgres(self.data_dir / "postgres").start)
+            await asyncio.to_thread(self.postgres.create_database, "idp")
+            database_url = self.postgres.url("idp")
+        return nats_url, database_url
+
+    async def start_services(self, env: dict[str, str]) -> None:
+        (self.data_dir / "logs").mkdir(exist_ok=True)
+        for name in SERVICES:
+            port = PREFERRED_PORTS[name] if _port_is_free(PREFERRED_PORTS[name]) else free_port()
+            self.services.append(
+                ServiceProcess(name, port, {**env, "IDP_HTTP_PORT": str(port)}, self.data_dir / "logs" / f"{name}.log")
+            )
+        for svc in self.services:
+            await svc.start()
+        self.supervisors = [asyncio.create_task(svc.supervise()) for svc in self.services]
+
+    def state(self, token: str, nats_url: str, database_url: str) -> dict[str, Any]:
+        return {
+            "pid": os.getpid(),
+            "data_dir": str(self.data_dir),
+            "services": {s.name: {"url": s.url, "pid": s.process.pid if s.process else None} for s in self.services},
+            "token": token,
+            "nats_url": nats_url,
+            "database_url": database_url,
+            "nats_pid": self.nats_server.pid if self.nats_server else None,
+            "postgres_pid": self.postgres.pid if self.postgres else None,
+        }
+
+    async def stop(self) -> None:
+        for task in self.supervisors:
+            task.cancel()
+        await asyncio.gather(*(svc.stop() for svc in self.services))
+        if self.nats_server:
+            await asyncio.to_thread(self.nats_server.stop)
+        if self.postgres:
+            await asyncio.to_thread(self.postgres.stop)
+
+
 async def up(data_dir: Path) -> int:
     """Start everything, wait until ready, print where it is, and run until SIGINT/SIGTERM."""
     data_dir.mkdir(parents=True, exist_ok=True)
@@ -173,23 +230,24 @@ async def up(data_dir: Path) -> int:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-
-    nats_server = postgres = None
-    services: list[ServiceProcess] = []
-    supervisors: list[asyncio.Task] = []
+    stack = Stack(data_dir)
     try:
-        nats_url = os.environ.get("IDP_NATS_URL")
-        if not nats_url:
-            nats_server = await asyncio.to_thread(EmbeddedNats(data_dir / "nats").start)
-            nats_url = nats_server.url
-        database_url = os.environ.get("IDP_DATABASE_URL")
-        if not database_url:
-            postgres = await asyncio.to_thread(EmbeddedPostgres(data_dir / "postgres").start)
-            await asyncio.to_thread(postgres.create_database, "idp")
-            database_url = postgres.url("idp")
-        token = dev_token(data_dir)
-        (data_dir / "logs").mkdir(exist_ok=True)
-        base_env = {
+        return await _run(stack, stop)
+    except (RuntimeError, OSError, subprocess.CalledProcessError) as exc:
+        print(f"idp up failed: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        print("stopping the suite ...", flush=True)
+        await stack.stop()
+        (data_dir / STATE_FILE).unlink(missing_ok=True)
+        print("stopped", flush=True)
+
+
+async def _run(stack: Stack, stop: asyncio.Event) -> int:
+    nats_url, database_url = await stack.start_servers()
+    token = dev_token(stack.data_dir)
+    await stack.start_services(
+        {
             **os.environ,
             "IDP_NATS_URL": nats_url,
             "IDP_DATABASE_URL": database_url,
@@ -197,52 +255,27 @@ async def up(data_dir: Path) -> int:
             "IDP_HTTP_HOST": "127.0.0.1",
             "IDP_ENVIRONMENT": "development",
         }
-        for name in SERVICES:
-            port = PREFERRED_PORTS[name] if _port_is_free(PREFERRED_PORTS[name]) else free_port()
-            services.append(
-                ServiceProcess(name, port, {**base_env, "IDP_HTTP_PORT": str(port)}, data_dir / "logs" / f"{name}.log")
-            )
-        for svc in services:
-            await svc.start()
-        supervisors = [asyncio.create_task(svc.supervise()) for svc in services]
-        waiting = asyncio.create_task(_wait_ready(services, READY_TIMEOUT))
-        await asyncio.wait([waiting, asyncio.create_task(stop.wait())], return_when=asyncio.FIRST_COMPLETED)
-        if stop.is_set():
-            waiting.cancel()
-            return 0
-        not_ready = waiting.result()
-        if not_ready:
-            for svc in services:
-                if svc.name in not_ready:
-                    print(f"! {svc.name} is not ready after {READY_TIMEOUT:.0f}s; last log lines:\n{svc.tail()}")
-            return 1
-        state = {
-            "pid": os.getpid(),
-            "data_dir": str(data_dir),
-            "services": {s.name: {"url": s.url, "pid": s.process.pid if s.process else None} for s in services},
-            "token": token,
-            "nats_url": nats_url,
-            "database_url": database_url,
-            "nats_pid": nats_server.pid if nats_server else None,
-            "postgres_pid": postgres.pid if postgres else None,
-        }
-        state_path = data_dir / STATE_FILE
-        state_path.write_text(json.dumps(state, indent=2))
-        state_path.chmod(0o600)
-        _print_summary(state)
-        await stop.wait()
+    )
+    waiting = asyncio.create_task(_wait_ready(stack.services, READY_TIMEOUT))
+    stopping = asyncio.create_task(stop.wait())
+    await asyncio.wait([waiting, stopping], return_when=asyncio.FIRST_COMPLETED)
+    if stop.is_set():
+        waiting.cancel()
         return 0
-    finally:
-        print("stopping the suite ...", flush=True)
-        for task in supervisors:
-            task.cancel()
-        await asyncio.gather(*(svc.stop() for svc in services))
-        if nats_server:
-            await asyncio.to_thread(nats_server.stop)
-        if postgres:
-            await asyncio.to_thread(postgres.stop)
-        (data_dir / STATE_FILE).unlink(missing_ok=True)
-        print("stopped", flush=True)
+    stopping.cancel()
+    not_ready = waiting.result()
+    if not_ready:
+        for svc in stack.services:
+            if svc.name in not_ready:
+                print(f"! {svc.name} is not ready after {READY_TIMEOUT:.0f}s; last log lines:\n{svc.tail()}")
+        return 1
+    state = stack.state(token, nats_url, database_url)
+    state_path = stack.data_dir / STATE_FILE
+    state_path.write_text(json.dumps(state, indent=2))
+    state_path.chmod(0o600)
+    _print_summary(state)
+    await stop.wait()
+    return 0
 
 
 def _print_summary(state: dict[str, Any]) -> None:

@@ -169,7 +169,7 @@ async def run_consumer(js: JetStreamContext, spec: ConsumerSpec, handle: BatchHa
     while True:
         try:
             messages = await subscription.fetch(batch=spec.batch_size, timeout=1.0)
-        except nats.errors.TimeoutError:
+        except TimeoutError:  # nats' own TimeoutError and the builtin one both mean "no messages yet"
             continue
         except (
             nats.errors.ConnectionClosedError,

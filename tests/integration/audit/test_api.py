@@ -40,7 +40,9 @@ async def test_filters_select_the_right_events(audit, http):
 
     assert len((await get_items(http, audit, scope="account.acme"))["items"]) == 12
     assert len((await get_items(http, audit, scope="account.acme", include_subscopes="false"))["items"]) == 6
-    assert len((await get_items(http, audit, actor="user-3"))["items"]) == len([e for e in events if e.actor.id == "user-3"])
+    assert len((await get_items(http, audit, actor="user-3"))["items"]) == len(
+        [e for e in events if e.actor.id == "user-3"]
+    )
     assert [i["id"] for i in (await get_items(http, audit, resource_kind="thing", resource_id="thing-7"))["items"]] == [
         events[7].id
     ]
@@ -104,9 +106,13 @@ async def test_settings_change_is_an_event_that_audit_records(audit, http):
     async with http.get(f"{audit.url}/api/audit/settings") as r:
         etag = r.headers["ETag"]
         assert (await r.json())["retention_days"] == 365
-    async with http.put(f"{audit.url}/api/audit/settings", json={"retention_days": 30}, headers={"If-Match": etag}) as r:
+    async with http.put(
+        f"{audit.url}/api/audit/settings", json={"retention_days": 30}, headers={"If-Match": etag}
+    ) as r:
         assert r.status == 200 and (await r.json())["retention_days"] == 30
-    async with http.put(f"{audit.url}/api/audit/settings", json={"retention_days": 31}, headers={"If-Match": etag}) as r:
+    async with http.put(
+        f"{audit.url}/api/audit/settings", json={"retention_days": 31}, headers={"If-Match": etag}
+    ) as r:
         assert r.status == 412
         assert r.content_type == "application/problem+json"
 
@@ -147,16 +153,20 @@ async def test_bad_input_gets_problem_json_naming_the_field(audit, http, method,
 
 
 async def test_wrong_content_type_and_oversized_body(audit, http):
-    async with http.put(f"{audit.url}/api/audit/settings", data="retention_days=3",
-                        headers={"Content-Type": "application/x-www-form-urlencoded"}) as r:
+    async with http.put(
+        f"{audit.url}/api/audit/settings",
+        data="retention_days=3",
+        headers={"Content-Type": "application/x-www-form-urlencoded"},
+    ) as r:
         assert r.status == 415 and r.content_type == "application/problem+json"
     big = b'{"retention_days": 3, "pad": "' + b"x" * (5 * 1024 * 1024) + b'"}'
     async with http.put(f"{audit.url}/api/audit/settings", data=big, headers={"Content-Type": "application/json"}) as r:
         assert r.status == 413 and r.content_type == "application/problem+json"
 
 
-@pytest.mark.parametrize("path", ["/api/audit/events", "/api/audit/export", "/api/audit/verify",
-                                  "/api/audit/stats", "/api/audit/settings"])
+@pytest.mark.parametrize(
+    "path", ["/api/audit/events", "/api/audit/export", "/api/audit/verify", "/api/audit/stats", "/api/audit/settings"]
+)
 async def test_routes_require_authentication(audit, anonymous_http, path):
     async with anonymous_http.get(f"{audit.url}{path}") as r:
         assert r.status == 401 and r.content_type == "application/problem+json"

@@ -29,7 +29,7 @@ async def test_published_events_are_persisted_once_even_when_republished(audit):
 async def test_append_is_idempotent_by_event_id(audit):
     events = [sample_event(i) for i in range(20)]
     assert await service.append_events(audit.deps.pool, events) == 20
-    assert await service.append_events(audit.deps.pool, events[5:15] + [events[0], events[0]]) == 0
+    assert await service.append_events(audit.deps.pool, [*events[5:15], events[0], events[0]]) == 0
     assert await count(audit) == 20
     assert (await service.verify_chain(audit.deps.pool)).ok
 

@@ -86,7 +86,9 @@ def test_masking_walks_nested_documents_and_lists():
 def test_record_from_event_masks_and_keeps_trace_id():
     event = msgspec.structs.replace(
         sample_event(1, secret="s3cret"),
-        trace=msgspec.convert({"traceparent": "00-" + "ab" * 16 + "-" + "cd" * 8 + "-01"}, type=type(sample_event().trace)),
+        trace=msgspec.convert(
+            {"traceparent": "00-" + "ab" * 16 + "-" + "cd" * 8 + "-01"}, type=type(sample_event().trace)
+        ),
     )
     record = record_from_event(event)
     assert record.data["secret"] == "***"

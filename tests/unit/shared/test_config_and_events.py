@@ -26,7 +26,7 @@ def test_a_bad_value_is_one_line_naming_the_variable():
 
 
 def test_a_missing_value_names_the_variable():
-    with pytest.raises(ConfigError, match="^IDP_NATS_URL is required$"):
+    with pytest.raises(ConfigError, match=r"^IDP_NATS_URL is required$"):
         load_settings(BaseSettings, {"IDP_DATABASE_URL": "postgresql://x/db"})
 
 
@@ -59,8 +59,9 @@ def test_event_round_trips_and_ids_are_time_ordered_uuid7():
 
 
 def test_event_time_must_carry_an_offset():
-    raw = msgspec.json.decode(encode_event(new_event("a.b.c", source="t", actor=Actor("system", "s"),
-                                                     resource=ResourceRef("x", "1"))))
+    raw = msgspec.json.decode(
+        encode_event(new_event("a.b.c", source="t", actor=Actor("system", "s"), resource=ResourceRef("x", "1")))
+    )
     raw["time"] = dt.datetime(2026, 1, 1).isoformat()
     with pytest.raises(msgspec.ValidationError, match="time"):
         decode_event(msgspec.json.encode(raw))
