@@ -142,8 +142,13 @@ async def one_run(nats_url: str, database_url: str, args: argparse.Namespace) ->
 
 
 def start_audit(nats_url: str, database_url: str, log_path: Path) -> subprocess.Popen:
-    env = {**os.environ, "IDP_NATS_URL": nats_url, "IDP_DATABASE_URL": database_url,
-           "IDP_HTTP_PORT": str(free_port()), "IDP_LOG_LEVEL": "WARNING"}
+    env = {
+        **os.environ,
+        "IDP_NATS_URL": nats_url,
+        "IDP_DATABASE_URL": database_url,
+        "IDP_HTTP_PORT": str(free_port()),
+        "IDP_LOG_LEVEL": "WARNING",
+    }
     with open(log_path, "ab") as log:
         return subprocess.Popen([sys.executable, "-m", "services.audit"], env=env, cwd=ROOT, stdout=log, stderr=log)
 

@@ -166,7 +166,11 @@ async def run_consumer(js: JetStreamContext, spec: ConsumerSpec, handle: BatchHa
         max_ack_pending=spec.batch_size * 8,
     )
     subscription = await js.pull_subscribe(spec.filter_subject, durable=spec.durable, stream=spec.stream, config=config)
+    task = asyncio.current_task()
     while True:
+        if task is not None and task.cancelling():
+            # Python 3.11's asyncio.wait_for (inside nats-py's fetch) can swallow a cancellation; honour it here.
+            raise asyncio.CancelledError
         try:
             messages = await subscription.fetch(batch=spec.batch_size, timeout=1.0)
         except TimeoutError:  # nats' own TimeoutError and the builtin one both mean "no messages yet"

@@ -139,10 +139,12 @@ async def _close_nats(nc: NatsClient) -> None:
         await nc.close()
 
 
-async def _cancel(tasks: list[asyncio.Task]) -> None:
+async def _cancel(tasks: list[asyncio.Task], timeout: float = 10.0) -> None:
     for task in tasks:
         task.cancel()
-    await asyncio.gather(*tasks, return_exceptions=True)
+    _, stuck = await asyncio.wait(tasks, timeout=timeout)
+    for task in stuck:
+        log.error("task %s did not stop within %.0fs of cancellation", task.get_name(), timeout)
 
 
 async def _serve_until_stopped(definition: ServiceDefinition, settings: BaseSettings) -> int:

@@ -13,7 +13,6 @@ import pytest_asyncio
 
 from shared import bus, db
 from shared.db import transaction
-from shared.embedded import EmbeddedNats
 from shared.errors import NotFoundError, ServiceUnavailableError
 from shared.events import Event, decode_event
 from shared.outbox import OutboxRelay, write_event
@@ -112,7 +111,7 @@ async def test_relay_survives_nats_being_down_and_drains_the_backlog(pool, nats_
                 await write_event(conn, sample_event(i))
         await asyncio.sleep(1.5)
         assert await pool.fetchval("SELECT count(*) FROM outbox WHERE sent_at IS NULL") == 20
-        EmbeddedNats(nats_server.data_dir, port=nats_server.port).start()
+        nats_server.start()  # same port and store; the fixture stops it
         await eventually(lambda: pending_is(pool, 0), timeout=30)
     assert len(await stream_events(js)) == 20
     await nc.close()
