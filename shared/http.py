@@ -46,7 +46,8 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 ReadinessCheck = Callable[[], Awaitable[str | None]]
 T = TypeVar("T")
 
-PRINCIPAL_KEY = "idp.principal"
+PRINCIPAL_KEY = web.RequestKey("idp.principal", Principal)
+REQUEST_ID_KEY = web.RequestKey("idp.request_id", str)
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._\-]{1,128}$")
 _json = msgspec.json.Encoder()
 
@@ -149,7 +150,7 @@ def problem_response(error: ProblemError, request: web.Request) -> web.Response:
     }
     if error.errors:
         body["errors"] = [{"field": e.field, "message": e.message} for e in error.errors]
-    request_id = request.get("request_id")
+    request_id = request.get(REQUEST_ID_KEY)
     if request_id:
         body["request_id"] = request_id
     headers = {"WWW-Authenticate": 'Bearer realm="idp"'} if error.status == 401 else None
@@ -171,7 +172,7 @@ def _problem_from_http_exception(exc: web.HTTPException) -> ProblemError:
 async def request_context_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Request id in and out, errors as problem+json, and the duration histogram."""
     incoming = request.headers.get("X-Request-Id", "")
-    request["request_id"] = incoming if _REQUEST_ID.match(incoming) else uuid.uuid4().hex
+    request[REQUEST_ID_KEY] = incoming if _REQUEST_ID.match(incoming) else uuid.uuid4().hex
     started = time.perf_counter()
     try:
         response = await handler(request)
@@ -190,7 +191,7 @@ async def request_context_middleware(request: web.Request, handler: Handler) -> 
         log.exception("unhandled error in %s %s", request.method, request.path)
         response = problem_response(ProblemError("internal error"), request)
     if not response.prepared:
-        response.headers["X-Request-Id"] = request["request_id"]
+        response.headers["X-Request-Id"] = request[REQUEST_ID_KEY]
     route = request.match_info.route.resource
     HTTP_DURATION.labels(route.canonical if route else "unmatched", request.method, str(response.status)).observe(
         time.perf_counter() - started

@@ -83,8 +83,9 @@ async def test_retention_prunes_a_prefix_and_the_rest_still_verifies(audit):
         sample_event(i) for i in range(30, 40)
     ]
     await service.append_events(pool, events)
-    assert await service.prune_expired(pool) == 30
+    await service.prune_expired(pool)  # the service's own startup run may have pruned them already
     assert await count(audit) == 10
+    assert await pool.fetchval("SELECT sum(pruned) FROM audit.checkpoints") == 30
     result = await service.verify_chain(pool)
     assert result.ok and result.from_seq == 31 and result.checked == 10
     await service.append_events(pool, [sample_event(50)])
