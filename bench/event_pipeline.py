@@ -1,6 +1,7 @@
 """Event pipeline benchmark: outbox -> relay -> JetStream -> audit, against the raw JetStream publish rate.
 
     python bench/event_pipeline.py [--events 100000] [--paced-rate 2000] [--paced-seconds 10] [--runs 3]
+                                   [--audit-replicas 1]
 
 Starts NATS and PostgreSQL from the wheels in a temporary directory (or uses IDP_NATS_URL /
 IDP_DATABASE_URL), runs the audit service as its own process, and in this process plays an emitting
@@ -171,6 +172,7 @@ async def main() -> None:
     parser.add_argument("--paced-rate", type=float, default=2000)
     parser.add_argument("--paced-seconds", type=float, default=10)
     parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--audit-replicas", type=int, default=1, help="audit processes sharing the durable consumer")
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory(prefix="idp-bench-") as tmp:
@@ -184,7 +186,7 @@ async def main() -> None:
             postgres = EmbeddedPostgres(Path(tmp) / "postgres").start()
             postgres.create_database("bench")
             database_url = postgres.url("bench")
-        audit = start_audit(nats_url, database_url, Path(tmp) / "audit.log")
+        audits = [start_audit(nats_url, database_url, Path(tmp) / f"audit-{i}.log") for i in range(args.audit_replicas)]
         try:
             await wait_audit_ready(database_url)
             results = []
@@ -193,13 +195,15 @@ async def main() -> None:
                 results.append(result)
                 print(f"run {run + 1}: " + ", ".join(f"{k}={v:,.2f}" for k, v in result.items()), flush=True)
         finally:
-            audit.terminate()
-            audit.wait(30)
+            for audit in audits:
+                audit.terminate()
+                audit.wait(30)
             if nats_server:
                 nats_server.stop()
             if postgres:
                 postgres.stop()
-    print(f"\nmedian of {args.runs} runs, N = {args.events:,}, paced {args.paced_rate:,.0f}/s:\n")
+    print(f"\nmedian of {args.runs} runs, N = {args.events:,}, paced {args.paced_rate:,.0f}/s, "
+          f"{args.audit_replicas} audit replica(s):\n")
     print("| metric | median |\n|---|---|")
     for key in results[0]:
         print(f"| {key} | {statistics.median(r[key] for r in results):,.2f} |")

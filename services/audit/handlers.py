@@ -13,7 +13,7 @@ from shared.service import Deps
 
 log = logging.getLogger(__name__)
 
-AUDIT_CONSUMER = ConsumerSpec(durable="audit", filter_subject="idp.evt.>", batch_size=500)
+AUDIT_CONSUMER = ConsumerSpec(durable="audit", filter_subject="idp.evt.>", batch_size=1000)
 
 
 async def consume_events(deps: Deps) -> None:
