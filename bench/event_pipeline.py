@@ -202,8 +202,10 @@ async def main() -> None:
                 nats_server.stop()
             if postgres:
                 postgres.stop()
-    print(f"\nmedian of {args.runs} runs, N = {args.events:,}, paced {args.paced_rate:,.0f}/s, "
-          f"{args.audit_replicas} audit replica(s):\n")
+    print(
+        f"\nmedian of {args.runs} runs, N = {args.events:,}, paced {args.paced_rate:,.0f}/s, "
+        f"{args.audit_replicas} audit replica(s):\n"
+    )
     print("| metric | median |\n|---|---|")
     for key in results[0]:
         print(f"| {key} | {statistics.median(r[key] for r in results):,.2f} |")

@@ -131,8 +131,12 @@ class OutboxRelay:
 
     async def _listen(self) -> asyncpg.Connection:
         conn = await self.pool.acquire()
-        self._channel = "idp_outbox_" + await conn.fetchval("SELECT current_schema()")
-        await conn.add_listener(self._channel, self._on_notify)
+        try:
+            self._channel = "idp_outbox_" + await conn.fetchval("SELECT current_schema()")
+            await conn.add_listener(self._channel, self._on_notify)
+        except BaseException:  # cancelled at start-up too: the pool must get its connection back
+            await self.pool.release(conn)
+            raise
         return conn
 
     async def publish_pending(self) -> int:

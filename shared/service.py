@@ -99,7 +99,7 @@ async def running_service(
     """Open every resource of the service, serve HTTP and run its tasks; close all on exit."""
     async with contextlib.AsyncExitStack() as stack:
         pool = await db.create_pool(settings.database_url, definition.schema, size=settings.db_pool_size)
-        stack.push_async_callback(pool.close)
+        stack.push_async_callback(_close_pool, pool)
         applied = await db.apply_migrations(pool, definition.schema, definition.migrations)
         if applied:
             log.info("applied migrations: %s", ", ".join(applied))
@@ -127,6 +127,14 @@ async def running_service(
         stack.push_async_callback(_cancel, tasks)
         log.info("%s listening on http://%s:%s", definition.name, host, port)
         yield RunningService(deps=deps, url=f"http://{host}:{port}", tasks=tasks)
+
+
+async def _close_pool(pool: asyncpg.Pool, timeout: float = 10.0) -> None:
+    try:
+        await asyncio.wait_for(pool.close(), timeout)
+    except TimeoutError:
+        log.error("database connections still in use after %.0fs; closing them", timeout)
+        pool.terminate()
 
 
 async def _close_nats(nc: NatsClient) -> None:

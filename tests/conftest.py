@@ -120,3 +120,4 @@ async def anonymous_http() -> AsyncIterator[aiohttp.ClientSession]:
 def spans() -> InMemorySpanExporter:
     SPANS.clear()
     return SPANS
+
