@@ -150,7 +150,7 @@ class ConsumerSpec:
 BatchHandler = Callable[[Sequence[Event]], Awaitable[None]]
 
 
-async def run_consumer(js: JetStreamContext, spec: ConsumerSpec, handle: BatchHandler) -> None:
+async def run_consumer(nc: NatsClient, spec: ConsumerSpec, handle: BatchHandler) -> None:
     """Fetch, handle and ack forever (until cancelled).
 
     `handle` gets a batch and must apply it in one transaction, idempotently by event id. If the batch
@@ -168,9 +168,10 @@ async def run_consumer(js: JetStreamContext, spec: ConsumerSpec, handle: BatchHa
         filter_subject=spec.filter_subject,
         max_ack_pending=spec.batch_size * 8,
     )
+    js = nc.jetstream()
     # Create or update: the server keeps the durable's position when an editable setting changes.
     await js.add_consumer(spec.stream, config)
-    puller = PullBatches(js._nc, spec.stream, spec.durable)
+    puller = PullBatches(nc, spec.stream, spec.durable)
     await puller.start()
     task = asyncio.current_task()
     try:

@@ -20,7 +20,7 @@ async def consume_events(deps: Deps) -> None:
     async def handle(events: Sequence[Event]) -> None:
         await service.append_events(deps.pool, events)
 
-    await run_consumer(deps.js, AUDIT_CONSUMER, handle)
+    await run_consumer(deps.nc, AUDIT_CONSUMER, handle)
 
 
 async def prune_periodically(deps: Deps) -> None:

@@ -16,4 +16,4 @@ async def consume_events(deps: Deps) -> None:
     async def handle(events: Sequence[Event]) -> None:
         await service.observe_events(deps.pool, events)
 
-    await run_consumer(deps.js, SCORECARD_CONSUMER, handle)
+    await run_consumer(deps.nc, SCORECARD_CONSUMER, handle)

@@ -127,3 +127,9 @@ def test_dockerfile_runs_modules_as_non_root():
     assert 'ENTRYPOINT ["python", "-m"]' in dockerfile
     assert "USER 10001" in dockerfile
     assert "EXPOSE 8080" in dockerfile
+
+
+def test_compose_does_not_take_the_standard_nats_and_postgres_ports():
+    """A developer machine may already run NATS on 4222 and PostgreSQL on 5432."""
+    published = [str(p) for svc in compose()["services"].values() for p in svc.get("ports", [])]
+    assert not [p for p in published if p.split(":")[0] in {"4222", "5432"}], published

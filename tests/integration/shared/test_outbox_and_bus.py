@@ -28,12 +28,16 @@ async def pool(database_url):
 
 
 @pytest_asyncio.fixture
-async def js(nats_url):
+async def nc(nats_url):
     nc = await bus.connect(nats_url, "test")
-    js = nc.jetstream()
-    await bus.ensure_streams(js)
-    yield js
+    await bus.ensure_streams(nc.jetstream())
+    yield nc
     await nc.close()
+
+
+@pytest_asyncio.fixture
+async def js(nc):
+    return nc.jetstream()
 
 
 async def stream_events(js, subject="idp.evt.>") -> list[Event]:
@@ -117,7 +121,7 @@ async def test_relay_survives_nats_being_down_and_drains_the_backlog(pool, nats_
     await nc.close()
 
 
-async def test_consumer_crash_before_ack_redelivers_and_the_effect_happens_once(pool, js):
+async def test_consumer_crash_before_ack_redelivers_and_the_effect_happens_once(pool, nc, js):
     await pool.execute("CREATE TABLE applied (event_id uuid PRIMARY KEY)")
     spec = bus.ConsumerSpec(durable="crashy", filter_subject="idp.evt.>", ack_wait=1.0)
     crashed = asyncio.Event()
@@ -132,16 +136,16 @@ async def test_consumer_crash_before_ack_redelivers_and_the_effect_happens_once(
     events = [sample_event(i) for i in range(5)]
     for event in events:
         await bus.publish_event(js, event)
-    first = asyncio.create_task(bus.run_consumer(js, spec, handle))
+    first = asyncio.create_task(bus.run_consumer(nc, spec, handle))
     await asyncio.wait_for(crashed.wait(), 10)
     first.cancel()
-    second = asyncio.create_task(bus.run_consumer(js, spec, handle))
+    second = asyncio.create_task(bus.run_consumer(nc, spec, handle))
     await eventually(lambda: ack_pending_is(js, "crashy", 0, delivered=5))
     second.cancel()
     assert await pool.fetchval("SELECT count(*) FROM applied") == 5
 
 
-async def test_poison_messages_go_to_the_dead_letter_subject(js):
+async def test_poison_messages_go_to_the_dead_letter_subject(nc, js):
     seen: list[str] = []
     spec = bus.ConsumerSpec(durable="picky", filter_subject="idp.evt.>", max_deliver=3, retry_delay=0.05)
 
@@ -155,7 +159,7 @@ async def test_poison_messages_go_to_the_dead_letter_subject(js):
     await js.publish("idp.evt.test.garbage", b"{not an event")
     for event in [good[0], bad, *good[1:]]:
         await bus.publish_event(js, event)
-    task = asyncio.create_task(bus.run_consumer(js, spec, handle))
+    task = asyncio.create_task(bus.run_consumer(nc, spec, handle))
     try:
         await eventually(lambda: dlq_count(js, "idp.dlq.picky", 2), timeout=20)
     finally:
