@@ -120,4 +120,3 @@ async def anonymous_http() -> AsyncIterator[aiohttp.ClientSession]:
 def spans() -> InMemorySpanExporter:
     SPANS.clear()
     return SPANS
-

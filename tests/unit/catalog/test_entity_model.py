@@ -1,0 +1,186 @@
+"""Backstage's entity rules, without I/O: refs, validation and relation generation, checked against the
+real Backstage example catalog in ../shared/datasets (78 entities)."""
+
+from __future__ import annotations
+
+import collections
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from services.catalog.entity_ref import EntityRef, EntityRefError, parse_entity_ref, ref_of
+from services.catalog.relations import Relation, relations_of
+from services.catalog.validation import default_namespace, validate_entity
+
+DATASET = Path(__file__).resolve().parents[3].parent / "shared" / "datasets" / "backstage-examples"
+NOT_ENTITIES = {"petstore-webhook.oas.yaml"}  # an OpenAPI document pulled in through `$text`
+
+
+def example_entities() -> list[dict]:
+    if not DATASET.is_dir():
+        pytest.skip(f"the Backstage example dataset is not at {DATASET}")
+    entities = []
+    for path in sorted(DATASET.rglob("*.yaml")):
+        if path.name not in NOT_ENTITIES:
+            entities += [doc for doc in yaml.safe_load_all(path.read_text()) if doc]
+    return entities
+
+
+@pytest.mark.parametrize(
+    ("ref", "expected"),
+    [
+        ("component:default/petstore", EntityRef("component", "default", "petstore")),
+        ("Component:Petstore", EntityRef("Component", "default", "Petstore")),
+        ("group:ops/team-a", EntityRef("group", "ops", "team-a")),
+        ("a:b:c/d", EntityRef("a", "b:c", "d")),
+        ("ns/name:with-colon", EntityRef("group", "ns", "name:with-colon")),
+        ("team-a", EntityRef("group", "default", "team-a")),
+        ({"kind": "User", "name": "jane"}, EntityRef("User", "default", "jane")),
+    ],
+)
+def test_refs_parse_like_backstage(ref, expected):
+    assert parse_entity_ref(ref, default_kind="group") == expected
+
+
+def test_canonical_ref_is_lower_case():
+    assert str(parse_entity_ref("Component:Default/PetStore")) == "component:default/petstore"
+
+
+@pytest.mark.parametrize("ref", [":name", "kind:/name", "kind:ns/", "", "/name"])
+def test_malformed_refs_are_rejected(ref):
+    with pytest.raises(EntityRefError, match="was not on the form"):
+        parse_entity_ref(ref, default_kind="group")
+
+
+def test_a_ref_without_kind_needs_a_default_kind():
+    with pytest.raises(EntityRefError, match="missing or empty kind"):
+        parse_entity_ref("default/petstore")
+
+
+def test_the_example_catalog_is_valid_and_counted_as_backstage_counts_it():
+    entities = example_entities()
+    problems = {str(ref_of(e)): validate_entity(e) for e in entities}
+    assert {ref: errors for ref, errors in problems.items() if errors} == {}
+    counts = collections.Counter(e["kind"] for e in entities)
+    assert counts == json.loads((DATASET / "expected-counts.json").read_text())
+
+
+def test_relations_of_a_component_come_in_pairs_with_backstage_defaults():
+    entity = {
+        "apiVersion": "backstage.io/v1alpha1",
+        "kind": "Component",
+        "metadata": {"name": "artist-lookup", "namespace": "music"},
+        "spec": {
+            "type": "service",
+            "lifecycle": "experimental",
+            "owner": "team-a",
+            "system": "portal",
+            "dependsOn": ["resource:artists-db"],
+            "providesApis": ["default/lookup-api"],
+        },
+    }
+    relations, errors = relations_of(entity)
+    me = "component:music/artist-lookup"
+    assert errors == []
+    assert relations == [
+        Relation(me, "ownedBy", "group:music/team-a"),
+        Relation("group:music/team-a", "ownerOf", me),
+        Relation(me, "providesApi", "api:default/lookup-api"),
+        Relation("api:default/lookup-api", "apiProvidedBy", me),
+        Relation(me, "dependsOn", "resource:music/artists-db"),
+        Relation("resource:music/artists-db", "dependencyOf", me),
+        Relation(me, "partOf", "system:music/portal"),
+        Relation("system:music/portal", "hasPart", me),
+    ]
+
+
+def test_depends_on_without_a_kind_is_an_error_naming_the_field():
+    entity = {
+        "apiVersion": "backstage.io/v1alpha1",
+        "kind": "Component",
+        "metadata": {"name": "x"},
+        "spec": {"type": "service", "lifecycle": "production", "owner": "g", "dependsOn": ["ok:a", "b"]},
+    }
+    relations, errors = relations_of(entity)
+    assert [e.field for e in errors] == ["$.spec.dependsOn[1]"]
+    assert Relation("component:default/x", "dependsOn", "ok:default/a") in relations
+
+
+def test_group_hierarchy_and_membership_relations_of_the_example_org():
+    entities = example_entities()
+    relations = {r for e in entities for r in relations_of(e)[0]}
+    assert Relation("group:default/team-a", "childOf", "group:default/backstage") in relations
+    assert Relation("group:default/backstage", "parentOf", "group:default/team-a") in relations
+    assert Relation("user:default/breanna.davison", "memberOf", "group:default/team-a") in relations
+    assert Relation("group:default/team-a", "hasMember", "user:default/breanna.davison") in relations
+
+
+def test_dangling_owner_references_are_kept_and_identifiable():
+    entities = example_entities()
+    known = {str(ref_of(e)) for e in entities}
+    owned_by = {r for e in entities for r in relations_of(e)[0] if r.type == "ownedBy"}
+    dangling = {r.target for r in owned_by if r.target not in known}
+    assert "group:default/guest" in dangling  # `owner: guest` defaults to a Group; only a User guest exists
+    assert "user:default/guest" not in dangling
+    assert all(errors == [] for _, errors in map(relations_of, entities))
+
+
+@pytest.mark.parametrize(
+    ("change", "field"),
+    [
+        ({"metadata": {"name": "Bad Name!"}}, "$.metadata.name"),
+        ({"metadata": {"name": "x" * 64}}, "$.metadata.name"),
+        ({"metadata": {"name": "ok", "namespace": "Upper"}}, "$.metadata.namespace"),
+        ({"metadata": {"name": "ok", "tags": ["Java"]}}, "$.metadata.tags[0]"),
+        ({"metadata": {"name": "ok", "labels": {"team": "a b"}}}, "$.metadata.labels.team"),
+        ({"metadata": {"name": "ok", "annotations": {"bad key!": "v"}}}, "$.metadata.annotations.bad key!"),
+        ({"metadata": {"name": "ok", "links": [{"url": "not a url"}]}}, "$.metadata.links[0].url"),
+        ({"metadata": {"name": "ok", "links": [{"url": "https://x.io", "title": " "}]}}, "$.metadata.links[0].title"),
+        ({"kind": "Comp onent"}, "$.kind"),
+        ({"apiVersion": "a/b/c"}, "$.apiVersion"),
+        ({"relationz": []}, "$.relationz"),
+        ({"spec": {"type": "service", "owner": "g"}}, "$.spec.lifecycle"),
+        ({"spec": {"type": "service", "lifecycle": "production", "owner": ["g"]}}, "$.spec.owner"),
+        ({"spec": {"type": "service", "lifecycle": "production", "owner": "g", "dependsOn": "x"}}, "$.spec.dependsOn"),
+        ({"spec": "nope"}, "$.spec"),
+    ],
+)
+def test_invalid_entities_name_the_field_at_fault(change, field):
+    entity = {
+        "apiVersion": "backstage.io/v1alpha1",
+        "kind": "Component",
+        "metadata": {"name": "ok"},
+        "spec": {"type": "service", "lifecycle": "production", "owner": "g"},
+        **change,
+    }
+    fields = [e.field for e in validate_entity(entity)]
+    assert field in fields, fields
+
+
+def test_missing_namespace_defaults_to_default():
+    entity = default_namespace({"apiVersion": "v1", "kind": "User", "metadata": {"name": "jane"}})
+    assert entity["metadata"]["namespace"] == "default"
+    assert validate_entity({"kind": "User"})[0].field == "$.apiVersion"
+
+
+@pytest.mark.parametrize(
+    ("spec", "errors"),
+    [
+        ({"type": "openapi"}, ["$.spec.definition"]),
+        ({"type": "mcp-server", "remotes": [{"type": "streamable-http", "url": "http://x"}]}, []),
+        ({"type": "openapi", "definition": {"$text": "./openapi.yaml"}}, []),
+        ({"type": "openapi", "definition": {"$text": "a", "$json": "b"}}, ["$.spec.definition"]),
+        ({"type": "openapi", "definition": 42}, ["$.spec.definition"]),
+        ({"type": "openapi", "definition": "openapi: 3.0.0"}, []),
+    ],
+)
+def test_api_definition_rules(spec, errors):
+    entity = {
+        "apiVersion": "backstage.io/v1alpha1",
+        "kind": "API",
+        "metadata": {"name": "api"},
+        "spec": {"lifecycle": "production", "owner": "g", **spec},
+    }
+    assert [e.field for e in validate_entity(entity)] == errors
