@@ -1,4 +1,1 @@
-"""Catalog: the Backstage-compatible software catalog.
-
-Not built yet: health, readiness and its schema only.
-"""
+"""Catalog: the Backstage-compatible software catalog (entities, relations, Backstage's REST API)."""

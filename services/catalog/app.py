@@ -1,11 +1,20 @@
-"""catalog service wiring. Its domain arrives with its own issue; until then it serves only the
-standard routes, applies its schema's migrations and connects to NATS."""
+"""Catalog service wiring: settings and the service definition run by `python -m services.catalog`."""
 
 from __future__ import annotations
 
-from shared.service import ServiceDefinition, run_service, skeleton_definition
+from pathlib import Path
 
-DEFINITION: ServiceDefinition = skeleton_definition(name="catalog", schema="catalog")
+from services.catalog import api
+from shared.config import BaseSettings
+from shared.service import ServiceDefinition, run_service
+
+DEFINITION = ServiceDefinition(
+    name="catalog",
+    schema="catalog",
+    settings_type=BaseSettings,
+    routes=api.routes,
+    migrations=Path(__file__).parent / "migrations",
+)
 
 
 def main() -> None:

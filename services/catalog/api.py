@@ -1,0 +1,85 @@
+"""Catalog HTTP routes: Backstage's catalog REST paths under `/api/catalog`, plus the direct Entity API."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aiohttp import web
+
+from services.catalog import service
+from services.catalog.model import EntityListQuery, ScopeQuery
+from shared.etag import quoted
+from shared.http import Routes, json_response, parse_query, principal_of, read_json
+from shared.service import Deps
+
+BY_NAME = "/api/catalog/entities/by-name/{kind}/{namespace}/{name}"
+BY_UID = "/api/catalog/entities/by-uid/{uid}"
+
+
+def _path_ref(request: web.Request) -> tuple[str, str, str]:
+    info = request.match_info
+    return info["kind"], info["namespace"], info["name"]
+
+
+def _entity_response(entity: dict[str, Any], status: int = 200) -> web.Response:
+    return json_response(entity, status=status, headers={"ETag": quoted(entity["metadata"]["etag"])})
+
+
+def routes(deps: Deps) -> Routes:
+    pool = deps.pool
+    api = Routes(tag="catalog")
+
+    @api.get(
+        "/api/catalog/entities",
+        summary="List entities (Backstage: filter, fields, offset, limit)",
+        permission="catalog_entity_view",
+        query=EntityListQuery,
+    )
+    async def list_entities(request: web.Request) -> web.Response:
+        return json_response(await service.list_entities(pool, parse_query(request, EntityListQuery)))
+
+    @api.post(
+        "/api/catalog/entities",
+        summary="Create an entity at a scope, without a YAML file",
+        permission="catalog_entity_create",
+        query=ScopeQuery,
+        body=dict[str, Any],
+        status=201,
+    )
+    async def create_entity(request: web.Request) -> web.Response:
+        scope = parse_query(request, ScopeQuery).scope
+        body = await read_json(request, dict[str, Any])
+        return _entity_response(await service.create_entity(pool, principal_of(request).actor(), scope, body), 201)
+
+    @api.get(
+        BY_NAME, summary="An entity by kind, namespace and name", permission="catalog_entity_view", query=ScopeQuery
+    )
+    async def get_entity_by_name(request: web.Request) -> web.Response:
+        scope = parse_query(request, ScopeQuery).scope
+        return _entity_response(await service.get_by_name(pool, scope, *_path_ref(request)))
+
+    @api.put(
+        BY_NAME,
+        summary="Replace an entity (honours If-Match)",
+        permission="catalog_entity_edit",
+        query=ScopeQuery,
+        body=dict[str, Any],
+    )
+    async def replace_entity(request: web.Request) -> web.Response:
+        scope = parse_query(request, ScopeQuery).scope
+        body = await read_json(request, dict[str, Any])
+        entity = await service.replace_entity(
+            pool, principal_of(request).actor(), scope, _path_ref(request), body, request.headers.get("If-Match")
+        )
+        return _entity_response(entity)
+
+    @api.get(BY_UID, summary="An entity by uid", permission="catalog_entity_view")
+    async def get_entity_by_uid(request: web.Request) -> web.Response:
+        return _entity_response(await service.get_by_uid(pool, request.match_info["uid"]))
+
+    @api.delete(BY_UID, summary="Delete an entity by uid", permission="catalog_entity_delete", status=204)
+    async def delete_entity_by_uid(request: web.Request) -> web.Response:
+        await service.delete_entity(pool, principal_of(request).actor(), request.match_info["uid"])
+        return web.Response(status=204)
+
+    return api

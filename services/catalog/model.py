@@ -1,0 +1,104 @@
+"""Catalog entities as stored and served: stitching, etags and what an API write may contain. Pure."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass
+from typing import Annotated, Any
+
+import msgspec
+
+from services.catalog.relations import Relation
+from shared.errors import FieldError, InputError
+
+SCOPE_ANNOTATION = "seed-idp.dev/scope"
+"""Where a served entity says which scope it lives at (Backstage clients ignore unknown annotations)."""
+SERVER_METADATA = ("uid", "etag", "generation")
+_SCOPE = re.compile(r"^account(\.[A-Za-z_][A-Za-z0-9_]{0,127}){0,2}$")
+_canonical_json = msgspec.json.Encoder(order="sorted")
+
+
+@dataclass(frozen=True)
+class StoredEntity:
+    uid: str
+    scope: str
+    ref: str
+    document: dict[str, Any]
+    etag: str
+    generation: int
+
+
+def check_scope(scope: str, field: str = "query.scope") -> str:
+    """`account`, `account.<org>` or `account.<org>.<project>` (design.md §5)."""
+    if not _SCOPE.match(scope):
+        raise InputError.for_field(field, f"{scope!r} is not a scope (account, account.<org>, account.<org>.<project>)")
+    return scope
+
+
+def ingestible_document(entity: dict[str, Any]) -> dict[str, Any]:
+    """The part of an entity a client writes: computed fields (relations, status, uid, etag, generation,
+    the scope annotation) are dropped, so a document read from the API can be written back unchanged."""
+    metadata = {k: v for k, v in (entity.get("metadata") or {}).items() if k not in SERVER_METADATA}
+    annotations = {k: v for k, v in (metadata.get("annotations") or {}).items() if k != SCOPE_ANNOTATION}
+    if annotations:
+        metadata["annotations"] = annotations
+    else:
+        metadata.pop("annotations", None)
+    return {k: (metadata if k == "metadata" else v) for k, v in entity.items() if k not in ("relations", "status")}
+
+
+def document_etag(document: dict[str, Any]) -> str:
+    """A stable hash of the document: unchanged content keeps its etag, any change gives a new one."""
+    return hashlib.sha256(_canonical_json.encode(document)).hexdigest()[:32]
+
+
+def next_generation(current: StoredEntity, document: dict[str, Any]) -> int:
+    """Backstage bumps `generation` when the spec changes, not for metadata edits."""
+    return current.generation + 1 if current.document.get("spec") != document.get("spec") else current.generation
+
+
+def stitch(entity: StoredEntity, relations: list[Relation]) -> dict[str, Any]:
+    """The entity as served: document + uid/etag/generation + scope annotation + its relations, sorted by
+    type then target as Backstage sorts them."""
+    document = entity.document
+    metadata = dict(document.get("metadata") or {})
+    metadata.update(uid=entity.uid, etag=entity.etag, generation=entity.generation)
+    metadata["annotations"] = {**(metadata.get("annotations") or {}), SCOPE_ANNOTATION: entity.scope}
+    ordered = sorted({(r.type, r.target) for r in relations if r.source == entity.ref})
+    return {
+        **document,
+        "metadata": metadata,
+        "relations": [{"type": kind, "targetRef": target} for kind, target in ordered],
+    }
+
+
+def body_ref_must_match(errors: list[FieldError], document: dict[str, Any], kind: str, namespace: str, name: str):
+    """A replace names the entity in its path; the body must be that same entity."""
+    metadata = document.get("metadata") or {}
+    pairs = [
+        ("$.kind", str(document.get("kind", "")), kind),
+        ("$.metadata.namespace", str(metadata.get("namespace") or "default"), namespace),
+        ("$.metadata.name", str(metadata.get("name", "")), name),
+    ]
+    errors += [
+        FieldError(f, f"must be {want!r} as in the path, not {got!r}")
+        for f, got, want in pairs
+        if got.lower() != want.lower()
+    ]
+
+
+class EntityListQuery(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """`GET /entities`: Backstage's parameters plus `scope`."""
+
+    filter: list[str] | str | None = None
+    fields: list[str] | str | None = None
+    order: list[str] | str | None = None
+    offset: Annotated[int, msgspec.Meta(ge=0)] = 0
+    limit: Annotated[int, msgspec.Meta(ge=1, le=10000)] | None = None
+    after: str | None = None
+    scope: str = "account"
+
+
+class ScopeQuery(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    scope: str = "account"

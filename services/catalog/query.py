@@ -1,0 +1,240 @@
+"""The catalog's query language, without I/O: the search rows Backstage indexes for a stitched entity
+(`buildEntitySearch.ts`), the `filter` query parameter parsed into a small filter tree
+(`parseEntityFilterParams.ts`), the `fields` parameter and its projection (`parseEntityTransformParams.ts`),
+and an in-memory evaluation of a filter tree over search rows. The SQL translation of the tree lives elsewhere.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Any
+
+from shared.errors import FieldError, InputError
+
+# Skipped by the generic traversal: not worth indexing, or always added explicitly (even when null).
+SPECIAL_KEYS = frozenset(
+    {"attachments", "relations", "status", "metadata.name", "metadata.namespace", "metadata.uid", "metadata.etag"}
+)
+MAX_KEY_LENGTH = 200
+MAX_VALUE_LENGTH = 200
+DEFAULT_NAMESPACE = "default"
+
+
+@dataclass(frozen=True, slots=True)
+class SearchRow:
+    """One row of the `search` table: lower-cased `key`/`value` and the value as written."""
+
+    key: str
+    value: str | None
+    original_value: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class KeyValues:
+    """Some search row has `key` and, unless `values` is empty (an exists check), one of `values`."""
+
+    key: str
+    values: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class AllOf:
+    """Every item matches."""
+
+    items: tuple[Filter, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class AnyOf:
+    """At least one item matches."""
+
+    items: tuple[Filter, ...]
+
+
+Filter = AnyOf | AllOf | KeyValues
+
+
+def build_search_rows(entity: dict[str, Any]) -> list[SearchRow]:
+    """The deduplicated search rows Backstage's `buildEntitySearch` writes for a stitched entity."""
+    raw = _traverse(entity)
+    metadata = entity.get("metadata") or {}
+    raw += [(f"metadata.{k}", metadata.get(k)) for k in ("name", "namespace", "uid")]
+    if not metadata.get("namespace"):
+        raw.append(("metadata.namespace", DEFAULT_NAMESPACE))
+    raw += [(f"relations.{r['type']}", r["targetRef"]) for r in entity.get("relations") or []]
+    _reject_case_duplicates(raw)
+    rows, seen = [], set()
+    for row in filter(None, map(_to_row, raw)):
+        if (row.key, row.value) not in seen:
+            seen.add((row.key, row.value))
+            rows.append(row)
+    return rows
+
+
+def _traverse(root: Any) -> list[tuple[str, Any]]:
+    output: list[tuple[str, Any]] = []
+    seen_path_keys: set[str] = set()
+
+    def visit(path: str, current: Any) -> None:
+        if path in SPECIAL_KEYS:
+            return
+        if current is None or isinstance(current, str | int | float):
+            output.append((path, current))
+        elif isinstance(current, list):
+            for item in current:
+                visit(path, item)
+                # `path.item=true` lets one filter require several array items at once (keys AND, values OR).
+                if isinstance(item, str) and (lower := f"{path}.{item}".lower()) not in seen_path_keys:
+                    seen_path_keys.add(lower)
+                    output.append((f"{path}.{item}", True))
+        elif isinstance(current, dict):
+            for key, value in current.items():
+                visit(f"{path}.{key}" if path else key, value)
+
+    visit("", root)
+    return output
+
+
+def _reject_case_duplicates(raw: list[tuple[str, Any]]) -> None:
+    spellings: dict[str, set[str]] = {}
+    for key, _ in raw:
+        spellings.setdefault(key.lower(), set()).add(key)
+    bad = [lower for lower, keys in spellings.items() if len(keys) > 1]
+    if bad:
+        listed = "', '".join(bad)
+        raise InputError(
+            f"Entity has duplicate keys that vary only in casing, '{listed}'",
+            errors=[FieldError(f"$.{key}", "duplicate key that varies only in casing") for key in bad],
+        )
+
+
+def _to_row(kv: tuple[str, Any]) -> SearchRow | None:
+    key = kv[0].lower()
+    if _js_length(key) > MAX_KEY_LENGTH:
+        return None
+    if kv[1] is None:
+        return SearchRow(key, None, None)
+    original = _js_string(kv[1])
+    value = original.lower()
+    # Too long to index: the key is still recorded, so exists-filters keep working.
+    if _js_length(value) > MAX_VALUE_LENGTH:
+        return SearchRow(key, None, None)
+    return SearchRow(key, value, original)
+
+
+def _js_length(text: str) -> int:
+    # JavaScript measures strings in UTF-16 code units.
+    return len(text.encode("utf-16-le")) // 2
+
+
+def _js_string(value: str | int | float) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return value
+    if isinstance(value, int) and abs(value) < 10**21:
+        return str(value)
+    return _js_number(float(value))
+
+
+def _js_number(x: float) -> str:
+    # ECMAScript Number::toString, so `1.0` indexes as "1" and `1e-7` as "1e-7", as in Backstage.
+    if math.isnan(x):
+        return "NaN"
+    if math.isinf(x):
+        return "Infinity" if x > 0 else "-Infinity"
+    if x == 0:
+        return "0"
+    sign = "-" if x < 0 else ""
+    _, digit_tuple, exponent = Decimal(repr(abs(x))).normalize().as_tuple()
+    digits = "".join(map(str, digit_tuple))
+    k, n = len(digits), exponent + len(digits)
+    if k <= n <= 21:
+        return sign + digits + "0" * (n - k)
+    if 0 < n <= 21:
+        return f"{sign}{digits[:n]}.{digits[n:]}"
+    if -6 < n <= 0:
+        return f"{sign}0.{'0' * -n}{digits}"
+    mantissa = digits if k == 1 else f"{digits[0]}.{digits[1:]}"
+    return f"{sign}{mantissa}e{'+' if n > 0 else '-'}{abs(n - 1)}"
+
+
+def parse_filter_params(values: list[str]) -> Filter | None:
+    """The `filter` params as `AnyOf(AllOf(KeyValues...)...)`, one `AllOf` per non-empty param; None if none."""
+    groups = [group for group in map(_parse_filter_string, values) if group]
+    return AnyOf(tuple(AllOf(group) for group in groups)) if groups else None
+
+
+def _parse_filter_string(text: str) -> tuple[KeyValues, ...]:
+    by_key: dict[str, list[str]] = {}
+    for statement in filter(None, (s.strip() for s in text.split(","))):
+        key, equals, value = statement.partition("=")
+        key = key.strip()
+        if not key:
+            expected = "expected a string on the form a=b or a= or a"
+            raise InputError.for_field(
+                "query.filter", f"Invalid filter, '{statement}' is not a valid statement ({expected})"
+            )
+        # Grouped on the key as written, like Backstage; only the search is case-insensitive.
+        values = by_key.setdefault(key, [])
+        if equals:
+            values.append(value.strip().lower())
+    return tuple(KeyValues(key.lower(), tuple(dict.fromkeys(vals))) for key, vals in by_key.items())
+
+
+def parse_fields_param(values: list[str]) -> tuple[str, ...] | None:
+    """The `fields` params as one tuple of dotted paths, in order; None when no field is named."""
+    fields = tuple(dict.fromkeys(f.strip() for value in values for f in value.split(",") if f.strip()))
+    if any("[" in field for field in fields):
+        raise InputError.for_field("query.fields", "invalid fields, array type fields are not supported")
+    return fields or None
+
+
+def project_fields(entity: dict[str, Any], fields: tuple[str, ...]) -> dict[str, Any]:
+    """The parts of `entity` at `fields`, nested as in the entity; values are shared, not copied."""
+    paths = list(dict.fromkeys(p for p in (_resolve(entity, f) for f in fields) if p))
+    # A field inside another selected field is already included; skipping it also keeps us from
+    # writing into a subtree that is shared with `entity`.
+    paths = [p for p in paths if not any(q != p and p[: len(q)] == q for q in paths)]
+    output: dict[str, Any] = {}
+    for path in paths:
+        node, value = output, entity
+        for key in path[:-1]:
+            node, value = node.setdefault(key, {}), value[key]
+        node[path[-1]] = value[path[-1]]
+    return output
+
+
+def _resolve(entity: dict[str, Any], field: str) -> tuple[str, ...] | None:
+    # Dotted keys such as `backstage.io/techdocs-ref` are found by joining segments until a key exists.
+    path: list[str] = []
+    node: Any = entity
+    pending: str | None = None
+    for part in field.split("."):
+        pending = part if pending is None else f"{pending}.{part}"
+        if isinstance(node, dict) and pending in node:
+            path.append(pending)
+            node, pending = node[pending], None
+    # A path that only partly resolves is omitted (Backstage would return the resolved prefix).
+    return tuple(path) if path and pending is None else None
+
+
+def matches(filter: Filter, rows: list[SearchRow]) -> bool:
+    """Whether an entity with these search rows satisfies `filter`."""
+    index: dict[str, set[str | None]] = {}
+    for row in rows:
+        index.setdefault(row.key, set()).add(row.value)
+    return _matches(filter, index)
+
+
+def _matches(node: Filter, index: dict[str, set[str | None]]) -> bool:
+    if isinstance(node, AnyOf):
+        return any(_matches(item, index) for item in node.items)
+    if isinstance(node, AllOf):
+        return all(_matches(item, index) for item in node.items)
+    found = index.get(node.key)
+    if found is None:
+        return False
+    return not node.values or any(value in found for value in node.values)

@@ -1,0 +1,159 @@
+"""Catalog use cases: the direct Entity API (create, replace, delete) and Backstage's reads.
+
+Every write is one transaction: the entity, the relations it emits, the search rows of every entity whose
+relations changed (the entity itself and the targets on both sides), and its event in the outbox.
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+import asyncpg
+
+from services.catalog import store
+from services.catalog.entity_ref import parse_entity_ref, ref_of
+from services.catalog.model import (
+    EntityListQuery,
+    StoredEntity,
+    body_ref_must_match,
+    check_scope,
+    document_etag,
+    ingestible_document,
+    next_generation,
+    stitch,
+)
+from services.catalog.query import build_search_rows, parse_fields_param, parse_filter_params, project_fields
+from services.catalog.relations import relations_of
+from services.catalog.validation import default_namespace, validate_entity
+from shared.db import transaction
+from shared.errors import ConflictError, FieldError, InputError, NotFoundError
+from shared.etag import check_if_match
+from shared.events import Actor, ResourceRef, diff_fields, new_event
+from shared.outbox import write_event
+
+SOURCE = "catalog"
+
+
+def _as_list(value: list[str] | str | None) -> list[str]:
+    return [] if value is None else [value] if isinstance(value, str) else value
+
+
+def prepare_document(raw: Any) -> tuple[dict[str, Any], list]:
+    """Validate an entity as Backstage would and compute its relations; raises InputError naming fields."""
+    if not isinstance(raw, dict):
+        raise InputError.for_field("$", "an entity must be a JSON object")
+    document = default_namespace(ingestible_document(raw))
+    errors = validate_entity(document)
+    if errors:
+        raise InputError(f"the entity is not valid: {errors[0].message}", errors=errors)
+    relations, ref_errors = relations_of(document)
+    if ref_errors:
+        raise InputError(f"the entity has invalid references: {ref_errors[0].message}", errors=ref_errors)
+    return document, relations
+
+
+async def _restitch(conn: asyncpg.Connection, scope: str, refs: set[str]) -> None:
+    """Rebuild the search rows of the existing entities among `refs`, whose relations may have changed."""
+    entities = await store.get_many(conn, scope, sorted(refs))
+    relations = await store.relations_from(conn, scope, entities)
+    await store.replace_search_rows(conn, {e.uid: build_search_rows(stitch(e, relations)) for e in entities.values()})
+
+
+def _event(kind: str, actor: Actor, entity: StoredEntity, data: dict[str, Any]):
+    return new_event(
+        f"catalog.entity.{kind}",
+        source=SOURCE,
+        actor=actor,
+        scope=entity.scope,
+        resource=ResourceRef("entity", entity.ref),
+        data={"uid": entity.uid, **data},
+    )
+
+
+async def create_entity(pool: asyncpg.Pool, actor: Actor, scope: str, raw: Any) -> dict[str, Any]:
+    check_scope(scope)
+    document, relations = prepare_document(raw)
+    ref = str(ref_of(document))
+    entity = StoredEntity(str(uuid.uuid4()), scope, ref, document, document_etag(document), 1)
+    try:
+        async with transaction(pool) as conn:
+            await store.insert_entity(conn, entity)
+            await store.replace_relations(conn, entity.uid, scope, relations)
+            await _restitch(conn, scope, {ref} | {r.target for r in relations})
+            await write_event(conn, _event("created", actor, entity, {"entity": document}))
+            return stitch(entity, await store.relations_from(conn, scope, [ref]))
+    except asyncpg.UniqueViolationError:
+        raise ConflictError(f"{ref} already exists at scope {scope}") from None
+
+
+async def replace_entity(
+    pool: asyncpg.Pool, actor: Actor, scope: str, path_ref: tuple[str, str, str], raw: Any, if_match: str | None
+) -> dict[str, Any]:
+    """Replace an entity's document (`If-Match` honoured); an identical document writes and emits nothing."""
+    check_scope(scope)
+    document, relations = prepare_document(raw)
+    errors: list[FieldError] = []
+    body_ref_must_match(errors, document, *path_ref)
+    if errors:
+        raise InputError("the body names another entity than the path", errors=errors)
+    ref = str(ref_of(document))
+    async with transaction(pool) as conn:
+        current = await store.get_by_ref(conn, scope, ref, lock=True)
+        if current is None:
+            raise NotFoundError(f"no entity {ref} at scope {scope}")
+        check_if_match(if_match, current.etag)
+        if current.document == document:
+            return stitch(current, await store.relations_from(conn, scope, [ref]))
+        updated = StoredEntity(
+            current.uid, scope, ref, document, document_etag(document), next_generation(current, document)
+        )
+        affected = await store.emitted_targets(conn, current.uid)
+        await store.update_entity(conn, updated)
+        await store.replace_relations(conn, updated.uid, scope, relations)
+        await _restitch(conn, scope, affected | {ref} | {r.target for r in relations})
+        changes = diff_fields(current.document, document)
+        await write_event(
+            conn, _event("updated", actor, updated, {"changes": changes, "generation": updated.generation})
+        )
+        return stitch(updated, await store.relations_from(conn, scope, [ref]))
+
+
+async def delete_entity(pool: asyncpg.Pool, actor: Actor, uid: str) -> None:
+    async with transaction(pool) as conn:
+        entity = await store.get_by_uid(conn, uid, lock=True)
+        if entity is None:
+            raise NotFoundError(f"no entity with uid {uid}")
+        affected = await store.emitted_targets(conn, uid)
+        await store.delete_entity(conn, uid)
+        await _restitch(conn, entity.scope, affected - {entity.ref})
+        await write_event(conn, _event("deleted", actor, entity, {"entity": entity.document}))
+
+
+async def _served(conn: asyncpg.Connection, entity: StoredEntity | None, missing: str) -> dict[str, Any]:
+    if entity is None:
+        raise NotFoundError(missing)
+    return stitch(entity, await store.relations_from(conn, entity.scope, [entity.ref]))
+
+
+async def get_by_name(pool: asyncpg.Pool, scope: str, kind: str, namespace: str, name: str) -> dict[str, Any]:
+    ref = str(parse_entity_ref({"kind": kind, "namespace": namespace, "name": name}))
+    async with pool.acquire() as conn:
+        return await _served(conn, await store.get_by_ref(conn, check_scope(scope), ref), f"no entity {ref}")
+
+
+async def get_by_uid(pool: asyncpg.Pool, uid: str) -> dict[str, Any]:
+    async with pool.acquire() as conn:
+        return await _served(conn, await store.get_by_uid(conn, uid), f"no entity with uid {uid}")
+
+
+async def list_entities(pool: asyncpg.Pool, query: EntityListQuery) -> list[dict[str, Any]]:
+    """Backstage's `GET /entities`: filter, fields, offset and limit, at one scope."""
+    scope = check_scope(query.scope)
+    where = parse_filter_params(_as_list(query.filter))
+    fields = parse_fields_param(_as_list(query.fields))
+    async with pool.acquire() as conn:
+        entities = await store.list_entities(conn, scope, where, offset=query.offset, limit=query.limit)
+        relations = await store.relations_from(conn, scope, [e.ref for e in entities])
+    served = [stitch(e, relations) for e in entities]
+    return [project_fields(e, fields) for e in served] if fields else served

@@ -1,0 +1,127 @@
+"""Every SQL statement of the catalog. Functions take a connection; callers own transactions."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterable
+from typing import Any
+
+import asyncpg
+
+from services.catalog.model import StoredEntity
+from services.catalog.query import AllOf, AnyOf, Filter, KeyValues, SearchRow
+from services.catalog.relations import Relation
+
+_COLUMNS = "uid::text AS uid, scope, ref, document, etag, generation"
+
+
+def _entity(row: asyncpg.Record | None) -> StoredEntity | None:
+    return StoredEntity(**dict(row)) if row else None
+
+
+async def get_by_ref(conn: asyncpg.Connection, scope: str, ref: str, *, lock: bool = False) -> StoredEntity | None:
+    suffix = " FOR UPDATE" if lock else ""
+    row = await conn.fetchrow(f"SELECT {_COLUMNS} FROM entities WHERE scope = $1 AND ref = $2{suffix}", scope, ref)
+    return _entity(row)
+
+
+async def get_by_uid(conn: asyncpg.Connection, uid: str, *, lock: bool = False) -> StoredEntity | None:
+    try:
+        uuid.UUID(uid)
+    except ValueError:
+        return None
+    suffix = " FOR UPDATE" if lock else ""
+    return _entity(await conn.fetchrow(f"SELECT {_COLUMNS} FROM entities WHERE uid = $1{suffix}", uid))
+
+
+async def get_many(conn: asyncpg.Connection, scope: str, refs: list[str]) -> dict[str, StoredEntity]:
+    rows = await conn.fetch(f"SELECT {_COLUMNS} FROM entities WHERE scope = $1 AND ref = ANY($2::text[])", scope, refs)
+    return {row["ref"]: StoredEntity(**dict(row)) for row in rows}
+
+
+async def insert_entity(conn: asyncpg.Connection, entity: StoredEntity) -> None:
+    kind, _, rest = entity.ref.partition(":")
+    namespace, _, name = rest.partition("/")
+    await conn.execute(
+        """INSERT INTO entities (uid, scope, ref, kind, namespace, name, document, etag, generation)
+           VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)""",
+        entity.uid,
+        entity.scope,
+        entity.ref,
+        kind,
+        namespace,
+        name,
+        entity.document,
+        entity.etag,
+        entity.generation,
+    )
+
+
+async def update_entity(conn: asyncpg.Connection, entity: StoredEntity) -> None:
+    await conn.execute(
+        "UPDATE entities SET document = $2, etag = $3, generation = $4, updated_at = now() WHERE uid = $1",
+        entity.uid,
+        entity.document,
+        entity.etag,
+        entity.generation,
+    )
+
+
+async def delete_entity(conn: asyncpg.Connection, uid: str) -> None:
+    await conn.execute("DELETE FROM entities WHERE uid = $1", uid)
+
+
+async def replace_relations(conn: asyncpg.Connection, originator: str, scope: str, relations: list[Relation]) -> None:
+    await conn.execute("DELETE FROM relations WHERE originator = $1", originator)
+    await conn.executemany(
+        "INSERT INTO relations VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING",
+        [(originator, scope, r.source, r.type, r.target) for r in relations],
+    )
+
+
+async def relations_from(conn: asyncpg.Connection, scope: str, refs: Iterable[str]) -> list[Relation]:
+    """Every relation whose source is one of `refs`, whoever emitted it."""
+    rows = await conn.fetch(
+        "SELECT DISTINCT source_ref, type, target_ref FROM relations WHERE scope = $1 AND source_ref = ANY($2::text[])",
+        scope,
+        list(refs),
+    )
+    return [Relation(r["source_ref"], r["type"], r["target_ref"]) for r in rows]
+
+
+async def emitted_targets(conn: asyncpg.Connection, originator: str) -> set[str]:
+    rows = await conn.fetch("SELECT DISTINCT source_ref, target_ref FROM relations WHERE originator = $1", originator)
+    return {r["source_ref"] for r in rows} | {r["target_ref"] for r in rows}
+
+
+async def replace_search_rows(conn: asyncpg.Connection, rows_by_uid: dict[str, list[SearchRow]]) -> None:
+    await conn.execute("DELETE FROM search WHERE entity_uid = ANY($1::uuid[])", list(rows_by_uid))
+    await conn.executemany(
+        "INSERT INTO search (entity_uid, key, value, original_value) VALUES ($1, $2, $3, $4)",
+        [(uid, r.key, r.value, r.original_value) for uid, rows in rows_by_uid.items() for r in rows],
+    )
+
+
+def filter_sql(node: Filter, args: list[Any]) -> str:
+    """SQL over `entities.uid` for a parsed Backstage filter tree."""
+    if isinstance(node, AnyOf):
+        return "(" + " OR ".join(filter_sql(item, args) for item in node.items) + ")"
+    if isinstance(node, AllOf):
+        return "(" + " AND ".join(filter_sql(item, args) for item in node.items) + ")"
+    assert isinstance(node, KeyValues)
+    args.append(node.key)
+    clause = f"uid IN (SELECT entity_uid FROM search WHERE key = ${len(args)}"
+    if node.values:
+        args.append(list(node.values))
+        clause += f" AND value = ANY(${len(args)}::text[])"
+    return clause + ")"
+
+
+async def list_entities(
+    conn: asyncpg.Connection, scope: str, where: Filter | None, *, offset: int, limit: int | None
+) -> list[StoredEntity]:
+    args: list[Any] = [scope]
+    condition = "scope = $1" + (f" AND {filter_sql(where, args)}" if where is not None else "")
+    paging = f" OFFSET {int(offset)}" + (f" LIMIT {int(limit)}" if limit is not None else "")
+    rows = await conn.fetch(f"SELECT {_COLUMNS} FROM entities WHERE {condition} ORDER BY ref{paging}", *args)
+    return [StoredEntity(**dict(r)) for r in rows]
