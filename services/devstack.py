@@ -23,12 +23,15 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import yaml
 
 from shared.embedded import EmbeddedNats, EmbeddedPostgres, free_port
 
 SERVICES = ("catalog", "identity_sync", "workflow", "scorecard", "audit", "plugin_proxy")
 PREFERRED_PORTS = dict(zip(SERVICES, range(8081, 8087), strict=True))
 STATE_FILE = "stack.json"
+DEMO_DATA = Path(__file__).parent / "demo" / "fernhill.yaml"
+DEMO_MARKER = "demo-loaded"
 READY_TIMEOUT = 180.0
 STOP_TIMEOUT = 15.0
 
@@ -269,6 +272,12 @@ async def _run(stack: Stack, stop: asyncio.Event) -> int:
             if svc.name in not_ready:
                 print(f"! {svc.name} is not ready after {READY_TIMEOUT:.0f}s; last log lines:\n{svc.tail()}")
         return 1
+    marker = stack.data_dir / DEMO_MARKER
+    if not marker.exists():
+        catalog = next(s for s in stack.services if s.name == "catalog")
+        created = await load_demo_data(catalog.url, token)
+        marker.write_text(f"{created} entities\n")
+        print(f"loaded the demo organisation: {created} entities", flush=True)
     state = stack.state(token, nats_url, database_url)
     state_path = stack.data_dir / STATE_FILE
     state_path.write_text(json.dumps(state, indent=2))
@@ -276,6 +285,22 @@ async def _run(stack: Stack, stop: asyncio.Event) -> int:
     _print_summary(state)
     await stop.wait()
     return 0
+
+
+async def load_demo_data(catalog_url: str, token: str, path: Path = DEMO_DATA) -> int:
+    """Create the demo organisation through the catalog's Entity API; entities already there are kept."""
+    documents = [doc for doc in yaml.safe_load_all(path.read_text()) if doc]
+    created = 0
+    async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {token}"}) as session:
+        for document in documents:
+            scope = document.pop("x-scope", "account")
+            url = f"{catalog_url}/api/catalog/entities"
+            async with session.post(url, params={"scope": scope}, json=document) as response:
+                if response.status == 201:
+                    created += 1
+                elif response.status != 409:
+                    raise RuntimeError(f"demo entity {document['metadata']['name']}: {await response.text()}")
+    return created
 
 
 def _print_summary(state: dict[str, Any]) -> None:

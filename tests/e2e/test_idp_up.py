@@ -20,6 +20,11 @@ def idp(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess:
     return subprocess.run([IDP, *args], env=env, capture_output=True, text=True, timeout=30)
 
 
+def get_json(url: str, headers: dict[str, str]):
+    with urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=10) as response:
+        return json.loads(response.read())
+
+
 def alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -57,6 +62,12 @@ def test_idp_up_starts_reports_ready_and_stops_without_leftovers(tmp_path: Path,
         assert all(s["ready"] for s in report["services"].values())
         for url in (report["nats_url"], report["database_url"]):
             assert ":4222" not in url and ":5432" not in url
+
+        catalog, auth = report["services"]["catalog"]["url"], {"Authorization": f"Bearer {report['token']}"}
+        components = get_json(f"{catalog}/api/catalog/entities?filter=kind=component", auth)
+        assert len(components) == 6, "the demo organisation is loaded on first start"
+        project = get_json(f"{catalog}/api/catalog/entities?scope=account.commerce.storefront_redesign", auth)
+        assert [e["metadata"]["name"] for e in project] == ["storefront-next"]
 
         audit = report["services"]["audit"]["url"]
         request = urllib.request.Request(
