@@ -7,7 +7,16 @@ from typing import Any
 from aiohttp import web
 
 from services.catalog import service
-from services.catalog.model import EntityListQuery, ScopeQuery
+from services.catalog.model import (
+    ByRefsRequest,
+    ByRefsResponse,
+    EntityListQuery,
+    EntityQuery,
+    FacetsQuery,
+    FacetsResponse,
+    QueryPage,
+    ScopeQuery,
+)
 from shared.etag import quoted
 from shared.http import Routes, json_response, parse_query, principal_of, read_json
 from shared.service import Deps
@@ -81,5 +90,37 @@ def routes(deps: Deps) -> Routes:
     async def delete_entity_by_uid(request: web.Request) -> web.Response:
         await service.delete_entity(pool, principal_of(request).actor(), request.match_info["uid"])
         return web.Response(status=204)
+
+    @api.get(
+        "/api/catalog/entities/by-query",
+        summary="Query entities with cursor pagination (Backstage)",
+        permission="catalog_entity_view",
+        query=EntityQuery,
+        response=QueryPage,
+    )
+    async def query_entities(request: web.Request) -> web.Response:
+        return json_response(await service.query_entities(pool, parse_query(request, EntityQuery)))
+
+    @api.post(
+        "/api/catalog/entities/by-refs",
+        summary="Entities by refs, in order, null where missing (Backstage)",
+        permission="catalog_entity_view",
+        query=ScopeQuery,
+        body=ByRefsRequest,
+        response=ByRefsResponse,
+    )
+    async def get_entities_by_refs(request: web.Request) -> web.Response:
+        scope = parse_query(request, ScopeQuery).scope
+        return json_response(await service.get_by_refs(pool, scope, await read_json(request, ByRefsRequest)))
+
+    @api.get(
+        "/api/catalog/entity-facets",
+        summary="Value counts per facet (Backstage)",
+        permission="catalog_entity_view",
+        query=FacetsQuery,
+        response=FacetsResponse,
+    )
+    async def get_entity_facets(request: web.Request) -> web.Response:
+        return json_response(await service.entity_facets(pool, parse_query(request, FacetsQuery)))
 
     return api

@@ -102,3 +102,64 @@ class EntityListQuery(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_
 
 class ScopeQuery(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     scope: str = "account"
+
+
+class EntityQuery(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """`GET /entities/by-query`: Backstage's parameters plus `scope`. With `cursor`, everything but `fields`
+    and `limit` comes from the cursor."""
+
+    filter: list[str] | str | None = None
+    fields: list[str] | str | None = None
+    limit: Annotated[int, msgspec.Meta(ge=0, le=10000)] = 20
+    offset: Annotated[int, msgspec.Meta(ge=0)] = 0
+    orderField: list[str] | str | None = None
+    cursor: str | None = None
+    fullTextFilterTerm: str | None = None
+    fullTextFilterFields: list[str] | str | None = None
+    scope: str = "account"
+
+
+class QueryCursor(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """What a `nextCursor`/`prevCursor` carries: the query and the page position."""
+
+    filter: list[str]
+    orderField: list[str]
+    fullTextFilterTerm: str | None
+    fullTextFilterFields: list[str]
+    scope: str
+    offset: int
+
+
+class PageInfo(msgspec.Struct, frozen=True, omit_defaults=True):
+    nextCursor: str | None = None
+    prevCursor: str | None = None
+
+
+class QueryPage(msgspec.Struct, frozen=True):
+    items: list[dict[str, Any]]
+    totalItems: int
+    pageInfo: PageInfo
+
+
+class ByRefsRequest(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    entityRefs: Annotated[list[str], msgspec.Meta(max_length=10000)]
+    fields: list[str] | None = None
+
+
+class ByRefsResponse(msgspec.Struct, frozen=True):
+    items: list[dict[str, Any] | None]
+
+
+class FacetsQuery(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    facet: list[str] | str
+    filter: list[str] | str | None = None
+    scope: str = "account"
+
+
+class FacetValue(msgspec.Struct, frozen=True):
+    value: str
+    count: int
+
+
+class FacetsResponse(msgspec.Struct, frozen=True):
+    facets: dict[str, list[FacetValue]]

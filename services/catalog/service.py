@@ -6,15 +6,27 @@ relations changed (the entity itself and the targets on both sides), and its eve
 
 from __future__ import annotations
 
+import base64
+import binascii
 import uuid
 from typing import Any
 
 import asyncpg
+import msgspec
 
 from services.catalog import store
-from services.catalog.entity_ref import parse_entity_ref, ref_of
+from services.catalog.entity_ref import EntityRefError, parse_entity_ref, ref_of
 from services.catalog.model import (
+    ByRefsRequest,
+    ByRefsResponse,
     EntityListQuery,
+    EntityQuery,
+    FacetsQuery,
+    FacetsResponse,
+    FacetValue,
+    PageInfo,
+    QueryCursor,
+    QueryPage,
     StoredEntity,
     body_ref_must_match,
     check_scope,
@@ -157,3 +169,97 @@ async def list_entities(pool: asyncpg.Pool, query: EntityListQuery) -> list[dict
         relations = await store.relations_from(conn, scope, [e.ref for e in entities])
     served = [stitch(e, relations) for e in entities]
     return [project_fields(e, fields) for e in served] if fields else served
+
+
+async def get_by_refs(pool: asyncpg.Pool, scope: str, request: ByRefsRequest) -> ByRefsResponse:
+    """Backstage's `POST /entities/by-refs`: the entities in the order asked, `null` where there is none."""
+    check_scope(scope)
+    refs = []
+    for index, raw in enumerate(request.entityRefs):
+        try:
+            refs.append(str(parse_entity_ref(raw)))
+        except EntityRefError as exc:
+            raise InputError.for_field(f"$.entityRefs[{index}]", str(exc)) from None
+    fields = parse_fields_param(request.fields or [])
+    async with pool.acquire() as conn:
+        found = await store.get_many(conn, scope, refs)
+        relations = await store.relations_from(conn, scope, found)
+    items = [stitch(found[ref], relations) if ref in found else None for ref in refs]
+    return ByRefsResponse([project_fields(i, fields) if i is not None and fields else i for i in items])
+
+
+def _encode_cursor(cursor: QueryCursor) -> str:
+    return base64.urlsafe_b64encode(msgspec.json.encode(cursor)).decode()
+
+
+def _decode_cursor(raw: str) -> QueryCursor:
+    try:
+        return msgspec.json.decode(base64.urlsafe_b64decode(raw.encode()), type=QueryCursor)
+    except (ValueError, binascii.Error, msgspec.DecodeError, msgspec.ValidationError):
+        raise InputError.for_field("query.cursor", "not a cursor returned by this API") from None
+
+
+def _order_fields(values: list[str]) -> list[tuple[str, bool]]:
+    order = []
+    for value in values:
+        field, _, direction = value.partition(",")
+        direction = direction.strip().lower() or "asc"
+        if not field.strip() or direction not in ("asc", "desc"):
+            raise InputError.for_field("query.orderField", f"{value!r} is not <field>[,asc|desc]")
+        order.append((field.strip().lower(), direction == "desc"))
+    return order
+
+
+async def query_entities(pool: asyncpg.Pool, query: EntityQuery) -> QueryPage:
+    """Backstage's `GET /entities/by-query`: a page, the total, and cursors to the next and previous pages."""
+    cursor = (
+        _decode_cursor(query.cursor)
+        if query.cursor
+        else QueryCursor(
+            filter=_as_list(query.filter),
+            orderField=_as_list(query.orderField),
+            fullTextFilterTerm=query.fullTextFilterTerm,
+            fullTextFilterFields=_as_list(query.fullTextFilterFields),
+            scope=query.scope,
+            offset=query.offset,
+        )
+    )
+    scope = check_scope(cursor.scope)
+    where = parse_filter_params(cursor.filter)
+    term = (cursor.fullTextFilterTerm or "").strip()
+    full_text = (term, tuple(f.strip().lower() for f in cursor.fullTextFilterFields if f.strip())) if term else None
+    fields = parse_fields_param(_as_list(query.fields))
+    async with pool.acquire() as conn:
+        page, total = await store.query_entities(
+            conn,
+            scope,
+            where,
+            full_text=full_text,
+            order=_order_fields(cursor.orderField),
+            offset=cursor.offset,
+            limit=query.limit,
+        )
+        relations = await store.relations_from(conn, scope, [e.ref for e in page])
+    items = [stitch(e, relations) for e in page]
+    after = cursor.offset + len(page)
+    return QueryPage(
+        items=[project_fields(i, fields) for i in items] if fields else items,
+        totalItems=total,
+        pageInfo=PageInfo(
+            nextCursor=_encode_cursor(msgspec.structs.replace(cursor, offset=after)) if after < total else None,
+            prevCursor=_encode_cursor(msgspec.structs.replace(cursor, offset=max(0, cursor.offset - query.limit)))
+            if cursor.offset > 0
+            else None,
+        ),
+    )
+
+
+async def entity_facets(pool: asyncpg.Pool, query: FacetsQuery) -> FacetsResponse:
+    """Backstage's `GET /entity-facets`: value counts per facet among the entities the filter selects."""
+    scope = check_scope(query.scope)
+    keys = [f.strip() for f in _as_list(query.facet) if f.strip()]
+    if not keys:
+        raise InputError.for_field("query.facet", "at least one facet is required")
+    async with pool.acquire() as conn:
+        found = await store.facets(conn, scope, parse_filter_params(_as_list(query.filter)), [k.lower() for k in keys])
+    return FacetsResponse({k: [FacetValue(v, c) for v, c in found[k.lower()]] for k in keys})

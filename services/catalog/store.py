@@ -13,6 +13,7 @@ from services.catalog.query import AllOf, AnyOf, Filter, KeyValues, SearchRow
 from services.catalog.relations import Relation
 
 _COLUMNS = "uid::text AS uid, scope, ref, document, etag, generation"
+_E_COLUMNS = "e.uid::text AS uid, e.scope, e.ref, e.document, e.etag, e.generation"
 
 
 def _entity(row: asyncpg.Record | None) -> StoredEntity | None:
@@ -125,3 +126,76 @@ async def list_entities(
     paging = f" OFFSET {int(offset)}" + (f" LIMIT {int(limit)}" if limit is not None else "")
     rows = await conn.fetch(f"SELECT {_COLUMNS} FROM entities WHERE {condition} ORDER BY ref{paging}", *args)
     return [StoredEntity(**dict(r)) for r in rows]
+
+
+def _like_fragment(term: str) -> str:
+    return "%" + term.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+
+
+def _query_where(
+    scope: str, where: Filter | None, full_text: tuple[str, tuple[str, ...]] | None, args: list[Any]
+) -> str:
+    args.append(scope)
+    condition = f"scope = ${len(args)}"
+    if where is not None:
+        condition += f" AND {filter_sql(where, args)}"
+    if full_text is not None:
+        term, keys = full_text
+        args.append(_like_fragment(term.lower()))
+        clause = f"uid IN (SELECT entity_uid FROM search WHERE value LIKE ${len(args)}"
+        if keys:
+            args.append(list(keys))
+            clause += f" AND key = ANY(${len(args)}::text[])"
+        condition += f" AND {clause})"
+    return condition
+
+
+async def query_entities(
+    conn: asyncpg.Connection,
+    scope: str,
+    where: Filter | None,
+    *,
+    full_text: tuple[str, tuple[str, ...]] | None,
+    order: list[tuple[str, bool]],
+    offset: int,
+    limit: int,
+) -> tuple[list[StoredEntity], int]:
+    """One page of matching entities ordered by search-table fields (then ref), and the total count."""
+    args: list[Any] = []
+    condition = _query_where(scope, where, full_text, args)
+    total = await conn.fetchval(f"SELECT count(*) FROM entities WHERE {condition}", *args)
+    joins, sort = [], []
+    for i, (key, descending) in enumerate(order):
+        args.append(key)
+        joins.append(
+            f"LEFT JOIN LATERAL (SELECT min(value) AS value FROM search WHERE entity_uid = e.uid "
+            f"AND key = ${len(args)}) o{i} ON true"
+        )
+        sort.append(f"o{i}.value {'DESC' if descending else 'ASC'} NULLS LAST")
+    sort.append("e.ref")
+    rows = await conn.fetch(
+        f"SELECT {_E_COLUMNS} FROM (SELECT * FROM entities WHERE {condition}) e {' '.join(joins)} "
+        f"ORDER BY {', '.join(sort)} OFFSET {int(offset)} LIMIT {int(limit)}",
+        *args,
+    )
+    return [StoredEntity(**dict(r)) for r in rows], total
+
+
+async def facets(
+    conn: asyncpg.Connection, scope: str, where: Filter | None, keys: list[str]
+) -> dict[str, list[tuple[str, int]]]:
+    """Per facet key, each value (as written) and how many matching entities have it."""
+    args: list[Any] = []
+    condition = _query_where(scope, where, None, args)
+    args.append(keys)
+    rows = await conn.fetch(
+        f"""SELECT key, original_value, count(DISTINCT entity_uid) AS count FROM search
+            WHERE key = ANY(${len(args)}::text[]) AND original_value IS NOT NULL
+              AND entity_uid IN (SELECT uid FROM entities WHERE {condition})
+            GROUP BY key, original_value ORDER BY key, count DESC, original_value""",
+        *args,
+    )
+    result: dict[str, list[tuple[str, int]]] = {key: [] for key in keys}
+    for row in rows:
+        result[row["key"]].append((row["original_value"], row["count"]))
+    return result
