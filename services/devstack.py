@@ -257,6 +257,8 @@ async def _run(stack: Stack, stop: asyncio.Event) -> int:
             "IDP_DEV_TOKEN": token,
             "IDP_HTTP_HOST": "127.0.0.1",
             "IDP_ENVIRONMENT": "development",
+            # On a developer's machine, `file:` locations may read the directory `idp up` was started from.
+            "IDP_FILE_LOCATION_ROOTS": os.environ.get("IDP_FILE_LOCATION_ROOTS", os.getcwd()),
         }
     )
     waiting = asyncio.create_task(_wait_ready(stack.services, READY_TIMEOUT))

@@ -182,7 +182,12 @@ async def request_context_middleware(request: web.Request, handler: Handler) -> 
         if exc.status < 400:
             raise
         response = problem_response(_problem_from_http_exception(exc), request)
-    except (asyncpg.PostgresConnectionStatusError, asyncpg.CannotConnectNowError, OSError) as exc:
+    except (
+        asyncpg.PostgresConnectionError,
+        asyncpg.ConnectionDoesNotExistError,
+        asyncpg.InterfaceError,
+        OSError,
+    ) as exc:
         log.warning("dependency unavailable: %s", exc)
         response = problem_response(ServiceUnavailableError("a dependency is unavailable; retry later"), request)
     except asyncio.CancelledError:

@@ -6,7 +6,7 @@ from typing import Any
 
 from aiohttp import web
 
-from services.catalog import service
+from services.catalog import ingestion, service
 from services.catalog.model import (
     ByRefsRequest,
     ByRefsResponse,
@@ -14,7 +14,11 @@ from services.catalog.model import (
     EntityQuery,
     FacetsQuery,
     FacetsResponse,
+    LocationQuery,
+    LocationSpec,
+    LocationView,
     QueryPage,
+    RefreshRequest,
     ScopeQuery,
 )
 from shared.etag import quoted
@@ -36,6 +40,7 @@ def _entity_response(entity: dict[str, Any], status: int = 200) -> web.Response:
 
 def routes(deps: Deps) -> Routes:
     pool = deps.pool
+    policy = deps.settings.ingestion_policy()
     api = Routes(tag="catalog")
 
     @api.get(
@@ -122,5 +127,72 @@ def routes(deps: Deps) -> Routes:
     )
     async def get_entity_facets(request: web.Request) -> web.Response:
         return json_response(await service.entity_facets(pool, parse_query(request, FacetsQuery)))
+
+    @api.post(
+        "/api/catalog/locations",
+        summary="Register a location (or read it only, with dryRun)",
+        permission="catalog_location_create",
+        query=LocationQuery,
+        body=LocationSpec,
+        status=201,
+    )
+    async def create_location(request: web.Request) -> web.Response:
+        query = parse_query(request, LocationQuery)
+        spec = await read_json(request, LocationSpec)
+        result = await ingestion.add_location(
+            pool, policy, principal_of(request).actor(), query.scope, spec, dry_run=query.dryRun
+        )
+        return json_response(result, status=200 if query.dryRun else 201)
+
+    @api.get(
+        "/api/catalog/locations",
+        summary="Registered locations (Backstage shape: [{data}])",
+        permission="catalog_location_view",
+    )
+    async def list_locations(request: web.Request) -> web.Response:
+        return json_response([{"data": view} for view in await ingestion.list_locations(pool)])
+
+    @api.get(
+        "/api/catalog/locations/{id}",
+        summary="A location and the problems of its last read",
+        permission="catalog_location_view",
+        response=LocationView,
+    )
+    async def get_location(request: web.Request) -> web.Response:
+        return json_response(await ingestion.get_location(pool, request.match_info["id"]))
+
+    @api.delete(
+        "/api/catalog/locations/{id}",
+        summary="Unregister a location and delete its entities",
+        permission="catalog_location_delete",
+        status=204,
+    )
+    async def delete_location(request: web.Request) -> web.Response:
+        await ingestion.remove_location(pool, principal_of(request).actor(), request.match_info["id"])
+        return web.Response(status=204)
+
+    @api.get(
+        "/api/catalog/locations/by-entity/{kind}/{namespace}/{name}",
+        summary="The location of an entity",
+        permission="catalog_location_view",
+        query=ScopeQuery,
+        response=LocationView,
+    )
+    async def get_location_by_entity(request: web.Request) -> web.Response:
+        scope = parse_query(request, ScopeQuery).scope
+        return json_response(await ingestion.location_of_entity(pool, scope, *_path_ref(request)))
+
+    @api.post(
+        "/api/catalog/refresh",
+        summary="Re-read the location of an entity now",
+        permission="catalog_entity_refresh",
+        query=ScopeQuery,
+        body=RefreshRequest,
+    )
+    async def refresh_entity(request: web.Request) -> web.Response:
+        scope = parse_query(request, ScopeQuery).scope
+        body = await read_json(request, RefreshRequest)
+        await ingestion.refresh_entity(pool, policy, principal_of(request).actor(), scope, body.entityRef)
+        return web.Response(status=200)
 
     return api

@@ -2,18 +2,42 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
+from typing import Annotated, Literal
 
-from services.catalog import api
+import msgspec
+
+from services.catalog import api, ingestion
 from shared.config import BaseSettings
-from shared.service import ServiceDefinition, run_service
+from shared.service import Deps, ServiceDefinition, run_service
+
+
+class Settings(BaseSettings, kw_only=True, forbid_unknown_fields=True):
+    file_location_roots: str = ""
+    """Directories `file:` locations may read, separated by `:` (`IDP_FILE_LOCATION_ROOTS`); none by default."""
+    orphan_strategy: Literal["keep", "delete"] = "keep"
+    """What happens to an entity its location stops emitting (`IDP_ORPHAN_STRATEGY`)."""
+    refresh_interval_seconds: Annotated[float, msgspec.Meta(gt=0)] = 120.0
+    """How often every location is read again (`IDP_REFRESH_INTERVAL_SECONDS`)."""
+
+    def ingestion_policy(self) -> ingestion.IngestionPolicy:
+        roots = tuple(Path(p).expanduser().resolve() for p in self.file_location_roots.split(os.pathsep) if p)
+        return ingestion.IngestionPolicy(file_roots=roots, orphan_strategy=self.orphan_strategy)
+
+
+async def refresh_locations(deps: Deps) -> None:
+    settings: Settings = deps.settings
+    await ingestion.refresh_periodically(deps.pool, settings.ingestion_policy(), settings.refresh_interval_seconds)
+
 
 DEFINITION = ServiceDefinition(
     name="catalog",
     schema="catalog",
-    settings_type=BaseSettings,
+    settings_type=Settings,
     routes=api.routes,
     migrations=Path(__file__).parent / "migrations",
+    background=(refresh_locations,),
 )
 
 

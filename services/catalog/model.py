@@ -19,6 +19,9 @@ _SCOPE = re.compile(r"^account(\.[A-Za-z_][A-Za-z0-9_]{0,127}){0,2}$")
 _canonical_json = msgspec.json.Encoder(order="sorted")
 
 
+ORPHAN_ANNOTATION = "backstage.io/orphan"
+
+
 @dataclass(frozen=True)
 class StoredEntity:
     uid: str
@@ -27,6 +30,11 @@ class StoredEntity:
     document: dict[str, Any]
     etag: str
     generation: int
+    location_id: str | None = None
+    """The registered location that emits it; None when written through the Entity API."""
+    location_key: str | None = None
+    orphan: bool = False
+    """Its location stopped emitting it (orphan strategy `keep`)."""
 
 
 def check_scope(scope: str, field: str = "query.scope") -> str:
@@ -40,7 +48,9 @@ def ingestible_document(entity: dict[str, Any]) -> dict[str, Any]:
     """The part of an entity a client writes: computed fields (relations, status, uid, etag, generation,
     the scope annotation) are dropped, so a document read from the API can be written back unchanged."""
     metadata = {k: v for k, v in (entity.get("metadata") or {}).items() if k not in SERVER_METADATA}
-    annotations = {k: v for k, v in (metadata.get("annotations") or {}).items() if k != SCOPE_ANNOTATION}
+    annotations = {
+        k: v for k, v in (metadata.get("annotations") or {}).items() if k not in (SCOPE_ANNOTATION, ORPHAN_ANNOTATION)
+    }
     if annotations:
         metadata["annotations"] = annotations
     else:
@@ -65,6 +75,8 @@ def stitch(entity: StoredEntity, relations: list[Relation]) -> dict[str, Any]:
     metadata = dict(document.get("metadata") or {})
     metadata.update(uid=entity.uid, etag=entity.etag, generation=entity.generation)
     metadata["annotations"] = {**(metadata.get("annotations") or {}), SCOPE_ANNOTATION: entity.scope}
+    if entity.orphan:
+        metadata["annotations"][ORPHAN_ANNOTATION] = "true"
     ordered = sorted({(r.type, r.target) for r in relations if r.source == entity.ref})
     return {
         **document,
@@ -163,3 +175,29 @@ class FacetValue(msgspec.Struct, frozen=True):
 
 class FacetsResponse(msgspec.Struct, frozen=True):
     facets: dict[str, list[FacetValue]]
+
+
+class LocationSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """Body of `POST /locations`."""
+
+    type: Annotated[str, msgspec.Meta(min_length=1, max_length=32)]
+    target: Annotated[str, msgspec.Meta(min_length=1, max_length=4096)]
+
+
+class LocationView(msgspec.Struct, frozen=True, omit_defaults=True):
+    """A location as Backstage serves it, plus the problems of its last read."""
+
+    id: str
+    type: str
+    target: str
+    errors: list[dict[str, Any]] = []
+
+
+class LocationQuery(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    dryRun: bool = False
+    scope: str = "account"
+
+
+class RefreshRequest(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    entityRef: str
+    authorizationToken: str | None = None

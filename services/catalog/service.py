@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import dataclasses
 import uuid
 from typing import Any
 
@@ -83,6 +84,40 @@ def _event(kind: str, actor: Actor, entity: StoredEntity, data: dict[str, Any]):
     )
 
 
+async def insert_entity(conn: asyncpg.Connection, actor: Actor, entity: StoredEntity, relations: list) -> None:
+    """Store a new entity with its relations, re-stitch what it touches, and emit `catalog.entity.created`."""
+    await store.insert_entity(conn, entity)
+    await store.replace_relations(conn, entity.uid, entity.scope, relations)
+    await _restitch(conn, entity.scope, {entity.ref} | {r.target for r in relations})
+    await write_event(conn, _event("created", actor, entity, {"entity": entity.document}))
+
+
+async def update_entity(
+    conn: asyncpg.Connection, actor: Actor, current: StoredEntity, updated: StoredEntity, relations: list
+) -> None:
+    """Store a changed entity, re-stitch both old and new relation targets, and emit the changed fields."""
+    affected = await store.emitted_targets(conn, current.uid)
+    await store.update_entity(conn, updated)
+    await store.replace_relations(conn, updated.uid, updated.scope, relations)
+    await _restitch(conn, updated.scope, affected | {updated.ref} | {r.target for r in relations})
+    changes = diff_fields(current.document, updated.document)
+    if current.orphan != updated.orphan:
+        changes["orphan"] = {"before": current.orphan, "after": updated.orphan}
+    verb = "orphaned" if updated.orphan and list(changes) == ["orphan"] else "updated"
+    await write_event(conn, _event(verb, actor, updated, {"changes": changes, "generation": updated.generation}))
+
+
+def revised(current: StoredEntity, document: dict[str, Any], **fields: Any) -> StoredEntity:
+    """`current` with a new document (etag and generation follow) and other fields replaced."""
+    return dataclasses.replace(
+        current,
+        document=document,
+        etag=document_etag(document),
+        generation=next_generation(current, document),
+        **fields,
+    )
+
+
 async def create_entity(pool: asyncpg.Pool, actor: Actor, scope: str, raw: Any) -> dict[str, Any]:
     check_scope(scope)
     document, relations = prepare_document(raw)
@@ -90,10 +125,7 @@ async def create_entity(pool: asyncpg.Pool, actor: Actor, scope: str, raw: Any) 
     entity = StoredEntity(str(uuid.uuid4()), scope, ref, document, document_etag(document), 1)
     try:
         async with transaction(pool) as conn:
-            await store.insert_entity(conn, entity)
-            await store.replace_relations(conn, entity.uid, scope, relations)
-            await _restitch(conn, scope, {ref} | {r.target for r in relations})
-            await write_event(conn, _event("created", actor, entity, {"entity": document}))
+            await insert_entity(conn, actor, entity, relations)
             return stitch(entity, await store.relations_from(conn, scope, [ref]))
     except asyncpg.UniqueViolationError:
         raise ConflictError(f"{ref} already exists at scope {scope}") from None
@@ -117,17 +149,8 @@ async def replace_entity(
         check_if_match(if_match, current.etag)
         if current.document == document:
             return stitch(current, await store.relations_from(conn, scope, [ref]))
-        updated = StoredEntity(
-            current.uid, scope, ref, document, document_etag(document), next_generation(current, document)
-        )
-        affected = await store.emitted_targets(conn, current.uid)
-        await store.update_entity(conn, updated)
-        await store.replace_relations(conn, updated.uid, scope, relations)
-        await _restitch(conn, scope, affected | {ref} | {r.target for r in relations})
-        changes = diff_fields(current.document, document)
-        await write_event(
-            conn, _event("updated", actor, updated, {"changes": changes, "generation": updated.generation})
-        )
+        updated = revised(current, document)
+        await update_entity(conn, actor, current, updated, relations)
         return stitch(updated, await store.relations_from(conn, scope, [ref]))
 
 
@@ -136,10 +159,15 @@ async def delete_entity(pool: asyncpg.Pool, actor: Actor, uid: str) -> None:
         entity = await store.get_by_uid(conn, uid, lock=True)
         if entity is None:
             raise NotFoundError(f"no entity with uid {uid}")
-        affected = await store.emitted_targets(conn, uid)
-        await store.delete_entity(conn, uid)
-        await _restitch(conn, entity.scope, affected - {entity.ref})
-        await write_event(conn, _event("deleted", actor, entity, {"entity": entity.document}))
+        await remove_entity(conn, actor, entity)
+
+
+async def remove_entity(conn: asyncpg.Connection, actor: Actor, entity: StoredEntity) -> None:
+    """Delete an entity and its relations, re-stitch what they pointed at, and emit `catalog.entity.deleted`."""
+    affected = await store.emitted_targets(conn, entity.uid)
+    await store.delete_entity(conn, entity.uid)
+    await _restitch(conn, entity.scope, affected - {entity.ref})
+    await write_event(conn, _event("deleted", actor, entity, {"entity": entity.document}))
 
 
 async def _served(conn: asyncpg.Connection, entity: StoredEntity | None, missing: str) -> dict[str, Any]:

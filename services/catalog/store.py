@@ -12,8 +12,13 @@ from services.catalog.model import StoredEntity
 from services.catalog.query import AllOf, AnyOf, Filter, KeyValues, SearchRow
 from services.catalog.relations import Relation
 
-_COLUMNS = "uid::text AS uid, scope, ref, document, etag, generation"
-_E_COLUMNS = "e.uid::text AS uid, e.scope, e.ref, e.document, e.etag, e.generation"
+_COLUMNS = (
+    "uid::text AS uid, scope, ref, document, etag, generation, location_id::text AS location_id, location_key, orphan"
+)
+_E_COLUMNS = (
+    "e.uid::text AS uid, e.scope, e.ref, e.document, e.etag, e.generation, e.location_id::text AS location_id, "
+    "e.location_key, e.orphan"
+)
 
 
 def _entity(row: asyncpg.Record | None) -> StoredEntity | None:
@@ -44,8 +49,9 @@ async def insert_entity(conn: asyncpg.Connection, entity: StoredEntity) -> None:
     kind, _, rest = entity.ref.partition(":")
     namespace, _, name = rest.partition("/")
     await conn.execute(
-        """INSERT INTO entities (uid, scope, ref, kind, namespace, name, document, etag, generation)
-           VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)""",
+        """INSERT INTO entities (uid, scope, ref, kind, namespace, name, document, etag, generation, location_id,
+                                 location_key, orphan)
+           VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)""",
         entity.uid,
         entity.scope,
         entity.ref,
@@ -55,16 +61,23 @@ async def insert_entity(conn: asyncpg.Connection, entity: StoredEntity) -> None:
         entity.document,
         entity.etag,
         entity.generation,
+        entity.location_id,
+        entity.location_key,
+        entity.orphan,
     )
 
 
 async def update_entity(conn: asyncpg.Connection, entity: StoredEntity) -> None:
     await conn.execute(
-        "UPDATE entities SET document = $2, etag = $3, generation = $4, updated_at = now() WHERE uid = $1",
+        """UPDATE entities SET document = $2, etag = $3, generation = $4, location_id = $5, location_key = $6,
+                              orphan = $7, updated_at = now() WHERE uid = $1""",
         entity.uid,
         entity.document,
         entity.etag,
         entity.generation,
+        entity.location_id,
+        entity.location_key,
+        entity.orphan,
     )
 
 
@@ -199,3 +212,48 @@ async def facets(
     for row in rows:
         result[row["key"]].append((row["original_value"], row["count"]))
     return result
+
+
+# --- locations -----------------------------------------------------------------------------------------
+
+_LOCATION_COLUMNS = "id::text AS id, scope, type, target, errors, refreshed_at"
+
+
+async def insert_location(conn: asyncpg.Connection, location_id: str, scope: str, type_: str, target: str) -> None:
+    await conn.execute(
+        "INSERT INTO locations (id, scope, type, target) VALUES ($1, $2, $3, $4)", location_id, scope, type_, target
+    )
+
+
+async def get_location(conn: asyncpg.Connection, location_id: str) -> asyncpg.Record | None:
+    try:
+        uuid.UUID(location_id)
+    except ValueError:
+        return None
+    return await conn.fetchrow(f"SELECT {_LOCATION_COLUMNS} FROM locations WHERE id = $1", location_id)
+
+
+async def find_location(conn: asyncpg.Connection, scope: str, type_: str, target: str) -> asyncpg.Record | None:
+    return await conn.fetchrow(
+        f"SELECT {_LOCATION_COLUMNS} FROM locations WHERE scope = $1 AND type = $2 AND target = $3",
+        scope,
+        type_,
+        target,
+    )
+
+
+async def list_locations(conn: asyncpg.Connection) -> list[asyncpg.Record]:
+    return await conn.fetch(f"SELECT {_LOCATION_COLUMNS} FROM locations ORDER BY created_at, id")
+
+
+async def record_location_read(conn: asyncpg.Connection, location_id: str, errors: list[dict[str, Any]]) -> None:
+    await conn.execute("UPDATE locations SET errors = $2, refreshed_at = now() WHERE id = $1", location_id, errors)
+
+
+async def delete_location(conn: asyncpg.Connection, location_id: str) -> None:
+    await conn.execute("DELETE FROM locations WHERE id = $1", location_id)
+
+
+async def entities_of_location(conn: asyncpg.Connection, location_id: str) -> list[StoredEntity]:
+    rows = await conn.fetch(f"SELECT {_COLUMNS} FROM entities WHERE location_id = $1 FOR UPDATE", location_id)
+    return [StoredEntity(**dict(r)) for r in rows]

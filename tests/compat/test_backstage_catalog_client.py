@@ -12,6 +12,7 @@ import pytest
 import pytest_asyncio
 
 from services.catalog.app import DEFINITION as CATALOG
+from services.catalog.app import Settings as CatalogSettings
 from shared.service import running_service
 from tests.conftest import DEV_TOKEN
 
@@ -38,7 +39,7 @@ def client_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest_asyncio.fixture
 async def catalog(make_settings, http):
-    async with running_service(CATALOG, make_settings()) as service:
+    async with running_service(CATALOG, make_settings(CatalogSettings)) as service:
         entities = [
             {"kind": "Group", "metadata": {"name": "team-a"}, "spec": {"type": "team", "children": []}},
             {

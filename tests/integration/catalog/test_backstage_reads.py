@@ -7,6 +7,7 @@ import copy
 import pytest_asyncio
 
 from services.catalog.app import DEFINITION as CATALOG
+from services.catalog.app import Settings as CatalogSettings
 from shared.service import running_service
 
 BASE = {
@@ -25,7 +26,7 @@ def component(name: str, type_: str = "service", title: str | None = None, tags=
 
 @pytest_asyncio.fixture
 async def catalog(make_settings, http):
-    async with running_service(CATALOG, make_settings()) as service:
+    async with running_service(CATALOG, make_settings(CatalogSettings)) as service:
         for i, (type_, tags) in enumerate([("service", ["java"]), ("website", ["react"]), ("service", ["go"])] * 4):
             entity = component(f"svc-{i:02d}", type_, title=f"Checkout {i}" if i % 5 == 0 else None, tags=tags)
             async with http.post(f"{service.url}/api/catalog/entities", json=entity) as r:

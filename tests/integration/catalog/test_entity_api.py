@@ -13,6 +13,7 @@ import pytest_asyncio
 from services.audit.app import DEFINITION as AUDIT
 from services.audit.app import Settings as AuditSettings
 from services.catalog.app import DEFINITION as CATALOG
+from services.catalog.app import Settings as CatalogSettings
 from shared.service import RunningService, running_service
 from tests.helpers import eventually
 
@@ -32,7 +33,7 @@ COMPONENT = {
 
 @pytest_asyncio.fixture
 async def catalog(make_settings: Callable[..., Any]) -> AsyncIterator[RunningService]:
-    async with running_service(CATALOG, make_settings()) as service:
+    async with running_service(CATALOG, make_settings(CatalogSettings)) as service:
         yield service
 
 

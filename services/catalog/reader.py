@@ -1,0 +1,285 @@
+"""Reading Backstage `file` locations from disk into entity documents.
+
+Owns what Backstage's catalog does between "here is a location" and "here are unprocessed entities": globbing the
+target (`FileReaderProcessor`), splitting the YAML documents (`parseEntityYaml`), resolving `$text`, `$json` and
+`$yaml` (`PlaceholderProcessor`), following Location entities (`DefaultCatalogProcessingOrchestrator`) and stamping
+the location annotations (`ProcessorOutputCollector`). It returns entities and errors; validating, storing and
+conflict checks belong to the caller.
+
+Only `file` locations are read; other types are reported as not supported yet, and a placeholder that points at a
+URL is left in place for a later stage to resolve. Unlike Backstage, which refuses relative placeholder paths in file
+locations, a placeholder path here is read relative to the file that holds the entity; `allowed_roots` keeps every
+read (targets, Location targets, placeholders) inside directories the operator chose.
+"""
+
+from __future__ import annotations
+
+import json
+import os.path
+import re
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from services.catalog.validation import is_placeholder
+from shared.yamlsafe import YamlError, iter_yaml_documents, load_yaml_documents
+
+LOCATION_ANNOTATION = "backstage.io/managed-by-location"
+ORIGIN_LOCATION_ANNOTATION = "backstage.io/managed-by-origin-location"
+MAX_FILE_BYTES = 4 * 1024 * 1024
+
+_GLOB_CHARS = frozenset("*?[")
+_URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]+:")
+_JSON_TYPES = {bool: "boolean", int: "number", float: "number", str: "string", list: "array"}
+
+_Read = Callable[[Path], bytes]
+
+
+@dataclass(frozen=True)
+class ReadEntity:
+    """An entity document as read, annotated with the location it came from."""
+
+    document: dict[str, Any]
+    location_key: str
+    location: str
+
+
+@dataclass(frozen=True)
+class ReadError:
+    """A problem with a location, or with one document (`document_index`, 0-based in its file) of it."""
+
+    location: str
+    message: str
+    document_index: int | None = None
+
+
+@dataclass(frozen=True)
+class ReadResult:
+    """What one read found: entities in reading order, and the problems met."""
+
+    entities: list[ReadEntity]
+    errors: list[ReadError]
+
+
+class _FileError(Exception):
+    """A file that cannot be read, or is too large to."""
+
+
+class _EntityError(Exception):
+    """A document that cannot become an entity; the others of its file still can."""
+
+
+@dataclass
+class _Run:
+    """One read: where it started, where it may read, what it found so far, and the files already read."""
+
+    origin: str
+    max_depth: int
+    roots: tuple[Path, ...] | None
+    entities: list[ReadEntity] = field(default_factory=list)
+    errors: list[ReadError] = field(default_factory=list)
+    seen: set[Path] = field(default_factory=set)
+
+    def fail(self, location: str, message: str, document_index: int | None = None) -> None:
+        self.errors.append(ReadError(location, message, document_index))
+
+    def allows(self, path: Path) -> bool:
+        if self.roots is None:
+            return True
+        real = path.resolve()
+        return any(real == root or root in real.parents for root in self.roots)
+
+    def read(self, path: Path) -> bytes:
+        if not self.allows(path):
+            raise _FileError(f"{path} is outside the directories locations may read")
+        return _read_limited(path)
+
+
+def read_location(
+    type: str,
+    target: str,
+    *,
+    base_dir: Path | None = None,
+    max_depth: int = 20,
+    allowed_roots: Iterable[Path] | None = None,
+) -> ReadResult:
+    """Every entity reachable from a location, following Location entities, and every problem met on the way."""
+    base = (base_dir or Path.cwd()).absolute()
+    roots = None if allowed_roots is None else tuple(Path(root).resolve() for root in allowed_roots)
+    run = _Run(origin=f"{type}:{_resolved(type, target, base)}", max_depth=max_depth, roots=roots)
+    _read_target(run, type, target, base=base, depth=0, optional=False)
+    return ReadResult(run.entities, run.errors)
+
+
+def _resolved(type: str, target: str, base: Path) -> str:
+    if type != "file":
+        return target
+    return os.path.normpath(os.path.join(base, target))
+
+
+def _read_target(run: _Run, type: str, target: str, *, base: Path, depth: int, optional: bool) -> None:
+    pattern = _resolved(type, target, base)
+    location = f"{type}:{pattern}"
+    if type != "file":
+        run.fail(location, f"location type {type} is not supported yet")
+    elif target.endswith(("/", os.sep)):
+        run.fail(location, f"cannot read file location {target}: it ends with a path separator")
+    elif depth > run.max_depth:
+        run.fail(location, f"Location entities are nested deeper than {run.max_depth} levels")
+    else:
+        _read_files(run, pattern, depth=depth, optional=optional)
+
+
+def _read_files(run: _Run, pattern: str, *, depth: int, optional: bool) -> None:
+    root, glob = _split_glob(pattern)
+    # Checked before looking: outside the roots, even whether a file exists is not the reader's to tell.
+    if not run.allows(root):
+        run.fail(f"file:{pattern}", f"file {pattern} is outside the directories locations may read")
+        return
+    paths = _matching(root, glob)
+    if not paths and not optional:
+        run.fail(f"file:{pattern}", f"file {pattern} does not exist")
+    for path in paths:
+        _read_file(run, path, depth)
+
+
+def _matching(root: Path, glob: str | None) -> list[Path]:
+    if glob is None:
+        return [root] if root.exists() else []
+    return sorted(path for path in root.glob(glob) if path.is_file())
+
+
+def _split_glob(pattern: str) -> tuple[Path, str | None]:
+    """The part of a path before its first glob character, and the glob after it (None if there is none)."""
+    parts = Path(pattern).parts
+    first_glob = next((i for i, part in enumerate(parts) if _GLOB_CHARS & set(part)), None)
+    if first_glob is None:
+        return Path(pattern), None
+    return Path(*parts[:first_glob]), str(Path(*parts[first_glob:]))
+
+
+def _read_file(run: _Run, path: Path, depth: int) -> None:
+    # Each file is read once per run: that ends cycles of Location entities and keeps one location per entity.
+    identity = path.resolve()
+    if identity in run.seen:
+        return
+    run.seen.add(identity)
+    location = f"file:{path}"
+    try:
+        data = run.read(path)
+    except _FileError as exc:
+        run.fail(location, f"file {exc}")
+        return
+    for index, document in iter_yaml_documents(data):
+        _take_document(run, document, path, index, depth)
+
+
+def _read_limited(path: Path) -> bytes:
+    try:
+        # Only regular files: reading a FIFO or a device could block or never end.
+        if path.exists() and not path.is_file():
+            raise _FileError(f"{path} is not a regular file")
+        with path.open("rb") as file:
+            data = file.read(MAX_FILE_BYTES + 1)
+    except OSError as exc:
+        raise _FileError(f"{path} could not be read: {exc.strerror or exc}") from exc
+    if len(data) > MAX_FILE_BYTES:
+        raise _FileError(f"{path} is larger than {MAX_FILE_BYTES} bytes")
+    return data
+
+
+def _take_document(run: _Run, document: Any, path: Path, index: int, depth: int) -> None:
+    location = f"file:{path}"
+    if isinstance(document, YamlError):
+        run.fail(location, f"YAML error at {location}, {document}", index)
+        return
+    if not isinstance(document, dict):
+        run.fail(location, f"Expected object at root, got {_JSON_TYPES.get(type(document), 'object')}", index)
+        return
+    try:
+        entity = _annotated(_resolve_placeholders(document, path.parent, run.read), location, run.origin)
+    except _EntityError as exc:
+        run.fail(location, str(exc), index)
+        return
+    run.entities.append(ReadEntity(entity, location_key=location, location=location))
+    if _is_location(entity):
+        _follow(run, entity, path, depth)
+
+
+def _annotated(entity: dict[str, Any], location: str, origin: str) -> dict[str, Any]:
+    metadata = entity.get("metadata")
+    if not isinstance(metadata, dict):
+        raise _EntityError("metadata must be an object")
+    annotations = metadata.get("annotations")
+    if annotations is None:
+        annotations = {}
+    if not isinstance(annotations, dict):
+        raise _EntityError("metadata.annotations must be a valid object")
+    annotations = {**annotations, ORIGIN_LOCATION_ANNOTATION: origin, LOCATION_ANNOTATION: location}
+    return {**entity, "metadata": {**metadata, "annotations": annotations}}
+
+
+def _is_location(entity: dict[str, Any]) -> bool:
+    kind = entity.get("kind")
+    return isinstance(kind, str) and kind.lower() == "location"
+
+
+def _follow(run: _Run, entity: dict[str, Any], path: Path, depth: int) -> None:
+    spec = entity.get("spec")
+    if not isinstance(spec, dict):
+        return
+    # Only file locations are read here, so the location that read this entity is always of type file.
+    type = spec.get("type") or "file"
+    optional = spec.get("presence") == "optional"
+    for target in _targets(spec):
+        _read_target(run, str(type), target, base=path.parent, depth=depth + 1, optional=optional)
+
+
+def _targets(spec: dict[str, Any]) -> list[str]:
+    targets = spec.get("targets")
+    every = [spec.get("target"), *(targets if isinstance(targets, list) else [])]
+    return [target for target in every if isinstance(target, str) and target]
+
+
+def _resolve_placeholders(value: Any, base: Path, read: _Read) -> Any:
+    if isinstance(value, list):
+        return [_resolve_placeholders(item, base, read) for item in value]
+    if not isinstance(value, dict):
+        return value
+    if not any(isinstance(key, str) and key.startswith("$") for key in value):
+        return {key: _resolve_placeholders(item, base, read) for key, item in value.items()}
+    if is_placeholder(value):
+        ((key, ref),) = value.items()
+        if isinstance(ref, str) and not _URL.match(ref):
+            return _RESOLVERS[key](key, ref, base / ref, read)
+    # As in Backstage, other `$` keys (a JSON Schema's `$ref`, unknown resolvers) are data, left as they are.
+    return value
+
+
+def _text(key: str, ref: str, path: Path, read: _Read) -> str:
+    try:
+        return read(path).decode("utf-8", "replace")
+    except _FileError as exc:
+        raise _EntityError(f"Placeholder {key} could not read location {ref}, {exc}") from exc
+
+
+def _json(key: str, ref: str, path: Path, read: _Read) -> Any:
+    try:
+        return json.loads(_text(key, ref, path, read))
+    except (ValueError, RecursionError) as exc:
+        raise _EntityError(f"Placeholder {key} failed to parse JSON data at {ref}, {exc}") from exc
+
+
+def _yaml(key: str, ref: str, path: Path, read: _Read) -> Any:
+    try:
+        documents = load_yaml_documents(_text(key, ref, path, read))
+    except YamlError as exc:
+        raise _EntityError(f"Placeholder {key} failed to parse YAML data at {ref}, {exc}") from exc
+    if len(documents) != 1:
+        message = f"expected to find exactly one document of data at {ref}, found {len(documents)}"
+        raise _EntityError(f"Placeholder {key} {message}")
+    return documents[0]
+
+
+_RESOLVERS = {"$text": _text, "$json": _json, "$yaml": _yaml}
