@@ -14,12 +14,15 @@ from services.catalog.model import (
     EntityQuery,
     FacetsQuery,
     FacetsResponse,
+    Graph,
+    GraphQuery,
     LocationQuery,
     LocationSpec,
     LocationView,
     QueryPage,
     RefreshRequest,
     ScopeQuery,
+    ValidateEntityRequest,
 )
 from shared.etag import quoted
 from shared.http import Routes, json_response, parse_query, principal_of, read_json
@@ -194,5 +197,26 @@ def routes(deps: Deps) -> Routes:
         body = await read_json(request, RefreshRequest)
         await ingestion.refresh_entity(pool, policy, principal_of(request).actor(), scope, body.entityRef)
         return web.Response(status=200)
+
+    @api.get(
+        "/api/catalog/graph",
+        summary="Dependency graph from a root entity: nodes and edges",
+        permission="catalog_entity_view",
+        query=GraphQuery,
+        response=Graph,
+    )
+    async def get_graph(request: web.Request) -> web.Response:
+        return json_response(await service.entity_graph(pool, parse_query(request, GraphQuery)))
+
+    @api.post(
+        "/api/catalog/validate-entity",
+        summary="Validate an entity as ingestion would (Backstage)",
+        permission="catalog_entity_view",
+        body=ValidateEntityRequest,
+    )
+    async def validate_entity(request: web.Request) -> web.Response:
+        body = await read_json(request, ValidateEntityRequest)
+        errors = service.validate_entity_document(body.entity)
+        return json_response({"errors": errors}, status=400) if errors else web.Response(status=200)
 
     return api

@@ -201,3 +201,38 @@ class LocationQuery(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fi
 class RefreshRequest(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     entityRef: str
     authorizationToken: str | None = None
+
+
+class GraphQuery(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    root: str
+    """Entity ref to start from (`kind:namespace/name`; namespace defaults to `default`)."""
+    depth: Annotated[int, msgspec.Meta(ge=0, le=6)] = 2
+    relations: list[str] | str | None = None
+    """Relation types to follow (comma list or repeated); all when absent."""
+    scope: str = "account"
+
+
+class GraphNode(msgspec.Struct, frozen=True, omit_defaults=True):
+    ref: str
+    kind: str
+    name: str
+    title: str | None = None
+    missing: bool = False
+    """A relation points at it but no such entity exists (a dangling reference)."""
+
+
+class GraphEdge(msgspec.Struct, frozen=True):
+    source: str
+    type: str
+    target: str
+
+
+class Graph(msgspec.Struct, frozen=True):
+    root: str
+    nodes: list[GraphNode]
+    edges: list[GraphEdge]
+
+
+class ValidateEntityRequest(msgspec.Struct, frozen=True):
+    entity: Any
+    location: str | None = None

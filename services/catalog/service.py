@@ -25,6 +25,10 @@ from services.catalog.model import (
     FacetsQuery,
     FacetsResponse,
     FacetValue,
+    Graph,
+    GraphEdge,
+    GraphNode,
+    GraphQuery,
     PageInfo,
     QueryCursor,
     QueryPage,
@@ -291,3 +295,58 @@ async def entity_facets(pool: asyncpg.Pool, query: FacetsQuery) -> FacetsRespons
     async with pool.acquire() as conn:
         found = await store.facets(conn, scope, parse_filter_params(_as_list(query.filter)), [k.lower() for k in keys])
     return FacetsResponse({k: [FacetValue(v, c) for v, c in found[k.lower()]] for k in keys})
+
+
+async def entity_graph(pool: asyncpg.Pool, query: GraphQuery) -> Graph:
+    """The entities reachable from `root` through chosen relation types, up to `depth` hops; dangling targets
+    are nodes marked `missing`."""
+    scope = check_scope(query.scope)
+    try:
+        root = str(parse_entity_ref(query.root))
+    except EntityRefError as exc:
+        raise InputError.for_field("query.root", str(exc)) from None
+    wanted = {t.strip().lower() for value in _as_list(query.relations) for t in value.split(",") if t.strip()}
+    seen, frontier, edges = {root}, {root}, set()
+    async with pool.acquire() as conn:
+        if await store.get_by_ref(conn, scope, root) is None:
+            raise NotFoundError(f"no entity {root} at scope {scope}")
+        for _ in range(query.depth):
+            step = [
+                r for r in await store.relations_from(conn, scope, frontier) if not wanted or r.type.lower() in wanted
+            ]
+            edges.update(step)
+            frontier = {r.target for r in step} - seen
+            seen |= frontier
+            if not frontier:
+                break
+        found = await store.get_many(conn, scope, sorted(seen))
+    nodes = []
+    for ref in sorted(seen):
+        kind, _, rest = ref.partition(":")
+        entity = found.get(ref)
+        metadata = entity.document.get("metadata", {}) if entity else {}
+        nodes.append(
+            GraphNode(
+                ref=ref,
+                kind=entity.document["kind"] if entity else kind,
+                name=metadata.get("name", rest.partition("/")[2]),
+                title=metadata.get("title"),
+                missing=entity is None,
+            )
+        )
+    return Graph(
+        root=root,
+        nodes=nodes,
+        edges=[
+            GraphEdge(r.source, r.type, r.target) for r in sorted(edges, key=lambda r: (r.source, r.type, r.target))
+        ],
+    )
+
+
+def validate_entity_document(raw: Any) -> list[dict[str, str]]:
+    """Backstage's `POST /validate-entity`: the problems, or none."""
+    try:
+        prepare_document(raw)
+    except InputError as exc:
+        return [{"name": "InputError", "message": e.message, "field": e.field} for e in exc.errors]
+    return []
