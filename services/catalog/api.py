@@ -16,6 +16,8 @@ from services.catalog.model import (
     FacetsResponse,
     Graph,
     GraphQuery,
+    IngestRequest,
+    IngestResult,
     LocationQuery,
     LocationSpec,
     LocationView,
@@ -218,5 +220,18 @@ def routes(deps: Deps) -> Routes:
         body = await read_json(request, ValidateEntityRequest)
         errors = service.validate_entity_document(body.entity)
         return json_response({"errors": errors}, status=400) if errors else web.Response(status=200)
+
+    @api.post(
+        "/api/catalog/ingest",
+        summary="Set extra properties on entities without touching their source",
+        permission="catalog_entity_edit",
+        query=ScopeQuery,
+        body=IngestRequest,
+        response=IngestResult,
+    )
+    async def ingest_properties(request: web.Request) -> web.Response:
+        scope = parse_query(request, ScopeQuery).scope
+        body = await read_json(request, IngestRequest)
+        return json_response(await service.ingest_properties(pool, principal_of(request).actor(), scope, body))
 
     return api

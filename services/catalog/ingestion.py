@@ -20,11 +20,17 @@ import asyncpg
 import msgspec
 
 from services.catalog import store
-from services.catalog.entity_ref import parse_entity_ref, ref_of
+from services.catalog.entity_ref import EntityRefError, parse_entity_ref, ref_of
 from services.catalog.model import LocationSpec, LocationView, StoredEntity, check_scope, document_etag
 from services.catalog.reader import ReadResult, read_location
-from services.catalog.relations import relations_of
-from services.catalog.service import insert_entity, prepare_document, remove_entity, revised, update_entity
+from services.catalog.service import (
+    insert_entity,
+    prepare_document,
+    remove_entity,
+    revised,
+    served_relations,
+    update_entity,
+)
 from shared.db import transaction
 from shared.errors import ConflictError, InputError, NotFoundError
 from shared.events import SYSTEM, Actor, ResourceRef, new_event
@@ -139,7 +145,7 @@ async def apply_read(
             updated = revised(
                 current, document, location_id=location_id, location_key=read_entity.location_key, orphan=False
             )
-            await update_entity(conn, actor, current, updated, relations)
+            await update_entity(conn, actor, current, updated, served_relations(updated))
             counts["updated"] += 1
         else:
             counts["unchanged"] += 1
@@ -150,9 +156,7 @@ async def apply_read(
             await remove_entity(conn, actor, entity)
             counts["deleted"] += 1
         elif not entity.orphan:
-            await update_entity(
-                conn, actor, entity, dataclasses.replace(entity, orphan=True), relations_of(entity.document)[0]
-            )
+            await update_entity(conn, actor, entity, dataclasses.replace(entity, orphan=True), served_relations(entity))
             counts["orphaned"] += 1
     await store.record_location_read(conn, location_id, errors)
     return {**counts, "errors": errors}
@@ -172,8 +176,12 @@ async def refresh_location(pool: asyncpg.Pool, policy: IngestionPolicy, actor: A
 
 async def refresh_entity(pool: asyncpg.Pool, policy: IngestionPolicy, actor: Actor, scope: str, entity_ref: str):
     """Backstage's `POST /refresh`: re-read the location that emits this entity (nothing to do without one)."""
+    try:
+        ref = str(parse_entity_ref(entity_ref))
+    except EntityRefError as exc:
+        raise InputError.for_field("$.entityRef", str(exc)) from None
     async with pool.acquire() as conn:
-        entity = await store.get_by_ref(conn, check_scope(scope), entity_ref)
+        entity = await store.get_by_ref(conn, check_scope(scope), ref)
     if entity is None:
         raise NotFoundError(f"no entity {entity_ref} at scope {scope}")
     if entity.location_id is not None:

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import hashlib
 import re
-from dataclasses import dataclass
-from typing import Annotated, Any
+from dataclasses import dataclass, field
+from typing import Annotated, Any, Literal
 
 import msgspec
 
+from services.catalog.properties import apply_properties
 from services.catalog.relations import Relation
 from shared.errors import FieldError, InputError
 
@@ -35,6 +36,12 @@ class StoredEntity:
     location_key: str | None = None
     orphan: bool = False
     """Its location stopped emitting it (orphan strategy `keep`)."""
+    properties: dict[str, Any] = field(default_factory=dict)
+    """Set through the ingestion API; overlaid on `document` when served."""
+
+    @property
+    def served_document(self) -> dict[str, Any]:
+        return apply_properties(self.document, self.properties)
 
 
 def check_scope(scope: str, field: str = "query.scope") -> str:
@@ -71,7 +78,7 @@ def next_generation(current: StoredEntity, document: dict[str, Any]) -> int:
 def stitch(entity: StoredEntity, relations: list[Relation]) -> dict[str, Any]:
     """The entity as served: document + uid/etag/generation + scope annotation + its relations, sorted by
     type then target as Backstage sorts them."""
-    document = entity.document
+    document = entity.served_document
     metadata = dict(document.get("metadata") or {})
     metadata.update(uid=entity.uid, etag=entity.etag, generation=entity.generation)
     metadata["annotations"] = {**(metadata.get("annotations") or {}), SCOPE_ANNOTATION: entity.scope}
@@ -236,3 +243,21 @@ class Graph(msgspec.Struct, frozen=True):
 class ValidateEntityRequest(msgspec.Struct, frozen=True):
     entity: Any
     location: str | None = None
+
+
+class IngestItem(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    entityRef: str
+    properties: dict[str, Any]
+    """{path: value}, e.g. {"metadata.annotations.pagerduty.com/service-id": "P123", "spec.lifecycle": "production"}."""
+
+
+class IngestRequest(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """`POST /ingest`: `merge` sets the given paths; `replace` makes them the entity's only properties."""
+
+    items: Annotated[list[IngestItem], msgspec.Meta(min_length=1, max_length=10000)]
+    mode: Literal["merge", "replace"] = "merge"
+
+
+class IngestResult(msgspec.Struct, frozen=True):
+    updated: int
+    unchanged: int

@@ -29,6 +29,8 @@ from services.catalog.model import (
     GraphEdge,
     GraphNode,
     GraphQuery,
+    IngestRequest,
+    IngestResult,
     PageInfo,
     QueryCursor,
     QueryPage,
@@ -40,6 +42,7 @@ from services.catalog.model import (
     next_generation,
     stitch,
 )
+from services.catalog.properties import apply_properties, check_path
 from services.catalog.query import build_search_rows, parse_fields_param, parse_filter_params, project_fields
 from services.catalog.relations import relations_of
 from services.catalog.validation import default_namespace, validate_entity
@@ -104,7 +107,7 @@ async def update_entity(
     await store.update_entity(conn, updated)
     await store.replace_relations(conn, updated.uid, updated.scope, relations)
     await _restitch(conn, updated.scope, affected | {updated.ref} | {r.target for r in relations})
-    changes = diff_fields(current.document, updated.document)
+    changes = diff_fields(current.served_document, updated.served_document)
     if current.orphan != updated.orphan:
         changes["orphan"] = {"before": current.orphan, "after": updated.orphan}
     verb = "orphaned" if updated.orphan and list(changes) == ["orphan"] else "updated"
@@ -113,13 +116,20 @@ async def update_entity(
 
 def revised(current: StoredEntity, document: dict[str, Any], **fields: Any) -> StoredEntity:
     """`current` with a new document (etag and generation follow) and other fields replaced."""
+    properties = fields.pop("properties", current.properties)
     return dataclasses.replace(
         current,
         document=document,
-        etag=document_etag(document),
+        properties=properties,
+        etag=document_etag(apply_properties(document, properties)),
         generation=next_generation(current, document),
         **fields,
     )
+
+
+def served_relations(entity: StoredEntity) -> list:
+    """Relations of the document as served: ingested properties may set `spec.owner` and the like."""
+    return relations_of(entity.served_document)[0]
 
 
 async def create_entity(pool: asyncpg.Pool, actor: Actor, scope: str, raw: Any) -> dict[str, Any]:
@@ -140,7 +150,7 @@ async def replace_entity(
 ) -> dict[str, Any]:
     """Replace an entity's document (`If-Match` honoured); an identical document writes and emits nothing."""
     check_scope(scope)
-    document, relations = prepare_document(raw)
+    document, _ = prepare_document(raw)  # validates references; relations come from the served document
     errors: list[FieldError] = []
     body_ref_must_match(errors, document, *path_ref)
     if errors:
@@ -154,7 +164,7 @@ async def replace_entity(
         if current.document == document:
             return stitch(current, await store.relations_from(conn, scope, [ref]))
         updated = revised(current, document)
-        await update_entity(conn, actor, current, updated, relations)
+        await update_entity(conn, actor, current, updated, served_relations(updated))
         return stitch(updated, await store.relations_from(conn, scope, [ref]))
 
 
@@ -350,3 +360,41 @@ def validate_entity_document(raw: Any) -> list[dict[str, str]]:
     except InputError as exc:
         return [{"name": "InputError", "message": e.message, "field": e.field} for e in exc.errors]
     return []
+
+
+async def ingest_properties(pool: asyncpg.Pool, actor: Actor, scope: str, request: IngestRequest) -> IngestResult:
+    """Set extra properties on existing entities without touching their source, all or nothing.
+
+    Each entity's served document (document + properties) must still be valid; a refresh of its location
+    replaces the document and keeps the properties.
+    """
+    check_scope(scope)
+    plans = []
+    for index, item in enumerate(request.items):
+        field = f"$.items[{index}]"
+        try:
+            ref = str(parse_entity_ref(item.entityRef))
+        except EntityRefError as exc:
+            raise InputError.for_field(f"{field}.entityRef", str(exc)) from None
+        for path in item.properties:
+            check_path(path, f"{field}.properties.{path}")
+        plans.append((field, ref, item.properties))
+    updated_count = 0
+    async with transaction(pool) as conn:
+        for field, ref, properties in plans:
+            current = await store.get_by_ref(conn, scope, ref, lock=True)
+            if current is None:
+                raise InputError.for_field(f"{field}.entityRef", f"no entity {ref} at scope {scope}")
+            merged = properties if request.mode == "replace" else {**current.properties, **properties}
+            if merged == current.properties:
+                continue
+            updated = revised(current, current.document, properties=merged)
+            errors = validate_entity(updated.served_document)
+            if errors:
+                raise InputError(
+                    f"{ref} would not be valid: {errors[0].message}",
+                    errors=[FieldError(f"{field}.properties", f"{e.field}: {e.message}") for e in errors],
+                )
+            await update_entity(conn, actor, current, updated, served_relations(updated))
+            updated_count += 1
+    return IngestResult(updated=updated_count, unchanged=len(plans) - updated_count)

@@ -13,11 +13,12 @@ from services.catalog.query import AllOf, AnyOf, Filter, KeyValues, SearchRow
 from services.catalog.relations import Relation
 
 _COLUMNS = (
-    "uid::text AS uid, scope, ref, document, etag, generation, location_id::text AS location_id, location_key, orphan"
+    "uid::text AS uid, scope, ref, document, etag, generation, location_id::text AS location_id, location_key, "
+    "orphan, properties"
 )
 _E_COLUMNS = (
     "e.uid::text AS uid, e.scope, e.ref, e.document, e.etag, e.generation, e.location_id::text AS location_id, "
-    "e.location_key, e.orphan"
+    "e.location_key, e.orphan, e.properties"
 )
 
 
@@ -70,7 +71,7 @@ async def insert_entity(conn: asyncpg.Connection, entity: StoredEntity) -> None:
 async def update_entity(conn: asyncpg.Connection, entity: StoredEntity) -> None:
     await conn.execute(
         """UPDATE entities SET document = $2, etag = $3, generation = $4, location_id = $5, location_key = $6,
-                              orphan = $7, updated_at = now() WHERE uid = $1""",
+                              orphan = $7, properties = $8, updated_at = now() WHERE uid = $1""",
         entity.uid,
         entity.document,
         entity.etag,
@@ -78,6 +79,7 @@ async def update_entity(conn: asyncpg.Connection, entity: StoredEntity) -> None:
         entity.location_id,
         entity.location_key,
         entity.orphan,
+        entity.properties,
     )
 
 
