@@ -234,4 +234,20 @@ def routes(deps: Deps) -> Routes:
         body = await read_json(request, IngestRequest)
         return json_response(await service.ingest_properties(pool, principal_of(request).actor(), scope, body))
 
+    @api.get("/api/catalog/favorites", summary="The caller's starred entities", permission="catalog_entity_view")
+    async def list_favorites(request: web.Request) -> web.Response:
+        return json_response(await service.favorites(pool, principal_of(request).actor()))
+
+    @api.put("/api/catalog/favorites/{uid}", summary="Star an entity", permission="catalog_entity_view", status=204)
+    async def star_entity(request: web.Request) -> web.Response:
+        await service.set_favorite(pool, principal_of(request).actor(), request.match_info["uid"], starred=True)
+        return web.Response(status=204)
+
+    @api.delete(
+        "/api/catalog/favorites/{uid}", summary="Unstar an entity", permission="catalog_entity_view", status=204
+    )
+    async def unstar_entity(request: web.Request) -> web.Response:
+        await service.set_favorite(pool, principal_of(request).actor(), request.match_info["uid"], starred=False)
+        return web.Response(status=204)
+
     return api

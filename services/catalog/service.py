@@ -398,3 +398,35 @@ async def ingest_properties(pool: asyncpg.Pool, actor: Actor, scope: str, reques
             await update_entity(conn, actor, current, updated, served_relations(updated))
             updated_count += 1
     return IngestResult(updated=updated_count, unchanged=len(plans) - updated_count)
+
+
+async def set_favorite(pool: asyncpg.Pool, actor: Actor, uid: str, starred: bool) -> None:
+    """Star or unstar an entity for the caller; repeating either is a no-op that emits nothing."""
+    principal = f"{actor.kind}:{actor.id}"
+    async with transaction(pool) as conn:
+        entity = await store.get_by_uid(conn, uid)
+        if entity is None:
+            raise NotFoundError(f"no entity with uid {uid}")
+        changed = await (store.add_favorite if starred else store.remove_favorite)(conn, principal, uid)
+        if changed:
+            verb = "added" if starred else "removed"
+            await write_event(
+                conn,
+                new_event(
+                    f"catalog.favorite.{verb}",
+                    source=SOURCE,
+                    actor=actor,
+                    scope=entity.scope,
+                    resource=ResourceRef("entity", entity.ref),
+                    data={"uid": uid},
+                ),
+            )
+
+
+async def favorites(pool: asyncpg.Pool, actor: Actor) -> list[dict[str, Any]]:
+    async with pool.acquire() as conn:
+        entities = await store.favorite_entities(conn, f"{actor.kind}:{actor.id}")
+        served = []
+        for entity in entities:
+            served.append(stitch(entity, await store.relations_from(conn, entity.scope, [entity.ref])))
+    return served

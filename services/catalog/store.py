@@ -259,3 +259,27 @@ async def delete_location(conn: asyncpg.Connection, location_id: str) -> None:
 async def entities_of_location(conn: asyncpg.Connection, location_id: str) -> list[StoredEntity]:
     rows = await conn.fetch(f"SELECT {_COLUMNS} FROM entities WHERE location_id = $1 FOR UPDATE", location_id)
     return [StoredEntity(**dict(r)) for r in rows]
+
+
+# --- favorites -----------------------------------------------------------------------------------------
+
+
+async def add_favorite(conn: asyncpg.Connection, principal: str, uid: str) -> bool:
+    status = await conn.execute(
+        "INSERT INTO favorites (principal, entity_uid) VALUES ($1, $2) ON CONFLICT DO NOTHING", principal, uid
+    )
+    return status.endswith(" 1")
+
+
+async def remove_favorite(conn: asyncpg.Connection, principal: str, uid: str) -> bool:
+    status = await conn.execute("DELETE FROM favorites WHERE principal = $1 AND entity_uid = $2", principal, uid)
+    return status.endswith(" 1")
+
+
+async def favorite_entities(conn: asyncpg.Connection, principal: str) -> list[StoredEntity]:
+    rows = await conn.fetch(
+        f"SELECT {_E_COLUMNS} FROM favorites f JOIN entities e ON e.uid = f.entity_uid "
+        "WHERE f.principal = $1 ORDER BY f.created_at, e.ref",
+        principal,
+    )
+    return [StoredEntity(**dict(r)) for r in rows]

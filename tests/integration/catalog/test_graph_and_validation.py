@@ -76,3 +76,19 @@ async def test_validate_entity_answers_like_backstage(catalog, http):
     async with http.post(url, json={"entity": component("Not Fine!")}) as r:
         body = await r.json()
         assert r.status == 400 and body["errors"][0]["field"] == "$.metadata.name"
+
+
+async def test_favorites_star_list_and_unstar(catalog, http):
+    async with http.get(f"{catalog.url}/api/catalog/entities", params={"filter": "metadata.name=api"}) as r:
+        uid = (await r.json())[0]["metadata"]["uid"]
+    for _ in range(2):  # starring twice is harmless
+        async with http.put(f"{catalog.url}/api/catalog/favorites/{uid}") as r:
+            assert r.status == 204
+    async with http.get(f"{catalog.url}/api/catalog/favorites") as r:
+        assert [e["metadata"]["name"] for e in await r.json()] == ["api"]
+    async with http.delete(f"{catalog.url}/api/catalog/favorites/{uid}") as r:
+        assert r.status == 204
+    async with http.get(f"{catalog.url}/api/catalog/favorites") as r:
+        assert await r.json() == []
+    async with http.put(f"{catalog.url}/api/catalog/favorites/00000000-0000-0000-0000-000000000000") as r:
+        assert r.status == 404
