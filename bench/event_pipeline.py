@@ -19,22 +19,18 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import asyncpg
+import stack
 
 from shared import bus, db
-from shared.embedded import EmbeddedNats, EmbeddedPostgres, free_port
 from shared.events import Actor, ResourceRef, encode_event, new_event
 from shared.outbox import OutboxRelay, write_events
 
-ROOT = Path(__file__).resolve().parent.parent
 WRITE_BATCH = 1000
 
 
@@ -142,30 +138,6 @@ async def one_run(nats_url: str, database_url: str, args: argparse.Namespace) ->
     }
 
 
-def start_audit(nats_url: str, database_url: str, log_path: Path) -> subprocess.Popen:
-    env = {
-        **os.environ,
-        "IDP_NATS_URL": nats_url,
-        "IDP_DATABASE_URL": database_url,
-        "IDP_HTTP_PORT": str(free_port()),
-        "IDP_LOG_LEVEL": "WARNING",
-    }
-    with open(log_path, "ab") as log:
-        return subprocess.Popen([sys.executable, "-m", "services.audit"], env=env, cwd=ROOT, stdout=log, stderr=log)
-
-
-async def wait_audit_ready(database_url: str) -> None:
-    conn = await asyncpg.connect(database_url)
-    try:
-        for _ in range(300):
-            if await conn.fetchval("SELECT to_regclass('audit.chain_head') IS NOT NULL"):
-                return
-            await asyncio.sleep(0.1)
-    finally:
-        await conn.close()
-    raise TimeoutError("audit did not start")
-
-
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--events", type=int, default=100_000)
@@ -175,33 +147,19 @@ async def main() -> None:
     parser.add_argument("--audit-replicas", type=int, default=1, help="audit processes sharing the durable consumer")
     args = parser.parse_args()
 
-    with tempfile.TemporaryDirectory(prefix="idp-bench-") as tmp:
-        nats_server = postgres = None
-        nats_url = os.environ.get("IDP_NATS_URL")
-        database_url = os.environ.get("IDP_DATABASE_URL")
-        if not nats_url:
-            nats_server = EmbeddedNats(Path(tmp) / "nats").start()
-            nats_url = nats_server.url
-        if not database_url:
-            postgres = EmbeddedPostgres(Path(tmp) / "postgres").start()
-            postgres.create_database("bench")
-            database_url = postgres.url("bench")
-        audits = [start_audit(nats_url, database_url, Path(tmp) / f"audit-{i}.log") for i in range(args.audit_replicas)]
+    with tempfile.TemporaryDirectory(prefix="idp-bench-") as tmp, stack.servers(Path(tmp)) as servers:
+        audits = [
+            stack.start_service("audit", servers, Path(tmp) / f"audit-{i}.log") for i in range(args.audit_replicas)
+        ]
         try:
-            await wait_audit_ready(database_url)
             results = []
             for run in range(args.runs):
-                result = await one_run(nats_url, database_url, args)
+                result = await one_run(servers.nats_url, servers.database_url, args)
                 results.append(result)
                 print(f"run {run + 1}: " + ", ".join(f"{k}={v:,.2f}" for k, v in result.items()), flush=True)
         finally:
             for audit in audits:
-                audit.terminate()
-                audit.wait(30)
-            if nats_server:
-                nats_server.stop()
-            if postgres:
-                postgres.stop()
+                audit.stop()
     print(
         f"\nmedian of {args.runs} runs, N = {args.events:,}, paced {args.paced_rate:,.0f}/s, "
         f"{args.audit_replicas} audit replica(s):\n"

@@ -37,6 +37,8 @@ from shared.events import SYSTEM, Actor, ResourceRef, new_event
 from shared.outbox import write_event
 
 SUPPORTED_TYPES = ("file",)
+BULK_CHANGES = 500
+"""A read that changes at least this many entities refreshes the planner's statistics afterwards."""
 log = logging.getLogger(__name__)
 
 
@@ -84,6 +86,7 @@ async def add_location(
         applied = await apply_read(conn, actor, policy, location_id, scope, result)
         await write_event(conn, _location_event("added", actor, scope, location_id, spec, applied))
         entities = await store.entities_of_location(conn, location_id)
+    await _analyze_after_bulk(pool, applied)
     view = LocationView(id=location_id, type=spec.type, target=spec.target, errors=applied["errors"])
     return {"location": view, "entities": [e.document for e in entities]}
 
@@ -171,7 +174,15 @@ async def refresh_location(pool: asyncpg.Pool, policy: IngestionPolicy, actor: A
     spec = LocationSpec(type=location["type"], target=location["target"])
     result = await read(spec, policy)
     async with transaction(pool) as conn:
-        return await apply_read(conn, actor, policy, location_id, location["scope"], result)
+        applied = await apply_read(conn, actor, policy, location_id, location["scope"], result)
+    await _analyze_after_bulk(pool, applied)
+    return applied
+
+
+async def _analyze_after_bulk(pool: asyncpg.Pool, applied: dict[str, Any]) -> None:
+    if sum(applied[k] for k in ("created", "updated", "orphaned", "deleted")) >= BULK_CHANGES:
+        async with pool.acquire() as conn:
+            await store.analyze(conn)
 
 
 async def refresh_entity(pool: asyncpg.Pool, policy: IngestionPolicy, actor: Actor, scope: str, entity_ref: str):

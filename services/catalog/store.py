@@ -283,3 +283,9 @@ async def favorite_entities(conn: asyncpg.Connection, principal: str) -> list[St
         principal,
     )
     return [StoredEntity(**dict(r)) for r in rows]
+
+
+async def analyze(conn: asyncpg.Connection) -> None:
+    """Refresh planner statistics; after a bulk load the planner otherwise expects a handful of search rows
+    and picks nested loops that rescan them (seen: 200 ms instead of 2 ms for a two-key filter)."""
+    await conn.execute("ANALYZE entities, relations, search")
