@@ -5,7 +5,11 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any, TypeVar
+
+import pytest
+import yaml
 
 from shared.events import Actor, Event, ResourceRef, new_event
 
@@ -37,3 +41,19 @@ def sample_event(n: int = 0, *, type: str = "test.thing.created", scope: str = "
         scope=scope,
         data={"n": n, **data},
     )
+
+
+BACKSTAGE_EXAMPLES = Path(__file__).resolve().parents[1].parent / "shared" / "datasets" / "backstage-examples"
+"""Backstage's own example catalog (78 entities), kept in ../shared beside the repository."""
+_NOT_ENTITIES = {"petstore-webhook.oas.yaml"}  # an OpenAPI document pulled in through `$text`
+
+
+def backstage_example_entities() -> list[dict]:
+    """Every entity document of the example set; skips the test when the set is not beside the repository."""
+    if not BACKSTAGE_EXAMPLES.is_dir():
+        pytest.skip(f"the Backstage example dataset is not at {BACKSTAGE_EXAMPLES}")
+    entities = []
+    for path in sorted(BACKSTAGE_EXAMPLES.rglob("*.yaml")):
+        if path.name not in _NOT_ENTITIES:
+            entities += [doc for doc in yaml.safe_load_all(path.read_text()) if doc]
+    return entities

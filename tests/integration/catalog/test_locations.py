@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import collections
 import json
-from pathlib import Path
 
 import pytest
 import pytest_asyncio
@@ -13,8 +12,9 @@ import pytest_asyncio
 from services.catalog.app import DEFINITION as CATALOG
 from services.catalog.app import Settings as CatalogSettings
 from shared.service import running_service
+from tests.helpers import BACKSTAGE_EXAMPLES
 
-DATASET = Path(__file__).resolve().parents[3].parent / "shared" / "datasets" / "backstage-examples"
+DATASET = BACKSTAGE_EXAMPLES
 
 GROUP = """apiVersion: backstage.io/v1alpha1
 kind: Group

@@ -5,27 +5,15 @@ from __future__ import annotations
 
 import collections
 import json
-from pathlib import Path
 
 import pytest
-import yaml
 
 from services.catalog.entity_ref import EntityRef, EntityRefError, parse_entity_ref, ref_of
 from services.catalog.relations import Relation, relations_of
 from services.catalog.validation import default_namespace, validate_entity
+from tests.helpers import BACKSTAGE_EXAMPLES, backstage_example_entities
 
-DATASET = Path(__file__).resolve().parents[3].parent / "shared" / "datasets" / "backstage-examples"
-NOT_ENTITIES = {"petstore-webhook.oas.yaml"}  # an OpenAPI document pulled in through `$text`
-
-
-def example_entities() -> list[dict]:
-    if not DATASET.is_dir():
-        pytest.skip(f"the Backstage example dataset is not at {DATASET}")
-    entities = []
-    for path in sorted(DATASET.rglob("*.yaml")):
-        if path.name not in NOT_ENTITIES:
-            entities += [doc for doc in yaml.safe_load_all(path.read_text()) if doc]
-    return entities
+DATASET = BACKSTAGE_EXAMPLES
 
 
 @pytest.mark.parametrize(
@@ -60,7 +48,7 @@ def test_a_ref_without_kind_needs_a_default_kind():
 
 
 def test_the_example_catalog_is_valid_and_counted_as_backstage_counts_it():
-    entities = example_entities()
+    entities = backstage_example_entities()
     problems = {str(ref_of(e)): validate_entity(e) for e in entities}
     assert {ref: errors for ref, errors in problems.items() if errors} == {}
     counts = collections.Counter(e["kind"] for e in entities)
@@ -109,7 +97,7 @@ def test_depends_on_without_a_kind_is_an_error_naming_the_field():
 
 
 def test_group_hierarchy_and_membership_relations_of_the_example_org():
-    entities = example_entities()
+    entities = backstage_example_entities()
     relations = {r for e in entities for r in relations_of(e)[0]}
     assert Relation("group:default/team-a", "childOf", "group:default/backstage") in relations
     assert Relation("group:default/backstage", "parentOf", "group:default/team-a") in relations
@@ -118,7 +106,7 @@ def test_group_hierarchy_and_membership_relations_of_the_example_org():
 
 
 def test_dangling_owner_references_are_kept_and_identifiable():
-    entities = example_entities()
+    entities = backstage_example_entities()
     known = {str(ref_of(e)) for e in entities}
     owned_by = {r for e in entities for r in relations_of(e)[0] if r.type == "ownedBy"}
     dangling = {r.target for r in owned_by if r.target not in known}

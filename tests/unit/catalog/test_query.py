@@ -3,10 +3,7 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
-import yaml
 
 from services.catalog.query import (
     AllOf,
@@ -20,9 +17,9 @@ from services.catalog.query import (
     project_fields,
 )
 from shared.errors import InputError
+from tests.helpers import BACKSTAGE_EXAMPLES, backstage_example_entities
 
-DATASET = Path(__file__).resolve().parents[3].parent / "shared" / "datasets" / "backstage-examples"
-NOT_ENTITIES = {"petstore-webhook.oas.yaml"}
+DATASET = BACKSTAGE_EXAMPLES
 
 
 def petstore() -> dict:
@@ -61,16 +58,6 @@ def petstore() -> dict:
 
 def pairs(rows: list[SearchRow]) -> set[tuple[str, str | None]]:
     return {(row.key, row.value) for row in rows}
-
-
-def example_entities() -> list[dict]:
-    if not DATASET.is_dir():
-        pytest.skip(f"the Backstage example dataset is not at {DATASET}")
-    entities = []
-    for path in sorted(DATASET.rglob("*.yaml")):
-        if path.name not in NOT_ENTITIES:
-            entities += [doc for doc in yaml.safe_load_all(path.read_text()) if doc]
-    return entities
 
 
 def test_search_rows_index_scalars_with_lower_cased_dotted_keys_and_values():
@@ -297,7 +284,7 @@ def test_matches_evaluates_filters_over_search_rows():
 
 def test_matches_counts_the_example_catalog_like_backstage():
     """Filtering the real Backstage example catalog by kind gives its published counts."""
-    catalog = [build_search_rows(entity) for entity in example_entities()]
+    catalog = [build_search_rows(entity) for entity in backstage_example_entities()]
 
     def count(*params: str) -> int:
         parsed = parse_filter_params(list(params))

@@ -17,8 +17,9 @@ from services.catalog.reader import (
     ReadResult,
     read_location,
 )
+from tests.helpers import BACKSTAGE_EXAMPLES
 
-DATASET = Path(__file__).resolve().parents[3].parent / "shared" / "datasets" / "backstage-examples"
+DATASET = BACKSTAGE_EXAMPLES
 
 
 def write(path: Path, text: str) -> Path:
