@@ -139,8 +139,8 @@ async def list_entities(
     args: list[Any] = [scope]
     condition = "scope = $1" + (f" AND {filter_sql(where, args)}" if where is not None else "")
     paging = f" OFFSET {int(offset)}" + (f" LIMIT {int(limit)}" if limit is not None else "")
-    rows = await conn.fetch(f"SELECT {_COLUMNS} FROM entities WHERE {condition} ORDER BY ref{paging}", *args)
-    return [StoredEntity(**dict(r)) for r in rows]
+    uids = await conn.fetch(f"SELECT uid FROM entities WHERE {condition} ORDER BY ref{paging}", *args)
+    return await get_in_order(conn, [r["uid"] for r in uids])
 
 
 def _like_fragment(term: str) -> str:
@@ -188,12 +188,20 @@ async def query_entities(
         )
         sort.append(f"o{i}.value {'DESC' if descending else 'ASC'} NULLS LAST")
     sort.append("e.ref")
-    rows = await conn.fetch(
-        f"SELECT {_E_COLUMNS} FROM (SELECT * FROM entities WHERE {condition}) e {' '.join(joins)} "
+    # Choose the page on narrow rows first, then read only its documents: sorting whole rows (documents
+    # included) before the limit made a filtered page cost grow with the number of matches.
+    uids = await conn.fetch(
+        f"SELECT e.uid FROM (SELECT uid, ref FROM entities WHERE {condition}) e {' '.join(joins)} "
         f"ORDER BY {', '.join(sort)} OFFSET {int(offset)} LIMIT {int(limit)}",
         *args,
     )
-    return [StoredEntity(**dict(r)) for r in rows], total
+    return await get_in_order(conn, [r["uid"] for r in uids]), total
+
+
+async def get_in_order(conn: asyncpg.Connection, uids: list[Any]) -> list[StoredEntity]:
+    rows = await conn.fetch(f"SELECT {_COLUMNS} FROM entities WHERE uid = ANY($1::uuid[])", uids)
+    by_uid = {row["uid"]: StoredEntity(**dict(row)) for row in rows}
+    return [by_uid[str(uid)] for uid in uids if str(uid) in by_uid]
 
 
 async def facets(
