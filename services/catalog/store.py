@@ -110,27 +110,41 @@ async def emitted_targets(conn: asyncpg.Connection, originator: str) -> set[str]
     return {r["source_ref"] for r in rows} | {r["target_ref"] for r in rows}
 
 
+TOKEN_SEPARATOR = "\x1f"
+
+
+def search_tokens(rows: list[SearchRow]) -> list[str]:
+    """`key<US>value` for every indexed value and `key<US>` for every key: what filters match against."""
+    tokens = {row.key + TOKEN_SEPARATOR for row in rows}
+    tokens.update(row.key + TOKEN_SEPARATOR + row.value for row in rows if row.value is not None)
+    return sorted(tokens)
+
+
 async def replace_search_rows(conn: asyncpg.Connection, rows_by_uid: dict[str, list[SearchRow]]) -> None:
     await conn.execute("DELETE FROM search WHERE entity_uid = ANY($1::uuid[])", list(rows_by_uid))
     await conn.executemany(
         "INSERT INTO search (entity_uid, key, value, original_value) VALUES ($1, $2, $3, $4)",
         [(uid, r.key, r.value, r.original_value) for uid, rows in rows_by_uid.items() for r in rows],
     )
+    await conn.executemany(
+        "UPDATE entities SET search_tokens = $2 WHERE uid = $1",
+        [(uid, search_tokens(rows)) for uid, rows in rows_by_uid.items()],
+    )
 
 
 def filter_sql(node: Filter, args: list[Any]) -> str:
-    """SQL over `entities.uid` for a parsed Backstage filter tree."""
+    """SQL over `entities.search_tokens` (GIN-indexed) for a parsed Backstage filter tree."""
     if isinstance(node, AnyOf):
         return "(" + " OR ".join(filter_sql(item, args) for item in node.items) + ")"
     if isinstance(node, AllOf):
         return "(" + " AND ".join(filter_sql(item, args) for item in node.items) + ")"
     assert isinstance(node, KeyValues)
-    args.append(node.key)
-    clause = f"uid IN (SELECT entity_uid FROM search WHERE key = ${len(args)}"
+    prefix = node.key + TOKEN_SEPARATOR
     if node.values:
-        args.append(list(node.values))
-        clause += f" AND value = ANY(${len(args)}::text[])"
-    return clause + ")"
+        args.append([prefix + value for value in node.values])
+        return f"search_tokens && ${len(args)}::text[]"
+    args.append([prefix])
+    return f"search_tokens @> ${len(args)}::text[]"
 
 
 async def list_entities(
