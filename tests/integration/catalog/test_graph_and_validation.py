@@ -90,5 +90,9 @@ async def test_favorites_star_list_and_unstar(catalog, http):
         assert r.status == 204
     async with http.get(f"{catalog.url}/api/catalog/favorites") as r:
         assert await r.json() == []
+    rows = await catalog.deps.pool.fetch(
+        "SELECT subject FROM catalog.outbox WHERE subject LIKE '%favorite%' ORDER BY seq"
+    )
+    assert [r["subject"] for r in rows] == ["idp.evt.catalog.favorite.added", "idp.evt.catalog.favorite.removed"]
     async with http.put(f"{catalog.url}/api/catalog/favorites/00000000-0000-0000-0000-000000000000") as r:
         assert r.status == 404

@@ -83,6 +83,14 @@ async def test_register_refresh_and_orphan(catalog, http, tmp_path):
     async with http.delete(f"{catalog.url}/api/catalog/locations/{body['location']['id']}") as r:
         assert r.status == 204
     assert await names(http, catalog, "kind=component,kind=group") == {}
+    subjects = {r["subject"] for r in await catalog.deps.pool.fetch("SELECT subject FROM catalog.outbox")}
+    assert {
+        "idp.evt.catalog.location.added",
+        "idp.evt.catalog.entity.orphaned",
+        "idp.evt.catalog.entity.updated",
+        "idp.evt.catalog.entity.deleted",
+        "idp.evt.catalog.location.removed",
+    } <= subjects
 
 
 async def test_one_bad_document_is_reported_and_the_rest_ingests(catalog, http, tmp_path):
