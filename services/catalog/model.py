@@ -92,15 +92,15 @@ def stitch(entity: StoredEntity, relations: list[Relation]) -> dict[str, Any]:
     }
 
 
-def body_ref_must_match(errors: list[FieldError], document: dict[str, Any], kind: str, namespace: str, name: str):
-    """A replace names the entity in its path; the body must be that same entity."""
+def body_ref_mismatches(document: dict[str, Any], kind: str, namespace: str, name: str) -> list[FieldError]:
+    """A replace names the entity in its path; where the body names another, one error per field."""
     metadata = document.get("metadata") or {}
     pairs = [
         ("$.kind", str(document.get("kind", "")), kind),
         ("$.metadata.namespace", str(metadata.get("namespace") or "default"), namespace),
         ("$.metadata.name", str(metadata.get("name", "")), name),
     ]
-    errors += [
+    return [
         FieldError(f, f"must be {want!r} as in the path, not {got!r}")
         for f, got, want in pairs
         if got.lower() != want.lower()

@@ -35,7 +35,7 @@ from services.catalog.model import (
     QueryCursor,
     QueryPage,
     StoredEntity,
-    body_ref_must_match,
+    body_ref_mismatches,
     check_scope,
     document_etag,
     ingestible_document,
@@ -151,8 +151,7 @@ async def replace_entity(
     """Replace an entity's document (`If-Match` honoured); an identical document writes and emits nothing."""
     check_scope(scope)
     document, _ = prepare_document(raw)  # validates references; relations come from the served document
-    errors: list[FieldError] = []
-    body_ref_must_match(errors, document, *path_ref)
+    errors = body_ref_mismatches(document, *path_ref)
     if errors:
         raise InputError("the body names another entity than the path", errors=errors)
     ref = str(ref_of(document))
@@ -184,6 +183,15 @@ async def remove_entity(conn: asyncpg.Connection, actor: Actor, entity: StoredEn
     await write_event(conn, _event("deleted", actor, entity, {"entity": entity.document}))
 
 
+async def _serve(conn: asyncpg.Connection, entities: list[StoredEntity]) -> list[dict[str, Any]]:
+    """Stitch many entities with one relations query per scope among them."""
+    refs_by_scope: dict[str, list[str]] = {}
+    for entity in entities:
+        refs_by_scope.setdefault(entity.scope, []).append(entity.ref)
+    relations = [r for scope, refs in refs_by_scope.items() for r in await store.relations_from(conn, scope, refs)]
+    return [stitch(entity, relations) for entity in entities]
+
+
 async def _served(conn: asyncpg.Connection, entity: StoredEntity | None, missing: str) -> dict[str, Any]:
     if entity is None:
         raise NotFoundError(missing)
@@ -207,9 +215,9 @@ async def list_entities(pool: asyncpg.Pool, query: EntityListQuery) -> list[dict
     where = parse_filter_params(_as_list(query.filter))
     fields = parse_fields_param(_as_list(query.fields))
     async with pool.acquire() as conn:
-        entities = await store.list_entities(conn, scope, where, offset=query.offset, limit=query.limit)
-        relations = await store.relations_from(conn, scope, [e.ref for e in entities])
-    served = [stitch(e, relations) for e in entities]
+        served = await _serve(
+            conn, await store.list_entities(conn, scope, where, offset=query.offset, limit=query.limit)
+        )
     return [project_fields(e, fields) for e in served] if fields else served
 
 
@@ -225,8 +233,8 @@ async def get_by_refs(pool: asyncpg.Pool, scope: str, request: ByRefsRequest) ->
     fields = parse_fields_param(request.fields or [])
     async with pool.acquire() as conn:
         found = await store.get_many(conn, scope, refs)
-        relations = await store.relations_from(conn, scope, found)
-    items = [stitch(found[ref], relations) if ref in found else None for ref in refs]
+        served = dict(zip(found, await _serve(conn, list(found.values())), strict=True))
+    items = [served.get(ref) for ref in refs]
     return ByRefsResponse([project_fields(i, fields) if i is not None and fields else i for i in items])
 
 
@@ -281,8 +289,7 @@ async def query_entities(pool: asyncpg.Pool, query: EntityQuery) -> QueryPage:
             offset=cursor.offset,
             limit=query.limit,
         )
-        relations = await store.relations_from(conn, scope, [e.ref for e in page])
-    items = [stitch(e, relations) for e in page]
+        items = await _serve(conn, page)
     after = cursor.offset + len(page)
     return QueryPage(
         items=[project_fields(i, fields) for i in items] if fields else items,
@@ -425,8 +432,4 @@ async def set_favorite(pool: asyncpg.Pool, actor: Actor, uid: str, starred: bool
 
 async def favorites(pool: asyncpg.Pool, actor: Actor) -> list[dict[str, Any]]:
     async with pool.acquire() as conn:
-        entities = await store.favorite_entities(conn, f"{actor.kind}:{actor.id}")
-        served = []
-        for entity in entities:
-            served.append(stitch(entity, await store.relations_from(conn, entity.scope, [entity.ref])))
-    return served
+        return await _serve(conn, await store.favorite_entities(conn, f"{actor.kind}:{actor.id}"))
