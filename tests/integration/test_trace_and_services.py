@@ -11,6 +11,7 @@ from opentelemetry.trace import SpanKind
 from services.audit.app import DEFINITION as AUDIT
 from services.audit.app import Settings as AuditSettings
 from services.scorecard.app import DEFINITION as SCORECARD
+from shared.authz import all_permissions
 from shared.bus import publish_event
 from shared.config import BaseSettings
 from shared.service import running_service
@@ -61,6 +62,7 @@ async def test_every_service_serves_the_standard_routes(module, make_settings, a
             for method, operation in operations.items():
                 if "x-permission" not in operation:
                     continue
+                assert operation["x-permission"] in all_permissions(), ("not in shared.authz.PERMISSIONS", path)
                 url = svc.url + path.replace("{", "").replace("}", "")
                 async with anonymous_http.request(method, url) as r:
                     assert r.status == 401, (method, path)
