@@ -23,6 +23,7 @@ from nats.aio.client import Client as NatsClient
 from nats.js import JetStreamContext
 
 from shared import bus, db
+from shared.access import AccessReplica
 from shared.auth import Authenticator, dev_token_authenticator
 from shared.config import BaseSettings, ConfigError, load_settings
 from shared.http import ReadinessCheck, Routes, create_app
@@ -43,6 +44,8 @@ class Deps:
     nc: NatsClient
     js: JetStreamContext
     authenticate: Authenticator
+    access: AccessReplica
+    """This process's replica of roles, bindings and policies (shared/access.py)."""
 
 
 BackgroundTask = Callable[[Deps], Coroutine[Any, Any, None]]
@@ -114,6 +117,7 @@ async def running_service(
             nc=nc,
             js=js,
             authenticate=authenticate or dev_token_authenticator(settings.dev_token),
+            access=AccessReplica(),
         )
         runner = web.AppRunner(build_app(definition, deps), access_log=None, shutdown_timeout=5)
         await runner.setup()
@@ -122,7 +126,7 @@ async def running_service(
         await site.start()
         host, port = runner.addresses[0][:2]
         relay = OutboxRelay(pool, js, definition.name)
-        coroutines = [relay.run(), *(task(deps) for task in definition.background)]
+        coroutines = [relay.run(), deps.access.run(nc), *(task(deps) for task in definition.background)]
         tasks = [asyncio.create_task(c, name=f"{definition.name}-task-{i}") for i, c in enumerate(coroutines)]
         stack.push_async_callback(_cancel, tasks)
         log.info("%s listening on http://%s:%s", definition.name, host, port)

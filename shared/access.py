@@ -1,0 +1,198 @@
+"""Every service's replica of the access-control state: a snapshot from identity-sync, then its events.
+
+The replica subscribes to `idp.evt.identity.>` (plain NATS, so it hears every event the moment the relay
+publishes it), asks identity-sync for a snapshot over `idp.rpc.identity.access_snapshot`, and applies the
+events that are newer than the snapshot. Every write carries the state's version, so the order in which the
+snapshot and the events arrive does not matter. After a reconnect it asks for a new snapshot, as events may
+have been missed while disconnected. Until a snapshot is loaded only admins pass.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any, Protocol
+
+import msgspec
+from nats.aio.client import Client as NatsClient
+
+from shared.authz import AccessControl, Decision, Resource, ResourceGroup, Role, RoleBinding, Snapshot
+from shared.bus import request_rpc
+from shared.errors import NotAllowedError, ProblemError
+from shared.events import decode_event
+from shared.policy import Policy, PolicyEngine, PolicyOutcome, PolicySet
+
+log = logging.getLogger(__name__)
+
+SNAPSHOT_METHOD = "access_snapshot"
+EVENTS_SUBJECT = "idp.evt.identity.>"
+MAX_RETRY_SECONDS = 5.0
+
+
+class AccessSnapshot(msgspec.Struct):
+    version: int
+    roles: list[Role] = []
+    resource_groups: list[ResourceGroup] = []
+    role_bindings: list[RoleBinding] = []
+    policies: list[Policy] = []
+    policy_sets: list[PolicySet] = []
+    group_parents: dict[str, list[str]] = {}
+    memberships: dict[str, list[str]] = {}
+
+
+class SnapshotRequest(msgspec.Struct):
+    pass
+
+
+class Caller(Protocol):
+    kind: str
+    id: str
+    is_admin: bool
+
+
+def subject_of(caller: Caller) -> str:
+    return f"{caller.kind}:{caller.id}"
+
+
+class AccessReplica:
+    def __init__(self) -> None:
+        self.control = AccessControl()
+        self.policies = PolicyEngine()
+        self.version: int | None = None
+        """The state version applied; None until the first snapshot."""
+        self._pending: list[tuple[int, str, str, Any]] = []
+        self._advanced = asyncio.Event()
+
+    @property
+    def loaded(self) -> bool:
+        return self.version is not None
+
+    # -- decisions --
+
+    def check(self, caller: Caller, permission: str, resource: Resource) -> Decision:
+        if caller.is_admin:
+            return Decision(True, "the caller is an administrator")
+        return self.control.check(subject_of(caller), permission, resource)
+
+    def require(self, caller: Caller, permission: str, resource: Resource) -> None:
+        if not self.check(caller, permission, resource).allowed:
+            raise NotAllowedError(f"missing permission {permission} at {resource.scope}")
+
+    def holds_anywhere(self, caller: Caller, permission: str) -> bool:
+        """Whether some grant of the caller's includes `permission`: the route-level check before a handler
+        decides on the resource itself and lists filter by `visibility`."""
+        return caller.is_admin or self.control.holds(subject_of(caller), permission)
+
+    def evaluate_policies(self, action: str, scope: str, document: Any) -> PolicyOutcome:
+        return self.policies.evaluate(action, scope, document)
+
+    async def caught_up(self, version: int, timeout: float = 2.0) -> bool:
+        """Wait until the replica holds `version` (read-your-writes after a change); False at the timeout."""
+        try:
+            async with asyncio.timeout(timeout):
+                while self.version is None or self.version < version:
+                    self._advanced.clear()
+                    await self._advanced.wait()
+        except TimeoutError:
+            return False
+        return True
+
+    # -- replication --
+
+    def load(self, snapshot: AccessSnapshot) -> None:
+        self.control.load(
+            Snapshot(
+                snapshot.roles,
+                snapshot.resource_groups,
+                snapshot.role_bindings,
+                snapshot.group_parents,
+                snapshot.memberships,
+            )
+        )
+        self.policies.load(snapshot.policies, snapshot.policy_sets)
+        self.version = snapshot.version
+        pending, self._pending = self._pending, []
+        for version, kind, verb, data in sorted(pending, key=lambda change: change[0]):
+            self._apply(version, kind, verb, data)
+        self._advanced.set()
+
+    def apply_event(self, event_type: str, data: dict[str, Any]) -> None:
+        _, kind, verb = event_type.split(".", 2)
+        version = data.get("version")
+        if kind not in _CHANGES or not isinstance(version, int):
+            return
+        if self.version is None:
+            self._pending.append((version, kind, verb, data))
+        else:
+            self._apply(version, kind, verb, data)
+
+    def _apply(self, version: int, kind: str, verb: str, data: dict[str, Any]) -> None:
+        if version <= self.version:
+            return  # the snapshot (or an earlier event) already holds it
+        put, remove, struct = _CHANGES[kind]
+        if verb == "deleted":
+            remove(self, data["id"])
+        else:
+            put(self, msgspec.convert(data[kind], struct))
+        self.version = version
+        self._advanced.set()
+
+    async def run(self, nc: NatsClient, retry_seconds: float = 1.0) -> None:
+        """Keep the replica current until cancelled."""
+
+        async def on_event(msg: Any) -> None:
+            try:
+                event = decode_event(msg.data)
+                self.apply_event(event.type, {**event.data, "id": event.resource.id})
+            except (msgspec.DecodeError, msgspec.ValidationError, ValueError, KeyError) as exc:
+                log.warning("ignored an unreadable access-control event: %s", exc)
+
+        subscription = await nc.subscribe(EVENTS_SUBJECT, cb=on_event)
+        try:
+            while True:
+                await self._load_snapshot(nc, retry_seconds)
+                await _reconnected(nc)
+                self.version = None  # events may have been missed: buffer until the next snapshot
+        finally:
+            await subscription.unsubscribe()
+
+    async def _load_snapshot(self, nc: NatsClient, retry_seconds: float) -> None:
+        delay = retry_seconds
+        while True:
+            try:
+                snapshot = await request_rpc(nc, "identity", SNAPSHOT_METHOD, SnapshotRequest(), AccessSnapshot)
+            except ProblemError as exc:
+                log.debug("access-control snapshot not available yet: %s", exc.detail)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, MAX_RETRY_SECONDS)
+                continue
+            self.load(snapshot)
+            return
+
+
+async def _reconnected(nc: NatsClient) -> None:
+    """Returns after the client's next reconnect (nats-py counts them; its callback is fixed at connect)."""
+    seen = nc.stats["reconnects"]
+    while nc.stats["reconnects"] == seen:  # noqa: ASYNC110 - no event to wait on; a counter read is free
+        await asyncio.sleep(0.5)
+
+
+_CHANGES: dict[str, tuple[Any, Any, type]] = {
+    "role": (lambda r, role: r.control.put_role(role), lambda r, i: r.control.remove_role(i), Role),
+    "resource_group": (
+        lambda r, group: r.control.put_resource_group(group),
+        lambda r, i: r.control.remove_resource_group(i),
+        ResourceGroup,
+    ),
+    "role_binding": (
+        lambda r, binding: r.control.put_binding(binding),
+        lambda r, i: r.control.remove_binding(i),
+        RoleBinding,
+    ),
+    "policy": (lambda r, policy: r.policies.put_policy(policy), lambda r, i: r.policies.remove_policy(i), Policy),
+    "policy_set": (
+        lambda r, policy_set: r.policies.put_policy_set(policy_set),
+        lambda r, i: r.policies.remove_policy_set(i),
+        PolicySet,
+    ),
+}
