@@ -1,7 +1,7 @@
 """Every service's replica of the access-control state: a snapshot from identity-sync, then its events.
 
 The replica subscribes to `idp.evt.identity.>` (plain NATS, so it hears every event the moment the relay
-publishes it), asks identity-sync for a snapshot over `idp.rpc.identity.access_snapshot`, and applies the
+publishes it), asks identity-sync for a snapshot over `idp.rpc.identity_sync.access_snapshot`, and applies the
 events that are newer than the snapshot. Every write carries the state's version, so the order in which the
 snapshot and the events arrive does not matter. After a reconnect it asks for a new snapshot, as events may
 have been missed while disconnected. Until a snapshot is loaded only admins pass.
@@ -24,6 +24,7 @@ from shared.policy import Policy, PolicyEngine, PolicyOutcome, PolicySet
 
 log = logging.getLogger(__name__)
 
+IDENTITY_SERVICE = "identity_sync"
 SNAPSHOT_METHOD = "access_snapshot"
 EVENTS_SUBJECT = "idp.evt.identity.>"
 MAX_RETRY_SECONDS = 5.0
@@ -160,7 +161,7 @@ class AccessReplica:
         delay = retry_seconds
         while True:
             try:
-                snapshot = await request_rpc(nc, "identity", SNAPSHOT_METHOD, SnapshotRequest(), AccessSnapshot)
+                snapshot = await request_rpc(nc, IDENTITY_SERVICE, SNAPSHOT_METHOD, SnapshotRequest(), AccessSnapshot)
             except ProblemError as exc:
                 log.debug("access-control snapshot not available yet: %s", exc.detail)
                 await asyncio.sleep(delay)

@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 
 from services.identity_sync import access_service
-from shared.access import SNAPSHOT_METHOD, AccessSnapshot, SnapshotRequest
+from shared.access import IDENTITY_SERVICE, SNAPSHOT_METHOD, AccessSnapshot, SnapshotRequest
 from shared.bus import serve_rpc
 from shared.service import Deps
 
@@ -15,7 +15,7 @@ async def serve_access_snapshots(deps: Deps) -> None:
     async def snapshot(_: SnapshotRequest) -> AccessSnapshot:
         return await access_service.snapshot(deps.pool)
 
-    subscription = await serve_rpc(deps.nc, "identity", SNAPSHOT_METHOD, SnapshotRequest, snapshot)
+    subscription = await serve_rpc(deps.nc, IDENTITY_SERVICE, SNAPSHOT_METHOD, SnapshotRequest, snapshot)
     try:
         await asyncio.Future()  # serve until cancelled
     finally:
