@@ -16,7 +16,17 @@ from typing import Any, Protocol
 import msgspec
 from nats.aio.client import Client as NatsClient
 
-from shared.authz import AccessControl, Decision, Resource, ResourceGroup, Role, RoleBinding, Snapshot
+from shared.authz import (
+    EVERYTHING,
+    AccessControl,
+    Decision,
+    Resource,
+    ResourceGroup,
+    Role,
+    RoleBinding,
+    Snapshot,
+    Visibility,
+)
 from shared.bus import request_rpc
 from shared.errors import NotAllowedError, ProblemError
 from shared.events import decode_event
@@ -49,6 +59,8 @@ class Caller(Protocol):
     kind: str
     id: str
     is_admin: bool
+    permissions: frozenset[str]
+    """Permissions written into the credential itself (an API key's), held account-wide."""
 
 
 def subject_of(caller: Caller) -> str:
@@ -73,16 +85,24 @@ class AccessReplica:
     def check(self, caller: Caller, permission: str, resource: Resource) -> Decision:
         if caller.is_admin:
             return Decision(True, "the caller is an administrator")
+        if permission in caller.permissions:
+            return Decision(True, "the credential carries the permission")
         return self.control.check(subject_of(caller), permission, resource)
 
     def require(self, caller: Caller, permission: str, resource: Resource) -> None:
         if not self.check(caller, permission, resource).allowed:
             raise NotAllowedError(f"missing permission {permission} at {resource.scope}")
 
+    def visibility(self, caller: Caller, permission: str) -> Visibility:
+        """What the caller may see of `permission`'s resource type; everything for admins."""
+        if caller.is_admin or permission in caller.permissions:
+            return EVERYTHING
+        return self.control.visibility(subject_of(caller), permission)
+
     def holds_anywhere(self, caller: Caller, permission: str) -> bool:
         """Whether some grant of the caller's includes `permission`: the route-level check before a handler
         decides on the resource itself and lists filter by `visibility`."""
-        return caller.is_admin or self.control.holds(subject_of(caller), permission)
+        return caller.is_admin or permission in caller.permissions or self.control.holds(subject_of(caller), permission)
 
     def evaluate_policies(self, action: str, scope: str, document: Any) -> PolicyOutcome:
         return self.policies.evaluate(action, scope, document)

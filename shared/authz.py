@@ -21,11 +21,12 @@ from __future__ import annotations
 
 import re
 from collections import defaultdict
-from collections.abc import Iterable
-from typing import Literal
+from collections.abc import Callable, Iterable
+from typing import Any, Literal
 
 import msgspec
 
+from shared.db import like_escape
 from shared.errors import InputError
 
 ALL_PERMISSIONS = "*"
@@ -437,6 +438,23 @@ class AccessControl:
 def _all(grants: dict[str, tuple[_Grant, ...]]) -> Iterable[_Grant]:
     for each in grants.values():
         yield from each
+
+
+EVERYTHING = Visibility(everything=True, sees_restricted=True)
+
+
+def visibility_condition(visibility: Visibility, scope_column: str, arg: Callable[[Any], str]) -> str:
+    """A SQL condition on `scope_column` selecting the scopes `visibility` allows; `arg(value)` binds a
+    parameter and returns its placeholder. Named resources are the caller's to add (their id column differs)."""
+    if visibility.everything:
+        return "TRUE"
+    clauses = []
+    if visibility.scopes or visibility.subtrees:
+        clauses.append(f"{scope_column} = ANY({arg(sorted(visibility.scopes | visibility.subtrees))}::text[])")
+    if visibility.subtrees:
+        below = sorted(like_escape(scope) + ".%" for scope in visibility.subtrees)
+        clauses.append(f"{scope_column} LIKE ANY({arg(below)}::text[])")
+    return "(" + " OR ".join(clauses) + ")" if clauses else "FALSE"
 
 
 # --- validation of writes (identity-sync calls these before storing) -----------------------------------

@@ -204,8 +204,19 @@ async def request_context_middleware(request: web.Request, handler: Handler) -> 
     return response
 
 
-def auth_middleware(authenticate: Authenticator):
-    """401 without valid credentials, 403 without the operation's permission; public routes pass."""
+Authorize = Callable[[Principal, str], bool]
+"""Whether a principal may call an operation declaring this permission (the route-level check)."""
+
+
+def _permissions_in_principal(principal: Principal, permission: str) -> bool:
+    return principal.may(permission)
+
+
+def auth_middleware(authenticate: Authenticator, authorize: Authorize = _permissions_in_principal):
+    """401 without valid credentials, 403 without the operation's permission; public routes pass.
+
+    The route-level check only asks whether the caller holds the permission somewhere; a handler then
+    decides on the resource itself (its scope, its owners) and lists filter by what the caller may see."""
 
     @web.middleware
     async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
@@ -215,7 +226,7 @@ def auth_middleware(authenticate: Authenticator):
         principal = await authenticate(request)
         if principal is None:
             raise AuthenticationError("a valid bearer token is required")
-        if not principal.may(operation.permission):
+        if not authorize(principal, operation.permission):
             raise NotAllowedError(f"missing permission {operation.permission}")
         request[PRINCIPAL_KEY] = principal
         return await handler(request)
@@ -234,10 +245,12 @@ def create_app(
     authenticate: Authenticator,
     readiness: list[ReadinessCheck],
     max_body_bytes: int,
+    authorize: Authorize = _permissions_in_principal,
 ) -> web.Application:
     """A service's aiohttp app: its routes plus the standard ones, behind the standard middlewares."""
     app = web.Application(
-        client_max_size=max_body_bytes, middlewares=[request_context_middleware, auth_middleware(authenticate)]
+        client_max_size=max_body_bytes,
+        middlewares=[request_context_middleware, auth_middleware(authenticate, authorize)],
     )
     standard = Routes(tag="operations")
     _add_standard_routes(standard, readiness, lambda: openapi_document(service, version, routes.operations))

@@ -90,6 +90,9 @@ def build_app(definition: ServiceDefinition, deps: Deps) -> web.Application:
         version=VERSION,
         routes=definition.routes(deps),
         authenticate=deps.authenticate,
+        authorize=lambda principal, permission: (
+            principal.may(permission) or deps.access.holds_anywhere(principal, permission)
+        ),
         readiness=readiness,
         max_body_bytes=deps.settings.max_body_bytes,
     )
