@@ -30,7 +30,7 @@ from shared.db import like_escape
 from shared.errors import InputError
 
 ALL_PERMISSIONS = "*"
-_SCOPE = re.compile(r"^account(\.[A-Za-z_][A-Za-z0-9_]{0,127}){0,2}$")
+SCOPE = re.compile(r"^account(\.[A-Za-z_][A-Za-z0-9_]{0,127}){0,2}$")
 _PERMISSION = re.compile(r"^[a-z]+(_[a-z]+)+$")
 
 PrincipalKind = Literal["user", "group", "service_account"]
@@ -72,7 +72,7 @@ def resource_type_of(permission: str) -> str:
 
 
 def check_scope(scope: str, field: str = "scope") -> str:
-    if not isinstance(scope, str) or not _SCOPE.match(scope):
+    if not isinstance(scope, str) or not SCOPE.match(scope):
         raise InputError.for_field(field, "a scope is `account`, `account.<org>` or `account.<org>.<project>`")
     return scope
 

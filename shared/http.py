@@ -212,7 +212,13 @@ def _permissions_in_principal(principal: Principal, permission: str) -> bool:
     return principal.may(permission)
 
 
-def auth_middleware(authenticate: Authenticator, authorize: Authorize = _permissions_in_principal):
+DenialHook = Callable[[web.Request, Principal, str, NotAllowedError], Awaitable[None]]
+"""Called with every 403 an authenticated caller gets (the audit trail records who was denied what)."""
+
+
+def auth_middleware(
+    authenticate: Authenticator, authorize: Authorize = _permissions_in_principal, on_denied: DenialHook | None = None
+):
     """401 without valid credentials, 403 without the operation's permission; public routes pass.
 
     The route-level check only asks whether the caller holds the permission somewhere; a handler then
@@ -226,10 +232,15 @@ def auth_middleware(authenticate: Authenticator, authorize: Authorize = _permiss
         principal = await authenticate(request)
         if principal is None:
             raise AuthenticationError("a valid bearer token is required")
-        if not authorize(principal, operation.permission):
-            raise NotAllowedError(f"missing permission {operation.permission}")
         request[PRINCIPAL_KEY] = principal
-        return await handler(request)
+        try:
+            if not authorize(principal, operation.permission):
+                raise NotAllowedError(f"missing permission {operation.permission}")
+            return await handler(request)
+        except NotAllowedError as denied:
+            if on_denied is not None:
+                await on_denied(request, principal, operation.permission, denied)
+            raise
 
     return middleware
 
@@ -246,11 +257,12 @@ def create_app(
     readiness: list[ReadinessCheck],
     max_body_bytes: int,
     authorize: Authorize = _permissions_in_principal,
+    on_denied: DenialHook | None = None,
 ) -> web.Application:
     """A service's aiohttp app: its routes plus the standard ones, behind the standard middlewares."""
     app = web.Application(
         client_max_size=max_body_bytes,
-        middlewares=[request_context_middleware, auth_middleware(authenticate, authorize)],
+        middlewares=[request_context_middleware, auth_middleware(authenticate, authorize, on_denied)],
     )
     standard = Routes(tag="operations")
     _add_standard_routes(standard, readiness, lambda: openapi_document(service, version, routes.operations))

@@ -24,10 +24,13 @@ from nats.js import JetStreamContext
 
 from shared import bus, db
 from shared.access import AccessReplica
-from shared.auth import Authenticator, dev_token_authenticator
+from shared.auth import Authenticator, Principal, dev_token_authenticator
+from shared.authz import SCOPE
 from shared.config import BaseSettings, ConfigError, load_settings
+from shared.errors import NotAllowedError
+from shared.events import DEFAULT_SCOPE, ResourceRef, new_event
 from shared.http import ReadinessCheck, Routes, create_app
-from shared.outbox import OutboxRelay
+from shared.outbox import OutboxRelay, write_event
 from shared.telemetry import setup_telemetry
 
 log = logging.getLogger(__name__)
@@ -93,9 +96,32 @@ def build_app(definition: ServiceDefinition, deps: Deps) -> web.Application:
         authorize=lambda principal, permission: (
             principal.may(permission) or deps.access.holds_anywhere(principal, permission)
         ),
+        on_denied=lambda request, principal, permission, denied: _record_denial(
+            deps, request, principal, permission, denied
+        ),
         readiness=readiness,
         max_body_bytes=deps.settings.max_body_bytes,
     )
+
+
+async def _record_denial(
+    deps: Deps, request: web.Request, principal: Principal, permission: str, denied: NotAllowedError
+) -> None:
+    """`<service>.access.denied` through the outbox, so the audit trail shows who was refused what."""
+    scope = request.query.get("scope", DEFAULT_SCOPE)
+    event = new_event(
+        f"{deps.service}.access.denied",
+        source=deps.service,
+        actor=principal.actor(),
+        scope=scope if SCOPE.match(scope) else DEFAULT_SCOPE,
+        resource=ResourceRef("operation", f"{request.method} {request.match_info.route.resource.canonical}"),
+        data={"permission": permission, "detail": denied.detail, "path": request.path[:2000]},
+    )
+    try:
+        async with db.transaction(deps.pool) as conn:
+            await write_event(conn, event)
+    except (asyncpg.PostgresError, OSError) as exc:  # the 403 stands whether or not it could be recorded
+        log.warning("could not record a denial: %s", exc)
 
 
 @contextlib.asynccontextmanager

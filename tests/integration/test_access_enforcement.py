@@ -91,3 +91,13 @@ async def test_audit_lists_only_what_the_callers_bindings_reach(services, http):
     # Export needs its own permission.
     status, _ = await as_user("ann", "GET", f"{audit.url}/api/audit/export")
     assert status == 403
+
+    async def denials() -> list[dict] | None:
+        async with http.get(f"{audit.url}/api/audit/events", params={"type": "audit.access.denied"}) as r:
+            items = (await r.json())["items"]
+        permissions = {item["data"]["permission"] for item in items}
+        return items if permissions == {"audit_event_view", "audit_settings_view", "audit_event_export"} else None
+
+    recorded = await eventually(denials)
+    assert {item["actor"]["id"] for item in recorded} == {"ann"}
+    assert {item["resource"]["id"] for item in recorded} >= {"GET /api/audit/verify", "GET /api/audit/events"}
