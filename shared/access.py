@@ -30,7 +30,7 @@ from shared.authz import (
 from shared.bus import request_rpc
 from shared.errors import NotAllowedError, ProblemError
 from shared.events import decode_event
-from shared.policy import Policy, PolicyEngine, PolicyOutcome, PolicySet
+from shared.policy import Policy, PolicyDeniedError, PolicyEngine, PolicyOutcome, PolicySet
 
 log = logging.getLogger(__name__)
 
@@ -104,8 +104,13 @@ class AccessReplica:
         decides on the resource itself and lists filter by `visibility`."""
         return caller.is_admin or permission in caller.permissions or self.control.holds(subject_of(caller), permission)
 
-    def evaluate_policies(self, action: str, scope: str, document: Any) -> PolicyOutcome:
-        return self.policies.evaluate(action, scope, document)
+    def enforce_policies(self, action: str, scope: str, document: Any) -> PolicyOutcome:
+        """Evaluate the policy sets attached to `action` at `scope`; raises PolicyDeniedError when a `deny` set
+        is violated, otherwise returns the outcome (warnings to return and record)."""
+        outcome = self.policies.evaluate(action, scope, document)
+        if outcome.denied:
+            raise PolicyDeniedError(outcome)
+        return outcome
 
     async def caught_up(self, version: int, timeout: float = 2.0) -> bool:
         """Wait until the replica holds `version` (read-your-writes after a change); False at the timeout."""

@@ -26,7 +26,7 @@ import msgspec
 from regopy import Interpreter, RegoError
 
 from shared.authz import ancestors, check_scope, validate_permissions
-from shared.errors import FieldError, InputError
+from shared.errors import FieldError, InputError, NotAllowedError
 
 Mode = Literal["deny", "warn"]
 _PACKAGE = re.compile(r"^\s*package\s+([A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)*)\s*$", re.MULTILINE)
@@ -61,10 +61,40 @@ class Violation(msgspec.Struct, frozen=True):
 class PolicyOutcome(msgspec.Struct, frozen=True):
     denials: tuple[Violation, ...] = ()
     warnings: tuple[Violation, ...] = ()
+    applied: tuple[str, ...] = ()
+    """Ids of the policy sets evaluated."""
 
     @property
     def denied(self) -> bool:
         return bool(self.denials)
+
+
+WARNING_HEADER = "X-Policy-Warning"
+"""One response header per warning of a `warn` policy set (the action went ahead)."""
+
+
+class PolicyDeniedError(NotAllowedError):
+    """A `deny` policy set refused the action: 403 listing each violated rule's message."""
+
+    title, slug = "Denied by policy", "policy-denied"
+
+    def __init__(self, outcome: PolicyOutcome) -> None:
+        messages = [violation.message for violation in outcome.denials]
+        super().__init__(
+            "denied by policy: " + "; ".join(messages),
+            errors=[FieldError(f"policy:{v.policy_id}", v.message) for v in outcome.denials],
+        )
+        self.outcome = outcome
+
+
+def outcome_data(action: str, outcome: PolicyOutcome) -> dict[str, Any]:
+    """The payload of a `<service>.policy.evaluated` event."""
+    return {
+        "action": action,
+        "policy_sets": list(outcome.applied),
+        "denials": [msgspec.to_builtins(v) for v in outcome.denials],
+        "warnings": [msgspec.to_builtins(v) for v in outcome.warnings],
+    }
 
 
 class PolicyResult(msgspec.Struct, frozen=True):
@@ -158,7 +188,8 @@ class PolicyEngine:
     def evaluate(self, action: str, scope: str, document: Any) -> PolicyOutcome:
         denials: list[Violation] = []
         warnings: list[Violation] = []
-        for policy_set in self.applicable(action, scope):
+        applicable = self.applicable(action, scope)
+        for policy_set in applicable:
             for policy_id in policy_set.policy_ids:
                 compiled = self._policies.get(policy_id)
                 if compiled is None:
@@ -168,7 +199,7 @@ class PolicyEngine:
                 found = denials if policy_set.mode == "deny" else warnings
                 found.extend(Violation(policy_id, policy_set.id, message) for message in result.deny)
                 warnings.extend(Violation(policy_id, policy_set.id, message) for message in result.warn)
-        return PolicyOutcome(tuple(denials), tuple(warnings))
+        return PolicyOutcome(tuple(denials), tuple(warnings), tuple(s.id for s in applicable))
 
 
 def _messages(value: Any) -> tuple[str, ...]:

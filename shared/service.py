@@ -115,7 +115,12 @@ async def _record_denial(
         actor=principal.actor(),
         scope=scope if SCOPE.match(scope) else DEFAULT_SCOPE,
         resource=ResourceRef("operation", f"{request.method} {request.match_info.route.resource.canonical}"),
-        data={"permission": permission, "detail": denied.detail, "path": request.path[:2000]},
+        data={
+            "permission": permission,
+            "detail": denied.detail,
+            "path": request.path[:2000],
+            "errors": [{"field": e.field, "message": e.message} for e in denied.errors],
+        },
     )
     try:
         async with db.transaction(deps.pool) as conn:

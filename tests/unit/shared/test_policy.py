@@ -1,7 +1,16 @@
 import pytest
 
+from shared.access import AccessReplica, AccessSnapshot
 from shared.errors import InputError
-from shared.policy import Policy, PolicyEngine, PolicySet, compile_policy, validate_policy_set
+from shared.policy import (
+    Policy,
+    PolicyDeniedError,
+    PolicyEngine,
+    PolicySet,
+    compile_policy,
+    outcome_data,
+    validate_policy_set,
+)
 
 OWNERSHIP = """package idp.catalog.ownership
 import rego.v1
@@ -80,3 +89,26 @@ def test_policy_set_validation():
     with pytest.raises(InputError) as refused:
         validate_policy_set(PolicySet("s", "account.acme", "s", ("catalog_entity_fly",), ("p1",)), policies)
     assert refused.value.errors[0].field == "actions[0]"
+
+
+def test_enforcement_raises_a_403_listing_each_violated_rule():
+    replica = AccessReplica()
+    replica.load(
+        AccessSnapshot(
+            version=1,
+            policies=[Policy("p1", "account", "ownership", OWNERSHIP)],
+            policy_sets=[PolicySet("s1", "account", "rules", ("catalog_entity_create",), ("p1",))],
+        )
+    )
+    with pytest.raises(PolicyDeniedError) as denied:
+        replica.enforce_policies("catalog_entity_create", "account.acme", component())
+    assert denied.value.status == 403
+    assert sorted(e.message for e in denied.value.errors) == [
+        "component web has no owner",
+        "every component needs a lifecycle",
+    ]
+    assert all(e.field == "policy:p1" for e in denied.value.errors)
+    allowed = replica.enforce_policies("catalog_entity_create", "account", component(owner="t", lifecycle="x"))
+    assert allowed.applied == ("s1",) and [w.message for w in allowed.warnings] == ["no tags"]
+    data = outcome_data("catalog_entity_create", allowed)
+    assert data["warnings"][0]["message"] == "no tags" and data["policy_sets"] == ["s1"]
