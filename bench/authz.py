@@ -11,14 +11,27 @@ subtree, chosen projects, named resources). Then, per run:
 - visibility: `AccessControl.visibility` (what a list endpoint turns into SQL) p50/p99;
 - Rego: evaluations per second of a three-rule policy through `PolicyEngine.evaluate`.
 Medians over runs are printed as a Markdown table for docs/benchmarks.md.
+
+With `--propagation N`, it also starts NATS and PostgreSQL (bench/stack.py) and all six services in this
+process, each with its own NATS connection and access replica, creates N role bindings one after another
+through identity-sync's HTTP API, and times each from the request until every service's replica allows the
+newly bound user: p50/p99/max in milliseconds.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
+import contextlib
+import importlib
 import random
 import statistics
+import tempfile
 import time
+from pathlib import Path
+
+import aiohttp
+import stack
 
 from shared.authz import (
     AccessControl,
@@ -32,6 +45,7 @@ from shared.authz import (
     resource_type_of,
 )
 from shared.policy import Policy, PolicyEngine, PolicySet
+from shared.service import running_service
 
 USERS, GROUPS, ROLES, BINDINGS, ORGS, PROJECTS = 10_000, 1_000, 200, 5_000, 50, 10
 
@@ -178,16 +192,78 @@ def one_run(checks: int, evaluations: int, seed: int) -> dict[str, float]:
     }
 
 
+PROPAGATION_SERVICES = ("identity_sync", "catalog", "workflow", "scorecard", "audit", "plugin_proxy")
+
+
+async def propagation(changes: int) -> dict[str, float]:
+    with tempfile.TemporaryDirectory() as data_dir, stack.servers(Path(data_dir)) as servers:
+        async with contextlib.AsyncExitStack() as services:
+            running = []
+            for module in PROPAGATION_SERVICES:
+                definition = importlib.import_module(f"services.{module}.app").DEFINITION
+                settings = definition.settings_type(
+                    database_url=servers.database_url,
+                    nats_url=servers.nats_url,
+                    http_port=0,
+                    dev_token=stack.DEV_TOKEN,
+                    log_level="WARNING",
+                )
+                running.append(await services.enter_async_context(running_service(definition, settings)))
+            identity = running[0].url
+            replicas = [service.deps.access for service in running]
+            await asyncio.gather(*(replica.caught_up(0, timeout=60) for replica in replicas))
+            headers = {"Authorization": f"Bearer {stack.DEV_TOKEN}"}
+            async with aiohttp.ClientSession(headers=headers) as http:
+                async with http.post(
+                    f"{identity}/api/identity/roles",
+                    json={"scope": "account.acme", "name": "viewer", "permissions": ["catalog_entity_view"]},
+                ) as r:
+                    role = await r.json()
+                async with http.post(
+                    f"{identity}/api/identity/resource-groups",
+                    json={"scope": "account.acme", "name": "all", "all_resources": True, "include_child_scopes": True},
+                ) as r:
+                    group = await r.json()
+                resource = Resource("catalog_entity", "account.acme.pay", "component:default/web")
+                samples = []
+                for change in range(changes):
+                    subject = f"user:u{change}"
+                    started = time.perf_counter()
+                    async with http.post(
+                        f"{identity}/api/identity/role-bindings",
+                        json={
+                            "scope": "account.acme",
+                            "subject": subject,
+                            "role_id": role["id"],
+                            "resource_group_id": group["id"],
+                        },
+                    ) as r:
+                        binding = await r.json()
+                        assert r.status == 201, binding
+                    await asyncio.gather(*(replica.caught_up(binding["version"], timeout=10) for replica in replicas))
+                    samples.append((time.perf_counter() - started) * 1000)
+                    assert all(replica.control.may(subject, "catalog_entity_view", resource) for replica in replicas)
+    samples.sort()
+    return {
+        "propagation_ms_p50": samples[len(samples) // 2],
+        "propagation_ms_p99": samples[int(len(samples) * 0.99)],
+        "propagation_ms_max": samples[-1],
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--checks", type=int, default=200_000)
     parser.add_argument("--evaluations", type=int, default=5_000)
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--propagation", type=int, default=0, help="binding changes to time across services")
     args = parser.parse_args()
     results = []
     for run in range(args.runs):
         result = one_run(args.checks, args.evaluations, args.seed + run)
+        if args.propagation:
+            result |= asyncio.run(propagation(args.propagation))
         results.append(result)
         print(f"run {run + 1}: " + ", ".join(f"{k}={v:.3f}" for k, v in result.items()), flush=True)
     print("\n| measure | median |\n|---|---|")
