@@ -6,8 +6,9 @@ from typing import Any
 
 from aiohttp import web
 
-from services.catalog import ingestion, service
+from services.catalog import ancestry, ingestion, service
 from services.catalog.model import (
+    Ancestry,
     ByRefsRequest,
     ByRefsResponse,
     EntityListQuery,
@@ -21,6 +22,8 @@ from services.catalog.model import (
     LocationQuery,
     LocationSpec,
     LocationView,
+    PredicateFacetsRequest,
+    PredicateQueryRequest,
     QueryPage,
     RefreshRequest,
     ScopeQuery,
@@ -92,6 +95,17 @@ def routes(deps: Deps) -> Routes:
         )
         return _entity_response(entity)
 
+    @api.get(
+        f"{BY_NAME}/ancestry",
+        summary="The Location entities that led to an entity (Backstage)",
+        permission="catalog_entity_view",
+        query=ScopeQuery,
+        response=Ancestry,
+    )
+    async def get_entity_ancestry(request: web.Request) -> web.Response:
+        scope = parse_query(request, ScopeQuery).scope
+        return json_response(await ancestry.ancestry(pool, scope, *_path_ref(request)))
+
     @api.get(BY_UID, summary="An entity by uid", permission="catalog_entity_view")
     async def get_entity_by_uid(request: web.Request) -> web.Response:
         return _entity_response(await service.get_by_uid(pool, request.match_info["uid"]))
@@ -110,6 +124,19 @@ def routes(deps: Deps) -> Routes:
     )
     async def query_entities(request: web.Request) -> web.Response:
         return json_response(await service.query_entities(pool, parse_query(request, EntityQuery)))
+
+    @api.post(
+        "/api/catalog/entities/by-query",
+        summary="Query entities with a predicate ($all, $any, $not, $exists, $in, $hasPrefix, $contains) (Backstage)",
+        permission="catalog_entity_view",
+        query=ScopeQuery,
+        body=PredicateQueryRequest,
+        response=QueryPage,
+    )
+    async def query_entities_by_predicate(request: web.Request) -> web.Response:
+        scope = parse_query(request, ScopeQuery).scope
+        body = await read_json(request, PredicateQueryRequest)
+        return json_response(await service.query_by_predicate(pool, scope, body))
 
     @api.post(
         "/api/catalog/entities/by-refs",
@@ -132,6 +159,19 @@ def routes(deps: Deps) -> Routes:
     )
     async def get_entity_facets(request: web.Request) -> web.Response:
         return json_response(await service.entity_facets(pool, parse_query(request, FacetsQuery)))
+
+    @api.post(
+        "/api/catalog/entity-facets",
+        summary="Value counts per facet among the entities a predicate selects (Backstage)",
+        permission="catalog_entity_view",
+        query=ScopeQuery,
+        body=PredicateFacetsRequest,
+        response=FacetsResponse,
+    )
+    async def query_entity_facets_by_predicate(request: web.Request) -> web.Response:
+        scope = parse_query(request, ScopeQuery).scope
+        body = await read_json(request, PredicateFacetsRequest)
+        return json_response(await service.facets_by_predicate(pool, scope, body))
 
     @api.post(
         "/api/catalog/locations",

@@ -10,6 +10,7 @@ import base64
 import binascii
 import dataclasses
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 import asyncpg
@@ -32,6 +33,9 @@ from services.catalog.model import (
     IngestRequest,
     IngestResult,
     PageInfo,
+    PredicateCursor,
+    PredicateFacetsRequest,
+    PredicateQueryRequest,
     QueryCursor,
     QueryPage,
     StoredEntity,
@@ -42,6 +46,8 @@ from services.catalog.model import (
     next_generation,
     stitch,
 )
+from services.catalog.predicates import Predicate, parse_predicate
+from services.catalog.predicates import matches as predicate_matches
 from services.catalog.properties import apply_properties, check_path
 from services.catalog.query import build_search_rows, parse_fields_param, parse_filter_params, project_fields
 from services.catalog.relations import relations_of
@@ -231,10 +237,13 @@ async def get_by_refs(pool: asyncpg.Pool, scope: str, request: ByRefsRequest) ->
         except EntityRefError as exc:
             raise InputError.for_field(f"$.entityRefs[{index}]", str(exc)) from None
     fields = parse_fields_param(request.fields or [])
+    predicate = parse_predicate(request.query) if request.query is not None else None
     async with pool.acquire() as conn:
         found = await store.get_many(conn, scope, refs)
         served = dict(zip(found, await _serve(conn, list(found.values())), strict=True))
     items = [served.get(ref) for ref in refs]
+    if predicate is not None:
+        items = [i if i is not None and predicate_matches(predicate, build_search_rows(i)) else None for i in items]
     return ByRefsResponse([project_fields(i, fields) if i is not None and fields else i for i in items])
 
 
@@ -274,43 +283,112 @@ async def query_entities(pool: asyncpg.Pool, query: EntityQuery) -> QueryPage:
             offset=query.offset,
         )
     )
-    scope = check_scope(cursor.scope)
-    where = parse_filter_params(cursor.filter)
     term = (cursor.fullTextFilterTerm or "").strip()
     full_text = (term, tuple(f.strip().lower() for f in cursor.fullTextFilterFields if f.strip())) if term else None
-    fields = parse_fields_param(_as_list(query.fields))
+    return await query_page(
+        pool,
+        check_scope(cursor.scope),
+        parse_filter_params(cursor.filter),
+        full_text=full_text,
+        order=_order_fields(cursor.orderField),
+        offset=cursor.offset,
+        limit=query.limit,
+        fields=parse_fields_param(_as_list(query.fields)),
+        cursor_at=lambda offset: _encode_cursor(msgspec.structs.replace(cursor, offset=offset)),
+    )
+
+
+async def query_page(
+    pool: asyncpg.Pool,
+    scope: str,
+    where: Predicate | None,
+    *,
+    full_text: tuple[str, tuple[str, ...]] | None,
+    order: list[tuple[str, bool]],
+    offset: int,
+    limit: int,
+    fields: tuple[str, ...] | None,
+    cursor_at: Callable[[int], str],
+) -> QueryPage:
+    """A page of matching entities, the total, and cursors (made by `cursor_at(offset)`) to the pages around."""
     async with pool.acquire() as conn:
         page, total = await store.query_entities(
-            conn,
-            scope,
-            where,
-            full_text=full_text,
-            order=_order_fields(cursor.orderField),
-            offset=cursor.offset,
-            limit=query.limit,
+            conn, scope, where, full_text=full_text, order=order, offset=offset, limit=limit
         )
         items = await _serve(conn, page)
-    after = cursor.offset + len(page)
+    after = offset + len(page)
     return QueryPage(
         items=[project_fields(i, fields) for i in items] if fields else items,
         totalItems=total,
         pageInfo=PageInfo(
-            nextCursor=_encode_cursor(msgspec.structs.replace(cursor, offset=after)) if after < total else None,
-            prevCursor=_encode_cursor(msgspec.structs.replace(cursor, offset=max(0, cursor.offset - query.limit)))
-            if cursor.offset > 0
-            else None,
+            nextCursor=cursor_at(after) if after < total else None,
+            prevCursor=cursor_at(max(0, offset - limit)) if offset > 0 else None,
         ),
     )
 
 
+def _encode_predicate_cursor(cursor: PredicateCursor) -> str:
+    # Standard base64, as Backstage's client decodes it with `atob` to see whether it holds a `query`.
+    return base64.b64encode(msgspec.json.encode(cursor)).decode()
+
+
+def _decode_predicate_cursor(raw: str) -> PredicateCursor:
+    try:
+        return msgspec.json.decode(base64.b64decode(raw.encode(), validate=True), type=PredicateCursor)
+    except (ValueError, binascii.Error, msgspec.DecodeError, msgspec.ValidationError):
+        raise InputError.for_field("$.cursor", "not a cursor returned by this API") from None
+
+
+async def query_by_predicate(pool: asyncpg.Pool, scope: str, request: PredicateQueryRequest) -> QueryPage:
+    """Backstage's `POST /entities/by-query`: the predicate form of `GET /entities/by-query`."""
+    cursor = (
+        _decode_predicate_cursor(request.cursor)
+        if request.cursor
+        else PredicateCursor(
+            query=request.query,
+            orderBy=request.orderBy or [],
+            fullTextFilter=request.fullTextFilter,
+            scope=scope,
+            offset=request.offset,
+        )
+    )
+    predicate = parse_predicate(cursor.query) if cursor.query is not None else None
+    text = cursor.fullTextFilter
+    term = text.term.strip() if text else ""
+    full_text = (term, tuple(f.strip().lower() for f in text.fields or [] if f.strip())) if text and term else None
+    return await query_page(
+        pool,
+        check_scope(cursor.scope),
+        predicate,
+        full_text=full_text,
+        order=[(o.field.strip().lower(), o.order == "desc") for o in cursor.orderBy],
+        offset=cursor.offset,
+        limit=request.limit,
+        fields=parse_fields_param(request.fields or []),
+        cursor_at=lambda offset: _encode_predicate_cursor(msgspec.structs.replace(cursor, offset=offset)),
+    )
+
+
+async def facets_by_predicate(pool: asyncpg.Pool, scope: str, request: PredicateFacetsRequest) -> FacetsResponse:
+    """Backstage's `POST /entity-facets`: facets among the entities a predicate selects."""
+    predicate = parse_predicate(request.query) if request.query is not None else None
+    return await facet_counts(pool, check_scope(scope), predicate, request.facets, field="$.facets")
+
+
 async def entity_facets(pool: asyncpg.Pool, query: FacetsQuery) -> FacetsResponse:
     """Backstage's `GET /entity-facets`: value counts per facet among the entities the filter selects."""
-    scope = check_scope(query.scope)
-    keys = [f.strip() for f in _as_list(query.facet) if f.strip()]
+    where = parse_filter_params(_as_list(query.filter))
+    return await facet_counts(pool, check_scope(query.scope), where, _as_list(query.facet), field="query.facet")
+
+
+async def facet_counts(
+    pool: asyncpg.Pool, scope: str, where: Predicate | None, facets: list[str], *, field: str
+) -> FacetsResponse:
+    keys = [f.strip() for f in facets if f.strip()]
     if not keys:
-        raise InputError.for_field("query.facet", "at least one facet is required")
+        raise InputError.for_field(field, "at least one facet is required")
     async with pool.acquire() as conn:
-        found = await store.facets(conn, scope, parse_filter_params(_as_list(query.filter)), [k.lower() for k in keys])
+        found = await store.facets(conn, scope, where, [k.lower() for k in keys])
     return FacetsResponse({k: [FacetValue(v, c) for v, c in found[k.lower()]] for k in keys})
 
 

@@ -87,6 +87,11 @@ async def test_the_official_catalog_client_reads_and_deletes(client_dir, catalog
                 {"value": "website", "count": 1},
             ]
         },
+        "predicate": {"total": 1, "first": "petstore"},
+        "predicateFacets": {"kind": [{"value": "Component", "count": 2}]},
+        "predicateByRefs": [None, "website"],
+        "ancestry": 1,
+        "error": {"status": 400, "name": "InputError"},
         "ownedBy": ["group:default/team-a"],
         "afterDelete": None,
     }
