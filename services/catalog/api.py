@@ -6,7 +6,7 @@ from typing import Any
 
 from aiohttp import web
 
-from services.catalog import ancestry, ingestion, service
+from services.catalog import ancestry, ingestion, kinds, service
 from services.catalog.model import (
     Ancestry,
     ByRefsRequest,
@@ -35,6 +35,8 @@ from shared.service import Deps
 
 BY_NAME = "/api/catalog/entities/by-name/{kind}/{namespace}/{name}"
 BY_UID = "/api/catalog/entities/by-uid/{uid}"
+KIND = "/api/catalog/kinds/{kind}/{apiVersion:.+}"
+"""An apiVersion may hold a `/` (`example.com/v1`), so it takes the rest of the path."""
 
 
 def _path_ref(request: web.Request) -> tuple[str, str, str]:
@@ -258,7 +260,7 @@ def routes(deps: Deps) -> Routes:
     )
     async def validate_entity(request: web.Request) -> web.Response:
         body = await read_json(request, ValidateEntityRequest)
-        errors = service.validate_entity_document(body.entity)
+        errors = await service.validate_entity_document(pool, body.entity)
         return json_response({"errors": errors}, status=400) if errors else web.Response(status=200)
 
     @api.post(
@@ -273,6 +275,62 @@ def routes(deps: Deps) -> Routes:
         scope = parse_query(request, ScopeQuery).scope
         body = await read_json(request, IngestRequest)
         return json_response(await service.ingest_properties(pool, principal_of(request).actor(), scope, body))
+
+    @api.post(
+        "/api/catalog/kinds",
+        summary="Register a custom kind: a JSON Schema for a kind and apiVersion",
+        permission="catalog_kind_create",
+        body=kinds.KindRegistration,
+        response=kinds.KindView,
+        status=201,
+    )
+    async def register_kind(request: web.Request) -> web.Response:
+        body = await read_json(request, kinds.KindRegistration)
+        view = await kinds.register(pool, principal_of(request).actor(), body)
+        return json_response(view, status=201, headers={"ETag": quoted(view.etag)})
+
+    @api.get(
+        "/api/catalog/kinds", summary="Registered custom kinds", permission="catalog_kind_view", response=kinds.KindList
+    )
+    async def list_kinds(request: web.Request) -> web.Response:
+        return json_response(await kinds.list_kinds(pool))
+
+    @api.get(KIND, summary="A registered custom kind", permission="catalog_kind_view", response=kinds.KindView)
+    async def get_kind(request: web.Request) -> web.Response:
+        view = await kinds.get_kind(pool, request.match_info["kind"], request.match_info["apiVersion"])
+        return json_response(view, headers={"ETag": quoted(view.etag)})
+
+    @api.put(
+        KIND,
+        summary="Replace a custom kind's schema (honours If-Match; refused if existing entities would break)",
+        permission="catalog_kind_edit",
+        body=kinds.KindSchema,
+        response=kinds.KindView,
+    )
+    async def replace_kind(request: web.Request) -> web.Response:
+        body = await read_json(request, kinds.KindSchema)
+        view = await kinds.replace(
+            pool,
+            principal_of(request).actor(),
+            request.match_info["kind"],
+            request.match_info["apiVersion"],
+            body,
+            request.headers.get("If-Match"),
+        )
+        return json_response(view, headers={"ETag": quoted(view.etag)})
+
+    @api.delete(
+        KIND,
+        summary="Unregister a custom kind (refused while entities of it exist)",
+        permission="catalog_kind_delete",
+        status=204,
+    )
+    async def delete_kind(request: web.Request) -> web.Response:
+        info = request.match_info
+        await kinds.delete(
+            pool, principal_of(request).actor(), info["kind"], info["apiVersion"], request.headers.get("If-Match")
+        )
+        return web.Response(status=204)
 
     @api.get("/api/catalog/favorites", summary="The caller's starred entities", permission="catalog_entity_view")
     async def list_favorites(request: web.Request) -> web.Response:

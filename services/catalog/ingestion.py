@@ -19,8 +19,10 @@ from typing import Any
 import asyncpg
 import msgspec
 
+from services.catalog import kinds as kinds_module
 from services.catalog import store
 from services.catalog.entity_ref import EntityRefError, parse_entity_ref, ref_of
+from services.catalog.kinds import Kinds
 from services.catalog.model import LocationSpec, LocationView, StoredEntity, check_scope, document_etag
 from services.catalog.reader import ReadResult, read_location
 from services.catalog.service import (
@@ -76,7 +78,8 @@ async def add_location(
     async with transaction(pool) as conn:
         existing = await store.find_location(conn, scope, spec.type, spec.target)
         if dry_run:
-            documents = [_try_prepare(e.document) for e in result.entities]
+            kinds = await kinds_module.load(conn)
+            documents = [_try_prepare(e.document, kinds) for e in result.entities]
             view = LocationView(id=existing["id"] if existing else "", type=spec.type, target=spec.target)
             return {"location": view, "entities": [d for d in documents if d], "exists": existing is not None}
         if existing is not None:
@@ -91,9 +94,9 @@ async def add_location(
     return {"location": view, "entities": [e.document for e in entities]}
 
 
-def _try_prepare(document: dict[str, Any]) -> dict[str, Any] | None:
+def _try_prepare(document: dict[str, Any], kinds: Kinds) -> dict[str, Any] | None:
     try:
-        return prepare_document(document)[0]
+        return prepare_document(document, kinds)[0]
     except InputError:
         return None
 
@@ -105,9 +108,10 @@ async def apply_read(
     errors = [{"location": e.location, "message": e.message, "document": e.document_index} for e in result.errors]
     counts = {"created": 0, "updated": 0, "orphaned": 0, "deleted": 0, "unchanged": 0}
     seen: set[str] = set()
+    kinds = await kinds_module.load(conn)
     for read_entity in result.entities:
         try:
-            document, relations = prepare_document(read_entity.document)
+            document, relations = prepare_document(read_entity.document, kinds)
         except InputError as exc:
             errors.append(
                 {
@@ -148,7 +152,7 @@ async def apply_read(
             updated = revised(
                 current, document, location_id=location_id, location_key=read_entity.location_key, orphan=False
             )
-            await update_entity(conn, actor, current, updated, served_relations(updated))
+            await update_entity(conn, actor, current, updated, served_relations(updated, kinds))
             counts["updated"] += 1
         else:
             counts["unchanged"] += 1
@@ -159,7 +163,8 @@ async def apply_read(
             await remove_entity(conn, actor, entity)
             counts["deleted"] += 1
         elif not entity.orphan:
-            await update_entity(conn, actor, entity, dataclasses.replace(entity, orphan=True), served_relations(entity))
+            orphaned = dataclasses.replace(entity, orphan=True)
+            await update_entity(conn, actor, entity, orphaned, served_relations(entity, kinds))
             counts["orphaned"] += 1
     await store.record_location_read(conn, location_id, errors)
     return {**counts, "errors": errors}

@@ -16,8 +16,10 @@ from typing import Any
 import asyncpg
 import msgspec
 
+from services.catalog import kinds as kinds_module
 from services.catalog import store
 from services.catalog.entity_ref import EntityRefError, parse_entity_ref, ref_of
+from services.catalog.kinds import Kinds
 from services.catalog.model import (
     ByRefsRequest,
     ByRefsResponse,
@@ -65,15 +67,20 @@ def _as_list(value: list[str] | str | None) -> list[str]:
     return [] if value is None else [value] if isinstance(value, str) else value
 
 
-def prepare_document(raw: Any) -> tuple[dict[str, Any], list]:
+def document_errors(document: dict[str, Any], kinds: Kinds) -> list[FieldError]:
+    """Backstage's rules for the envelope and built-in kinds, then the registered schema of a custom kind."""
+    return validate_entity(document) or kinds.validate(document)
+
+
+def prepare_document(raw: Any, kinds: Kinds) -> tuple[dict[str, Any], list]:
     """Validate an entity as Backstage would and compute its relations; raises InputError naming fields."""
     if not isinstance(raw, dict):
         raise InputError.for_field("$", "an entity must be a JSON object")
     document = default_namespace(ingestible_document(raw))
-    errors = validate_entity(document)
+    errors = document_errors(document, kinds)
     if errors:
         raise InputError(f"the entity is not valid: {errors[0].message}", errors=errors)
-    relations, ref_errors = relations_of(document)
+    relations, ref_errors = relations_of(document, kinds.relation_rules(document))
     if ref_errors:
         raise InputError(f"the entity has invalid references: {ref_errors[0].message}", errors=ref_errors)
     return document, relations
@@ -133,18 +140,19 @@ def revised(current: StoredEntity, document: dict[str, Any], **fields: Any) -> S
     )
 
 
-def served_relations(entity: StoredEntity) -> list:
+def served_relations(entity: StoredEntity, kinds: Kinds) -> list:
     """Relations of the document as served: ingested properties may set `spec.owner` and the like."""
-    return relations_of(entity.served_document)[0]
+    document = entity.served_document
+    return relations_of(document, kinds.relation_rules(document))[0]
 
 
 async def create_entity(pool: asyncpg.Pool, actor: Actor, scope: str, raw: Any) -> dict[str, Any]:
     check_scope(scope)
-    document, relations = prepare_document(raw)
-    ref = str(ref_of(document))
-    entity = StoredEntity(str(uuid.uuid4()), scope, ref, document, document_etag(document), 1)
     try:
         async with transaction(pool) as conn:
+            document, relations = prepare_document(raw, await kinds_module.load(conn))
+            ref = str(ref_of(document))
+            entity = StoredEntity(str(uuid.uuid4()), scope, ref, document, document_etag(document), 1)
             await insert_entity(conn, actor, entity, relations)
             return stitch(entity, await store.relations_from(conn, scope, [ref]))
     except asyncpg.UniqueViolationError:
@@ -156,12 +164,13 @@ async def replace_entity(
 ) -> dict[str, Any]:
     """Replace an entity's document (`If-Match` honoured); an identical document writes and emits nothing."""
     check_scope(scope)
-    document, _ = prepare_document(raw)  # validates references; relations come from the served document
-    errors = body_ref_mismatches(document, *path_ref)
-    if errors:
-        raise InputError("the body names another entity than the path", errors=errors)
-    ref = str(ref_of(document))
     async with transaction(pool) as conn:
+        kinds = await kinds_module.load(conn)
+        document, _ = prepare_document(raw, kinds)  # validates references; relations come from the served document
+        errors = body_ref_mismatches(document, *path_ref)
+        if errors:
+            raise InputError("the body names another entity than the path", errors=errors)
+        ref = str(ref_of(document))
         current = await store.get_by_ref(conn, scope, ref, lock=True)
         if current is None:
             raise NotFoundError(f"no entity {ref} at scope {scope}")
@@ -169,7 +178,7 @@ async def replace_entity(
         if current.document == document:
             return stitch(current, await store.relations_from(conn, scope, [ref]))
         updated = revised(current, document)
-        await update_entity(conn, actor, current, updated, served_relations(updated))
+        await update_entity(conn, actor, current, updated, served_relations(updated, kinds))
         return stitch(updated, await store.relations_from(conn, scope, [ref]))
 
 
@@ -438,10 +447,12 @@ async def entity_graph(pool: asyncpg.Pool, query: GraphQuery) -> Graph:
     )
 
 
-def validate_entity_document(raw: Any) -> list[dict[str, str]]:
+async def validate_entity_document(pool: asyncpg.Pool, raw: Any) -> list[dict[str, str]]:
     """Backstage's `POST /validate-entity`: the problems, or none."""
+    async with pool.acquire() as conn:
+        kinds = await kinds_module.load(conn)
     try:
-        prepare_document(raw)
+        prepare_document(raw, kinds)
     except InputError as exc:
         return [{"name": "InputError", "message": e.message, "field": e.field} for e in exc.errors]
     return []
@@ -466,6 +477,7 @@ async def ingest_properties(pool: asyncpg.Pool, actor: Actor, scope: str, reques
         plans.append((field, ref, item.properties))
     updated_count = 0
     async with transaction(pool) as conn:
+        kinds = await kinds_module.load(conn)
         for field, ref, properties in plans:
             current = await store.get_by_ref(conn, scope, ref, lock=True)
             if current is None:
@@ -474,13 +486,13 @@ async def ingest_properties(pool: asyncpg.Pool, actor: Actor, scope: str, reques
             if merged == current.properties:
                 continue
             updated = revised(current, current.document, properties=merged)
-            errors = validate_entity(updated.served_document)
+            errors = document_errors(updated.served_document, kinds)
             if errors:
                 raise InputError(
                     f"{ref} would not be valid: {errors[0].message}",
                     errors=[FieldError(f"{field}.properties", f"{e.field}: {e.message}") for e in errors],
                 )
-            await update_entity(conn, actor, current, updated, served_relations(updated))
+            await update_entity(conn, actor, current, updated, served_relations(updated, kinds))
             updated_count += 1
     return IngestResult(updated=updated_count, unchanged=len(plans) - updated_count)
 

@@ -339,3 +339,65 @@ async def location_entities(conn: asyncpg.Connection, location_id: str) -> list[
         f"SELECT {_COLUMNS} FROM entities WHERE location_id = $1 AND kind = 'location' ORDER BY ref", location_id
     )
     return [StoredEntity(**dict(r)) for r in rows]
+
+
+# --- custom kinds --------------------------------------------------------------------------------------
+
+_KIND_COLUMNS = "kind_key, api_version, kind, schema, relations, etag"
+
+
+async def kind_rows(conn: asyncpg.Connection, *, share_lock: bool = False) -> list[asyncpg.Record]:
+    """Every registered kind; `share_lock` holds off a schema change until the caller's transaction ends."""
+    suffix = " FOR SHARE" if share_lock else ""
+    return await conn.fetch(f"SELECT {_KIND_COLUMNS} FROM kinds ORDER BY kind_key, api_version{suffix}")
+
+
+async def kind_row(
+    conn: asyncpg.Connection, kind_key: str, api_version: str, *, lock: bool = False
+) -> asyncpg.Record | None:
+    suffix = " FOR UPDATE" if lock else ""
+    return await conn.fetchrow(
+        f"SELECT {_KIND_COLUMNS} FROM kinds WHERE kind_key = $1 AND api_version = $2{suffix}", kind_key, api_version
+    )
+
+
+async def insert_kind(conn: asyncpg.Connection, kind_key: str, view: Any) -> None:
+    await conn.execute(
+        "INSERT INTO kinds (kind_key, api_version, kind, schema, relations, etag) VALUES ($1, $2, $3, $4, $5, $6)",
+        kind_key,
+        view.apiVersion,
+        view.kind,
+        view.schema,
+        view.relations,
+        view.etag,
+    )
+
+
+async def update_kind(conn: asyncpg.Connection, kind_key: str, view: Any) -> None:
+    await conn.execute(
+        "UPDATE kinds SET schema = $3, relations = $4, etag = $5, updated_at = now() "
+        "WHERE kind_key = $1 AND api_version = $2",
+        kind_key,
+        view.apiVersion,
+        view.schema,
+        view.relations,
+        view.etag,
+    )
+
+
+async def delete_kind(conn: asyncpg.Connection, kind_key: str, api_version: str) -> None:
+    await conn.execute("DELETE FROM kinds WHERE kind_key = $1 AND api_version = $2", kind_key, api_version)
+
+
+async def entities_of_kind(
+    conn: asyncpg.Connection, kind_key: str, api_version: str, *, limit: int | None = None
+) -> list[StoredEntity]:
+    """Entities of a kind and apiVersion at every scope (locked: a schema change waits for their writes)."""
+    rows = await conn.fetch(
+        f"SELECT {_COLUMNS} FROM entities WHERE kind = $1 AND document->>'apiVersion' = $2 ORDER BY scope, ref"
+        + (f" LIMIT {int(limit)}" if limit is not None else "")
+        + " FOR UPDATE",
+        kind_key,
+        api_version,
+    )
+    return [StoredEntity(**dict(r)) for r in rows]
