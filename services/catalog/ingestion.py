@@ -15,6 +15,7 @@ import logging
 import uuid
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import asyncpg
 import msgspec
@@ -33,12 +34,13 @@ from services.catalog.service import (
     served_relations,
     update_entity,
 )
+from services.catalog.url_reader import UrlFetcher, blocking_fetch
 from shared.db import transaction
 from shared.errors import ConflictError, InputError, NotFoundError
 from shared.events import SYSTEM, Actor, ResourceRef, new_event
 from shared.outbox import write_event
 
-SUPPORTED_TYPES = ("file",)
+SUPPORTED_TYPES = ("file", "url")
 BULK_CHANGES = 500
 """A read that changes at least this many entities refreshes the planner's statistics afterwards."""
 log = logging.getLogger(__name__)
@@ -50,6 +52,8 @@ class IngestionPolicy:
 
     file_roots: tuple[Path, ...]
     orphan_strategy: str = "keep"
+    fetcher: UrlFetcher | None = None
+    """Reads `url:` targets; without one they are reported as not supported."""
 
 
 def confine(target: str, policy: IngestionPolicy) -> Path:
@@ -63,10 +67,20 @@ def confine(target: str, policy: IngestionPolicy) -> Path:
 
 
 async def read(spec: LocationSpec, policy: IngestionPolicy) -> ReadResult:
-    if spec.type not in SUPPORTED_TYPES:
-        raise InputError.for_field("$.type", f"location type {spec.type!r} is not supported yet (supported: file)")
-    path = confine(spec.target, policy)
-    return await asyncio.to_thread(read_location, spec.type, str(path), allowed_roots=policy.file_roots)
+    if spec.type not in SUPPORTED_TYPES or (spec.type == "url" and policy.fetcher is None):
+        supported = ", ".join(SUPPORTED_TYPES if policy.fetcher else ("file",))
+        raise InputError.for_field("$.type", f"location type {spec.type!r} is not supported (supported: {supported})")
+    if spec.type == "url":
+        parts = urlsplit(spec.target)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise InputError.for_field("$.target", "a url location needs an http(s) URL")
+        target = spec.target
+    else:
+        target = str(confine(spec.target, policy))
+    fetch_url = blocking_fetch(policy.fetcher, asyncio.get_running_loop()) if policy.fetcher else None
+    return await asyncio.to_thread(
+        read_location, spec.type, target, allowed_roots=policy.file_roots, fetch_url=fetch_url
+    )
 
 
 async def add_location(

@@ -1,0 +1,150 @@
+"""`url:` locations: fetched over HTTP from a real server on loopback (allowed by config), relative targets and
+placeholders resolved against the URL, refresh; the fetcher refuses non-public addresses (after DNS, on every
+redirect), oversized bodies and slow servers."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+import pytest_asyncio
+from aiohttp import web
+
+from services.catalog.app import DEFINITION as CATALOG
+from services.catalog.app import Settings as CatalogSettings
+from services.catalog.url_reader import DirectFetcher, FetchError, UrlPolicy
+from shared.service import running_service
+
+ALL = """apiVersion: backstage.io/v1alpha1
+kind: Location
+metadata: {name: remote-root}
+spec: {targets: [./team.yaml, ../other/svc.yaml]}
+"""
+TEAM = """apiVersion: backstage.io/v1alpha1
+kind: Group
+metadata: {name: team-a}
+spec: {type: team, children: []}
+---
+apiVersion: backstage.io/v1alpha1
+kind: API
+metadata: {name: petstore}
+spec: {type: openapi, lifecycle: production, owner: team-a, definition: {$text: ./openapi.yaml}}
+"""
+SVC = """apiVersion: backstage.io/v1alpha1
+kind: Component
+metadata: {{name: svc}}
+spec: {{type: service, lifecycle: {lifecycle}, owner: team-a}}
+"""
+SNEAKY = """apiVersion: backstage.io/v1alpha1
+kind: Location
+metadata: {name: sneaky}
+spec: {type: file, target: /etc/passwd}
+"""
+
+
+@pytest_asyncio.fixture
+async def remote(aiohttp_server):
+    """A small web server holding a catalog, plus routes that misbehave."""
+    files = {
+        "/catalog/all.yaml": ALL,
+        "/catalog/team.yaml": TEAM,
+        "/catalog/openapi.yaml": "openapi: 3.0.0\ninfo: {title: petstore}\n",
+        "/other/svc.yaml": SVC.format(lifecycle="experimental"),
+        "/sneaky.yaml": SNEAKY,
+    }
+
+    async def serve(request: web.Request) -> web.StreamResponse:
+        path = request.path
+        if path in files:
+            return web.Response(text=files[path])
+        if path == "/moved":
+            raise web.HTTPFound("/catalog/team.yaml")
+        if path == "/to-metadata":
+            raise web.HTTPFound("http://169.254.169.254/latest/meta-data/")
+        if path == "/to-ipv6-loopback":
+            raise web.HTTPFound(f"http://[::1]:{request.url.port}/catalog/team.yaml")
+        if path == "/big":
+            return web.Response(body=b"#" * 2048)
+        if path == "/slow":
+            await asyncio.sleep(5)
+        raise web.HTTPNotFound()
+
+    app = web.Application()
+    app.router.add_get("/{tail:.*}", serve)
+    server = await aiohttp_server(app)
+    server.files = files
+    return server
+
+
+async def test_url_location_ingests_follows_relative_targets_and_refreshes(remote, make_settings, http):
+    settings = make_settings(CatalogSettings, url_location_allow="127.0.0.1", refresh_interval_seconds=3600)
+    async with running_service(CATALOG, settings) as catalog:
+        target = str(remote.make_url("/catalog/all.yaml"))
+        async with http.post(f"{catalog.url}/api/catalog/locations", json={"type": "url", "target": target}) as r:
+            body = await r.json()
+            assert r.status == 201, body
+        assert body["location"].get("errors", []) == []
+        assert sorted(e["metadata"]["name"] for e in body["entities"]) == ["petstore", "remote-root", "svc", "team-a"]
+        async with http.get(f"{catalog.url}/api/catalog/entities/by-name/api/default/petstore") as r:
+            api = await r.json()
+        assert api["spec"]["definition"].startswith("openapi: 3.0.0")
+        annotations = api["metadata"]["annotations"]
+        assert annotations["backstage.io/managed-by-location"] == f"url:{remote.make_url('/catalog/team.yaml')}"
+        assert annotations["backstage.io/managed-by-origin-location"] == f"url:{target}"
+        async with http.get(f"{catalog.url}/api/catalog/entities/by-name/component/default/svc/ancestry") as r:
+            assert (await r.json())["items"][0]["parentEntityRefs"] == ["location:default/remote-root"]
+
+        remote.files["/other/svc.yaml"] = SVC.format(lifecycle="production")
+        async with http.post(f"{catalog.url}/api/catalog/refresh", json={"entityRef": "component:svc"}) as r:
+            assert r.status == 200
+        async with http.get(f"{catalog.url}/api/catalog/entities/by-name/component/default/svc") as r:
+            assert (await r.json())["spec"]["lifecycle"] == "production"
+
+        sneaky = str(remote.make_url("/sneaky.yaml"))
+        async with http.post(f"{catalog.url}/api/catalog/locations", json={"type": "url", "target": sneaky}) as r:
+            errors = (await r.json())["location"]["errors"]
+        assert ["may not name file targets" in e["message"] for e in errors] == [True]
+        for bad in ("ftp://127.0.0.1/x.yaml", "not a url"):
+            async with http.post(f"{catalog.url}/api/catalog/locations", json={"type": "url", "target": bad}) as r:
+                assert r.status == 400 and (await r.json())["errors"][0]["field"] == "$.target"
+
+
+async def test_loopback_is_refused_unless_allowed(remote, make_settings, http):
+    async with running_service(CATALOG, make_settings(CatalogSettings)) as catalog:
+        target = str(remote.make_url("/catalog/all.yaml"))
+        async with http.post(f"{catalog.url}/api/catalog/locations", json={"type": "url", "target": target}) as r:
+            body = await r.json()
+        assert body["entities"] == [] and "non-public address" in body["location"]["errors"][0]["message"]
+
+
+def fetcher(allow: str = "127.0.0.1", **limits) -> DirectFetcher:
+    return DirectFetcher(UrlPolicy.parse_allow(allow, **limits))
+
+
+async def test_fetcher_checks_every_address_and_bounds_reads(remote):
+    port = remote.port
+    assert (await fetcher().fetch(str(remote.make_url("/moved")))).startswith(b"apiVersion")
+    assert (await fetcher("localhost").fetch(f"http://localhost:{port}/catalog/all.yaml")).startswith(b"apiVersion")
+    cases = [
+        (fetcher(""), f"http://127.0.0.1:{port}/catalog/all.yaml", "non-public address"),
+        (fetcher(""), f"http://localhost:{port}/catalog/all.yaml", "resolves to a non-public address"),
+        (fetcher("localhost"), f"http://127.0.0.1:{port}/catalog/all.yaml", "non-public address"),
+        (fetcher(), f"http://127.0.0.1:{port}/to-metadata", "169.254.169.254"),
+        (fetcher(), f"http://127.0.0.1:{port}/to-ipv6-loopback", "::1"),
+        (fetcher(max_bytes=1024), f"http://127.0.0.1:{port}/big", "larger than 1024 bytes"),
+        (fetcher(timeout_seconds=0.3), f"http://127.0.0.1:{port}/slow", "did not answer"),
+        (fetcher(), f"http://127.0.0.1:{port}/missing", "404"),
+        (fetcher(), "file:///etc/passwd", "not an http(s) URL"),
+    ]
+    for client, url, message in cases:
+        with pytest.raises(FetchError, match=message.replace("(", r"\(").replace(")", r"\)")):
+            await client.fetch(url)
+
+
+def test_allow_lists_parse_or_fail():
+    policy = UrlPolicy.parse_allow("10.0.0.0/8, git.internal, ::1")
+    assert policy.allowed_hosts == {"git.internal"} and len(policy.allowed_networks) == 2
+    with pytest.raises(ValueError):
+        UrlPolicy.parse_allow("bad host!")
+    with pytest.raises(ValueError):
+        CatalogSettings(database_url="postgresql://x", nats_url="nats://x", url_location_allow="bad host!")
