@@ -6,7 +6,7 @@ from typing import Any
 
 from aiohttp import web
 
-from services.catalog import ancestry, ingestion, kinds, service
+from services.catalog import analyze, ancestry, ingestion, kinds, service
 from services.catalog.model import (
     Ancestry,
     ByRefsRequest,
@@ -228,6 +228,19 @@ def routes(deps: Deps) -> Routes:
     async def get_location_by_entity(request: web.Request) -> web.Response:
         scope = parse_query(request, ScopeQuery).scope
         return json_response(await ingestion.location_of_entity(pool, scope, *_path_ref(request)))
+
+    @api.post(
+        "/api/catalog/analyze-location",
+        summary="What registering a location would bring in: existing entity files, or a proposed entity (Backstage)",
+        permission="catalog_location_create",
+        query=ScopeQuery,
+        body=analyze.AnalyzeLocationRequest,
+        response=analyze.AnalyzeLocationResponse,
+    )
+    async def analyze_location(request: web.Request) -> web.Response:
+        scope = parse_query(request, ScopeQuery).scope
+        body = await read_json(request, analyze.AnalyzeLocationRequest)
+        return json_response(await analyze.analyze_location(pool, policy, scope, body))
 
     @api.post(
         "/api/catalog/refresh",

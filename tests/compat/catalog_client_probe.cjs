@@ -1,7 +1,7 @@
 // Drives Seed IDP's catalog with Backstage's own @backstage/catalog-client and prints what it saw as JSON.
 const { CatalogClient } = require('@backstage/catalog-client');
 
-const [baseUrl, token] = process.argv.slice(2);
+const [baseUrl, token, repoDir] = process.argv.slice(2);
 const client = new CatalogClient({
   discoveryApi: { getBaseUrl: async () => `${baseUrl}/api/catalog` },
   fetchApi: {
@@ -37,6 +37,8 @@ const client = new CatalogClient({
     entityRefs: ['component:default/petstore', 'component:default/website'], query: { 'spec.type': 'website' },
   })).items.map(e => (e ? e.metadata.name : null));
   out.ancestry = (await client.getEntityAncestors({ entityRef: 'component:default/petstore' })).items.length;
+  const analysis = await client.analyzeLocation({ location: { type: 'file', target: repoDir } });
+  out.analyzed = analysis.existingEntityFiles.map(f => [f.entity.metadata.name, f.isRegistered]);
   try {
     await client.queryEntities({ query: { kind: { $regex: 'x' } } });
   } catch (error) {

@@ -148,3 +148,49 @@ def test_allow_lists_parse_or_fail():
         UrlPolicy.parse_allow("bad host!")
     with pytest.raises(ValueError):
         CatalogSettings(database_url="postgresql://x", nats_url="nats://x", url_location_allow="bad host!")
+
+
+async def test_analyze_location_lists_existing_files_or_proposes_an_entity(remote, make_settings, http, tmp_path):
+    (tmp_path / "repo").mkdir()
+    (tmp_path / "repo" / "catalog-info.yaml").write_text(SVC.format(lifecycle="production"))
+    settings = make_settings(
+        CatalogSettings,
+        url_location_allow="127.0.0.1",
+        file_location_roots=str(tmp_path),
+        refresh_interval_seconds=3600,
+    )
+    async with running_service(CATALOG, settings) as catalog:
+        url = f"{catalog.url}/api/catalog/analyze-location"
+        team = str(remote.make_url("/catalog/team.yaml"))
+        async with http.post(url, json={"location": {"type": "url", "target": team}}) as r:
+            analysis = await r.json()
+            assert r.status == 200, analysis
+        assert analysis["generateEntities"] == []
+        assert [(f["entity"]["metadata"]["name"], f["isRegistered"]) for f in analysis["existingEntityFiles"]] == [
+            ("team-a", False),
+            ("petstore", False),
+        ]
+        assert analysis["existingEntityFiles"][0]["location"] == {"type": "url", "target": team}
+
+        repo = {"type": "file", "target": str(tmp_path / "repo")}
+        async with http.post(
+            f"{catalog.url}/api/catalog/locations", json={**repo, "target": f"{repo['target']}/catalog-info.yaml"}
+        ) as r:
+            assert r.status == 201
+        async with http.post(url, json={"location": repo}) as r:
+            files = (await r.json())["existingEntityFiles"]
+        assert [(f["entity"]["metadata"]["name"], f["isRegistered"]) for f in files] == [("svc", True)]
+
+        empty = str(remote.make_url("/nothing-here/my-service.git"))
+        async with http.post(url, json={"location": {"type": "url", "target": empty}}) as r:
+            analysis = await r.json()
+        assert analysis["existingEntityFiles"] == []
+        (proposal,) = analysis["generateEntities"]
+        assert proposal["entity"]["metadata"]["name"] == "my-service"
+        assert proposal["fields"][0]["field"] == "spec.owner" and proposal["fields"][0]["state"] == "needsUserInput"
+
+        blocked = {"type": "url", "target": "http://169.254.169.254/latest/"}
+        async with http.post(url, json={"location": blocked}) as r:
+            assert r.status == 400 and (await r.json())["errors"][0]["field"] == "$.location.target"
+        async with http.post(url, json={"location": repo, "catalogFilename": "../x.yaml"}) as r:
+            assert r.status == 400 and (await r.json())["errors"][0]["field"] == "$.catalogFilename"
