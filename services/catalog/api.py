@@ -27,6 +27,7 @@ from services.catalog.model import (
     QueryPage,
     RefreshRequest,
     ScopeQuery,
+    ScopeReadQuery,
     ValidateEntityRequest,
 )
 from shared.etag import quoted
@@ -131,12 +132,12 @@ def routes(deps: Deps) -> Routes:
         "/api/catalog/entities/by-query",
         summary="Query entities with a predicate ($all, $any, $not, $exists, $in, $hasPrefix, $contains) (Backstage)",
         permission="catalog_entity_view",
-        query=ScopeQuery,
+        query=ScopeReadQuery,
         body=PredicateQueryRequest,
         response=QueryPage,
     )
     async def query_entities_by_predicate(request: web.Request) -> web.Response:
-        scope = parse_query(request, ScopeQuery).scope
+        scope = parse_query(request, ScopeReadQuery)
         body = await read_json(request, PredicateQueryRequest)
         return json_response(await service.query_by_predicate(pool, scope, body))
 
@@ -166,12 +167,12 @@ def routes(deps: Deps) -> Routes:
         "/api/catalog/entity-facets",
         summary="Value counts per facet among the entities a predicate selects (Backstage)",
         permission="catalog_entity_view",
-        query=ScopeQuery,
+        query=ScopeReadQuery,
         body=PredicateFacetsRequest,
         response=FacetsResponse,
     )
     async def query_entity_facets_by_predicate(request: web.Request) -> web.Response:
-        scope = parse_query(request, ScopeQuery).scope
+        scope = parse_query(request, ScopeReadQuery)
         body = await read_json(request, PredicateFacetsRequest)
         return json_response(await service.facets_by_predicate(pool, scope, body))
 

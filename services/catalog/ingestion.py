@@ -22,10 +22,11 @@ import msgspec
 
 from services.catalog import kinds as kinds_module
 from services.catalog import store
-from services.catalog.entity_ref import EntityRefError, parse_entity_ref, ref_of
+from services.catalog.entity_ref import parse_entity_ref, ref_of
 from services.catalog.kinds import Kinds
 from services.catalog.model import LocationSpec, LocationView, StoredEntity, check_scope, document_etag
 from services.catalog.reader import ReadResult, read_location
+from services.catalog.scopes import parse_scoped_ref
 from services.catalog.service import (
     insert_entity,
     prepare_document,
@@ -206,12 +207,9 @@ async def _analyze_after_bulk(pool: asyncpg.Pool, applied: dict[str, Any]) -> No
 
 async def refresh_entity(pool: asyncpg.Pool, policy: IngestionPolicy, actor: Actor, scope: str, entity_ref: str):
     """Backstage's `POST /refresh`: re-read the location that emits this entity (nothing to do without one)."""
-    try:
-        ref = str(parse_entity_ref(entity_ref))
-    except EntityRefError as exc:
-        raise InputError.for_field("$.entityRef", str(exc)) from None
+    ref, scope = parse_scoped_ref(entity_ref, check_scope(scope), "$.entityRef")
     async with pool.acquire() as conn:
-        entity = await store.get_by_ref(conn, check_scope(scope), ref)
+        entity = await store.get_by_ref(conn, scope, str(ref))
     if entity is None:
         raise NotFoundError(f"no entity {entity_ref} at scope {scope}")
     if entity.location_id is not None:

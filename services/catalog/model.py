@@ -117,10 +117,20 @@ class EntityListQuery(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_
     limit: Annotated[int, msgspec.Meta(ge=1, le=10000)] | None = None
     after: str | None = None
     scope: str = "account"
+    includeParents: bool = False
+    includeChildren: bool = False
 
 
 class ScopeQuery(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     scope: str = "account"
+
+
+class ScopeReadQuery(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """A read at `scope`, with the scopes above it (`includeParents`) and/or below it (`includeChildren`)."""
+
+    scope: str = "account"
+    includeParents: bool = False
+    includeChildren: bool = False
 
 
 class EntityQuery(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -136,6 +146,8 @@ class EntityQuery(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fiel
     fullTextFilterTerm: str | None = None
     fullTextFilterFields: list[str] | str | None = None
     scope: str = "account"
+    includeParents: bool = False
+    includeChildren: bool = False
 
 
 class QueryCursor(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -147,6 +159,8 @@ class QueryCursor(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     fullTextFilterFields: list[str]
     scope: str
     offset: int
+    includeParents: bool = False
+    includeChildren: bool = False
 
 
 class PageInfo(msgspec.Struct, frozen=True, omit_defaults=True):
@@ -175,6 +189,8 @@ class FacetsQuery(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fiel
     facet: list[str] | str
     filter: list[str] | str | None = None
     scope: str = "account"
+    includeParents: bool = False
+    includeChildren: bool = False
 
 
 class FacetValue(msgspec.Struct, frozen=True):
@@ -299,6 +315,8 @@ class PredicateCursor(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     fullTextFilter: FullTextFilter | None
     scope: str
     offset: int
+    includeParents: bool = False
+    includeChildren: bool = False
 
 
 class PredicateFacetsRequest(msgspec.Struct, frozen=True, forbid_unknown_fields=True):

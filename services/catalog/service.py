@@ -18,7 +18,7 @@ import msgspec
 
 from services.catalog import kinds as kinds_module
 from services.catalog import store
-from services.catalog.entity_ref import EntityRefError, parse_entity_ref, ref_of
+from services.catalog.entity_ref import parse_entity_ref, ref_of
 from services.catalog.kinds import Kinds
 from services.catalog.model import (
     ByRefsRequest,
@@ -40,6 +40,7 @@ from services.catalog.model import (
     PredicateQueryRequest,
     QueryCursor,
     QueryPage,
+    ScopeReadQuery,
     StoredEntity,
     body_ref_mismatches,
     check_scope,
@@ -53,6 +54,7 @@ from services.catalog.predicates import matches as predicate_matches
 from services.catalog.properties import apply_properties, check_path
 from services.catalog.query import build_search_rows, parse_fields_param, parse_filter_params, project_fields
 from services.catalog.relations import relations_of
+from services.catalog.scopes import ScopeSelector, parse_scoped_ref
 from services.catalog.validation import default_namespace, validate_entity
 from shared.db import transaction
 from shared.errors import ConflictError, FieldError, InputError, NotFoundError
@@ -225,8 +227,8 @@ async def get_by_uid(pool: asyncpg.Pool, uid: str) -> dict[str, Any]:
 
 
 async def list_entities(pool: asyncpg.Pool, query: EntityListQuery) -> list[dict[str, Any]]:
-    """Backstage's `GET /entities`: filter, fields, offset and limit, at one scope."""
-    scope = check_scope(query.scope)
+    """Backstage's `GET /entities`: filter, fields, offset and limit, at a scope (and those around it, if asked)."""
+    scope = ScopeSelector.of(query.scope, parents=query.includeParents, children=query.includeChildren)
     where = parse_filter_params(_as_list(query.filter))
     fields = parse_fields_param(_as_list(query.fields))
     async with pool.acquire() as conn:
@@ -237,20 +239,24 @@ async def list_entities(pool: asyncpg.Pool, query: EntityListQuery) -> list[dict
 
 
 async def get_by_refs(pool: asyncpg.Pool, scope: str, request: ByRefsRequest) -> ByRefsResponse:
-    """Backstage's `POST /entities/by-refs`: the entities in the order asked, `null` where there is none."""
+    """Backstage's `POST /entities/by-refs`: the entities in the order asked, `null` where there is none. A ref
+    may name its own scope (`kind:namespace/name@scope`)."""
     check_scope(scope)
-    refs = []
-    for index, raw in enumerate(request.entityRefs):
-        try:
-            refs.append(str(parse_entity_ref(raw)))
-        except EntityRefError as exc:
-            raise InputError.for_field(f"$.entityRefs[{index}]", str(exc)) from None
+    wanted = [
+        (scope_of, str(ref))
+        for ref, scope_of in (
+            parse_scoped_ref(raw, scope, f"$.entityRefs[{i}]") for i, raw in enumerate(request.entityRefs)
+        )
+    ]
     fields = parse_fields_param(request.fields or [])
     predicate = parse_predicate(request.query) if request.query is not None else None
+    refs_by_scope: dict[str, list[str]] = {}
+    for scope_of, ref in wanted:
+        refs_by_scope.setdefault(scope_of, []).append(ref)
     async with pool.acquire() as conn:
-        found = await store.get_many(conn, scope, refs)
-        served = dict(zip(found, await _serve(conn, list(found.values())), strict=True))
-    items = [served.get(ref) for ref in refs]
+        found = [e for s, refs in refs_by_scope.items() for e in (await store.get_many(conn, s, refs)).values()]
+        served = {(e.scope, e.ref): stitched for e, stitched in zip(found, await _serve(conn, found), strict=True)}
+    items = [served.get(key) for key in wanted]
     if predicate is not None:
         items = [i if i is not None and predicate_matches(predicate, build_search_rows(i)) else None for i in items]
     return ByRefsResponse([project_fields(i, fields) if i is not None and fields else i for i in items])
@@ -290,13 +296,15 @@ async def query_entities(pool: asyncpg.Pool, query: EntityQuery) -> QueryPage:
             fullTextFilterFields=_as_list(query.fullTextFilterFields),
             scope=query.scope,
             offset=query.offset,
+            includeParents=query.includeParents,
+            includeChildren=query.includeChildren,
         )
     )
     term = (cursor.fullTextFilterTerm or "").strip()
     full_text = (term, tuple(f.strip().lower() for f in cursor.fullTextFilterFields if f.strip())) if term else None
     return await query_page(
         pool,
-        check_scope(cursor.scope),
+        ScopeSelector.of(cursor.scope, parents=cursor.includeParents, children=cursor.includeChildren),
         parse_filter_params(cursor.filter),
         full_text=full_text,
         order=_order_fields(cursor.orderField),
@@ -309,7 +317,7 @@ async def query_entities(pool: asyncpg.Pool, query: EntityQuery) -> QueryPage:
 
 async def query_page(
     pool: asyncpg.Pool,
-    scope: str,
+    scope: ScopeSelector,
     where: Predicate | None,
     *,
     full_text: tuple[str, tuple[str, ...]] | None,
@@ -348,7 +356,7 @@ def _decode_predicate_cursor(raw: str) -> PredicateCursor:
         raise InputError.for_field("$.cursor", "not a cursor returned by this API") from None
 
 
-async def query_by_predicate(pool: asyncpg.Pool, scope: str, request: PredicateQueryRequest) -> QueryPage:
+async def query_by_predicate(pool: asyncpg.Pool, scope: ScopeReadQuery, request: PredicateQueryRequest) -> QueryPage:
     """Backstage's `POST /entities/by-query`: the predicate form of `GET /entities/by-query`."""
     cursor = (
         _decode_predicate_cursor(request.cursor)
@@ -357,8 +365,10 @@ async def query_by_predicate(pool: asyncpg.Pool, scope: str, request: PredicateQ
             query=request.query,
             orderBy=request.orderBy or [],
             fullTextFilter=request.fullTextFilter,
-            scope=scope,
+            scope=scope.scope,
             offset=request.offset,
+            includeParents=scope.includeParents,
+            includeChildren=scope.includeChildren,
         )
     )
     predicate = parse_predicate(cursor.query) if cursor.query is not None else None
@@ -367,7 +377,7 @@ async def query_by_predicate(pool: asyncpg.Pool, scope: str, request: PredicateQ
     full_text = (term, tuple(f.strip().lower() for f in text.fields or [] if f.strip())) if text and term else None
     return await query_page(
         pool,
-        check_scope(cursor.scope),
+        ScopeSelector.of(cursor.scope, parents=cursor.includeParents, children=cursor.includeChildren),
         predicate,
         full_text=full_text,
         order=[(o.field.strip().lower(), o.order == "desc") for o in cursor.orderBy],
@@ -378,20 +388,24 @@ async def query_by_predicate(pool: asyncpg.Pool, scope: str, request: PredicateQ
     )
 
 
-async def facets_by_predicate(pool: asyncpg.Pool, scope: str, request: PredicateFacetsRequest) -> FacetsResponse:
+async def facets_by_predicate(
+    pool: asyncpg.Pool, scope: ScopeReadQuery, request: PredicateFacetsRequest
+) -> FacetsResponse:
     """Backstage's `POST /entity-facets`: facets among the entities a predicate selects."""
     predicate = parse_predicate(request.query) if request.query is not None else None
-    return await facet_counts(pool, check_scope(scope), predicate, request.facets, field="$.facets")
+    selector = ScopeSelector.of(scope.scope, parents=scope.includeParents, children=scope.includeChildren)
+    return await facet_counts(pool, selector, predicate, request.facets, field="$.facets")
 
 
 async def entity_facets(pool: asyncpg.Pool, query: FacetsQuery) -> FacetsResponse:
     """Backstage's `GET /entity-facets`: value counts per facet among the entities the filter selects."""
     where = parse_filter_params(_as_list(query.filter))
-    return await facet_counts(pool, check_scope(query.scope), where, _as_list(query.facet), field="query.facet")
+    selector = ScopeSelector.of(query.scope, parents=query.includeParents, children=query.includeChildren)
+    return await facet_counts(pool, selector, where, _as_list(query.facet), field="query.facet")
 
 
 async def facet_counts(
-    pool: asyncpg.Pool, scope: str, where: Predicate | None, facets: list[str], *, field: str
+    pool: asyncpg.Pool, scope: ScopeSelector, where: Predicate | None, facets: list[str], *, field: str
 ) -> FacetsResponse:
     keys = [f.strip() for f in facets if f.strip()]
     if not keys:
@@ -404,11 +418,8 @@ async def facet_counts(
 async def entity_graph(pool: asyncpg.Pool, query: GraphQuery) -> Graph:
     """The entities reachable from `root` through chosen relation types, up to `depth` hops; dangling targets
     are nodes marked `missing`."""
-    scope = check_scope(query.scope)
-    try:
-        root = str(parse_entity_ref(query.root))
-    except EntityRefError as exc:
-        raise InputError.for_field("query.root", str(exc)) from None
+    root_ref, scope = parse_scoped_ref(query.root, check_scope(query.scope), "query.root")
+    root = str(root_ref)
     wanted = {t.strip().lower() for value in _as_list(query.relations) for t in value.split(",") if t.strip()}
     seen, frontier, edges = {root}, {root}, set()
     async with pool.acquire() as conn:
@@ -468,20 +479,17 @@ async def ingest_properties(pool: asyncpg.Pool, actor: Actor, scope: str, reques
     plans = []
     for index, item in enumerate(request.items):
         field = f"$.items[{index}]"
-        try:
-            ref = str(parse_entity_ref(item.entityRef))
-        except EntityRefError as exc:
-            raise InputError.for_field(f"{field}.entityRef", str(exc)) from None
+        ref, item_scope = parse_scoped_ref(item.entityRef, scope, f"{field}.entityRef")
         for path in item.properties:
             check_path(path, f"{field}.properties.{path}")
-        plans.append((field, ref, item.properties))
+        plans.append((field, str(ref), item_scope, item.properties))
     updated_count = 0
     async with transaction(pool) as conn:
         kinds = await kinds_module.load(conn)
-        for field, ref, properties in plans:
-            current = await store.get_by_ref(conn, scope, ref, lock=True)
+        for field, ref, item_scope, properties in plans:
+            current = await store.get_by_ref(conn, item_scope, ref, lock=True)
             if current is None:
-                raise InputError.for_field(f"{field}.entityRef", f"no entity {ref} at scope {scope}")
+                raise InputError.for_field(f"{field}.entityRef", f"no entity {ref} at scope {item_scope}")
             merged = properties if request.mode == "replace" else {**current.properties, **properties}
             if merged == current.properties:
                 continue

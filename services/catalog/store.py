@@ -12,6 +12,7 @@ from services.catalog.model import StoredEntity
 from services.catalog.predicates import HasPrefix, Not, Predicate
 from services.catalog.query import AllOf, AnyOf, Filter, KeyValues, SearchRow
 from services.catalog.relations import Relation
+from services.catalog.scopes import ScopeSelector
 
 _COLUMNS = (
     "uid::text AS uid, scope, ref, document, etag, generation, location_id::text AS location_id, location_key, "
@@ -149,12 +150,12 @@ def filter_sql(node: Filter, args: list[Any]) -> str:
 
 
 async def list_entities(
-    conn: asyncpg.Connection, scope: str, where: Filter | None, *, offset: int, limit: int | None
+    conn: asyncpg.Connection, scope: ScopeSelector, where: Filter | None, *, offset: int, limit: int | None
 ) -> list[StoredEntity]:
-    args: list[Any] = [scope]
-    condition = "scope = $1" + (f" AND {filter_sql(where, args)}" if where is not None else "")
+    args: list[Any] = []
+    condition = scope_sql(scope, args) + (f" AND {filter_sql(where, args)}" if where is not None else "")
     paging = f" OFFSET {int(offset)}" + (f" LIMIT {int(limit)}" if limit is not None else "")
-    uids = await conn.fetch(f"SELECT uid FROM entities WHERE {condition} ORDER BY ref{paging}", *args)
+    uids = await conn.fetch(f"SELECT uid FROM entities WHERE {condition} ORDER BY ref, scope{paging}", *args)
     return await get_in_order(conn, [r["uid"] for r in uids])
 
 
@@ -163,10 +164,9 @@ def _like_fragment(term: str) -> str:
 
 
 def _query_where(
-    scope: str, where: Predicate | None, full_text: tuple[str, tuple[str, ...]] | None, args: list[Any]
+    scope: ScopeSelector, where: Predicate | None, full_text: tuple[str, tuple[str, ...]] | None, args: list[Any]
 ) -> str:
-    args.append(scope)
-    condition = f"scope = ${len(args)}"
+    condition = scope_sql(scope, args)
     if where is not None:
         condition += f" AND {predicate_sql(where, args)}"
     if full_text is not None:
@@ -182,7 +182,7 @@ def _query_where(
 
 async def query_entities(
     conn: asyncpg.Connection,
-    scope: str,
+    scope: ScopeSelector,
     where: Predicate | None,
     *,
     full_text: tuple[str, tuple[str, ...]] | None,
@@ -202,11 +202,11 @@ async def query_entities(
             f"AND key = ${len(args)}) o{i} ON true"
         )
         sort.append(f"o{i}.value {'DESC' if descending else 'ASC'} NULLS LAST")
-    sort.append("e.ref")
+    sort.append("e.ref, e.scope")
     # Choose the page on narrow rows first, then read only its documents: sorting whole rows (documents
     # included) before the limit made a filtered page cost grow with the number of matches.
     uids = await conn.fetch(
-        f"SELECT e.uid FROM (SELECT uid, ref FROM entities WHERE {condition}) e {' '.join(joins)} "
+        f"SELECT e.uid FROM (SELECT uid, ref, scope FROM entities WHERE {condition}) e {' '.join(joins)} "
         f"ORDER BY {', '.join(sort)} OFFSET {int(offset)} LIMIT {int(limit)}",
         *args,
     )
@@ -220,7 +220,7 @@ async def get_in_order(conn: asyncpg.Connection, uids: list[Any]) -> list[Stored
 
 
 async def facets(
-    conn: asyncpg.Connection, scope: str, where: Predicate | None, keys: list[str]
+    conn: asyncpg.Connection, scope: ScopeSelector, where: Predicate | None, keys: list[str]
 ) -> dict[str, list[tuple[str, int]]]:
     """Per facet key, each value (as written) and how many matching entities have it."""
     args: list[Any] = []
@@ -401,3 +401,14 @@ async def entities_of_kind(
         api_version,
     )
     return [StoredEntity(**dict(r)) for r in rows]
+
+
+def scope_sql(selector: ScopeSelector, args: list[Any]) -> str:
+    """The entities a read covers: at its scope, and the scopes above and/or below it when asked."""
+    args.append(selector.exact_scopes())
+    condition = f"scope = ANY(${len(args)}::text[])"
+    prefix = selector.child_prefix()
+    if prefix is not None:
+        args.append(prefix)
+        condition = f"({condition} OR starts_with(scope, ${len(args)}))"
+    return condition
