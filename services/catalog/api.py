@@ -6,7 +6,7 @@ from typing import Any
 
 from aiohttp import web
 
-from services.catalog import analyze, ancestry, ingestion, kinds, service
+from services.catalog import analyze, ancestry, convert, ingestion, kinds, service
 from services.catalog.model import (
     Ancestry,
     ByRefsRequest,
@@ -289,6 +289,19 @@ def routes(deps: Deps) -> Routes:
         scope = parse_query(request, ScopeQuery).scope
         body = await read_json(request, IngestRequest)
         return json_response(await service.ingest_properties(pool, principal_of(request).actor(), scope, body))
+
+    @api.post(
+        "/api/catalog/convert",
+        summary="Convert Backstage entity YAML to the scoped native form, or back",
+        permission="catalog_entity_view",
+        query=ScopeQuery,
+        body=convert.ConvertRequest,
+        response=convert.ConvertResult,
+    )
+    async def convert_entities(request: web.Request) -> web.Response:
+        scope = parse_query(request, ScopeQuery).scope
+        body = await read_json(request, convert.ConvertRequest)
+        return json_response(await convert.convert(pool, scope, body))
 
     @api.post(
         "/api/catalog/kinds",
