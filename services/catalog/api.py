@@ -9,6 +9,7 @@ from aiohttp import web
 from services.catalog import analyze, ancestry, convert, ingestion, kinds, service
 from services.catalog.model import (
     Ancestry,
+    ByRefsQuery,
     ByRefsRequest,
     ByRefsResponse,
     EntityListQuery,
@@ -145,13 +146,13 @@ def routes(deps: Deps) -> Routes:
         "/api/catalog/entities/by-refs",
         summary="Entities by refs, in order, null where missing (Backstage)",
         permission="catalog_entity_view",
-        query=ScopeQuery,
+        query=ByRefsQuery,
         body=ByRefsRequest,
         response=ByRefsResponse,
     )
     async def get_entities_by_refs(request: web.Request) -> web.Response:
-        scope = parse_query(request, ScopeQuery).scope
-        return json_response(await service.get_by_refs(pool, scope, await read_json(request, ByRefsRequest)))
+        query = parse_query(request, ByRefsQuery)
+        return json_response(await service.get_by_refs(pool, query, await read_json(request, ByRefsRequest)))
 
     @api.get(
         "/api/catalog/entity-facets",

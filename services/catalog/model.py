@@ -125,6 +125,13 @@ class ScopeQuery(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_field
     scope: str = "account"
 
 
+class ByRefsQuery(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """`POST /entities/by-refs`: entities the `filter` does not select come back as `null` (Backstage)."""
+
+    scope: str = "account"
+    filter: list[str] | str | None = None
+
+
 class ScopeReadQuery(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """A read at `scope`, with the scopes above it (`includeParents`) and/or below it (`includeChildren`)."""
 

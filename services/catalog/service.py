@@ -21,6 +21,7 @@ from services.catalog import store
 from services.catalog.entity_ref import parse_entity_ref, ref_of
 from services.catalog.kinds import Kinds
 from services.catalog.model import (
+    ByRefsQuery,
     ByRefsRequest,
     ByRefsResponse,
     EntityListQuery,
@@ -52,7 +53,7 @@ from services.catalog.model import (
 from services.catalog.predicates import Predicate, parse_predicate
 from services.catalog.predicates import matches as predicate_matches
 from services.catalog.properties import apply_properties, check_path
-from services.catalog.query import build_search_rows, parse_fields_param, parse_filter_params, project_fields
+from services.catalog.query import AllOf, build_search_rows, parse_fields_param, parse_filter_params, project_fields
 from services.catalog.relations import relations_of
 from services.catalog.scopes import ScopeSelector, parse_scoped_ref
 from services.catalog.validation import default_namespace, validate_entity
@@ -238,10 +239,10 @@ async def list_entities(pool: asyncpg.Pool, query: EntityListQuery) -> list[dict
     return [project_fields(e, fields) for e in served] if fields else served
 
 
-async def get_by_refs(pool: asyncpg.Pool, scope: str, request: ByRefsRequest) -> ByRefsResponse:
+async def get_by_refs(pool: asyncpg.Pool, query: ByRefsQuery, request: ByRefsRequest) -> ByRefsResponse:
     """Backstage's `POST /entities/by-refs`: the entities in the order asked, `null` where there is none. A ref
-    may name its own scope (`kind:namespace/name@scope`)."""
-    check_scope(scope)
+    may name its own scope (`kind:namespace/name@scope`); `filter` and the body's predicate `query` both apply."""
+    scope = check_scope(query.scope)
     wanted = [
         (scope_of, str(ref))
         for ref, scope_of in (
@@ -249,7 +250,11 @@ async def get_by_refs(pool: asyncpg.Pool, scope: str, request: ByRefsRequest) ->
         )
     ]
     fields = parse_fields_param(request.fields or [])
-    predicate = parse_predicate(request.query) if request.query is not None else None
+    selections = [parse_filter_params(_as_list(query.filter))]
+    if request.query is not None:
+        selections.append(parse_predicate(request.query))
+    chosen = tuple(s for s in selections if s is not None)
+    predicate = AllOf(chosen) if chosen else None
     refs_by_scope: dict[str, list[str]] = {}
     for scope_of, ref in wanted:
         refs_by_scope.setdefault(scope_of, []).append(ref)

@@ -86,6 +86,10 @@ async def test_facets_and_by_refs_take_predicates(catalog, http):
     body = {"entityRefs": ["component:svc-1", "component:svc-2"], "query": {"spec.owner": "team-1"}, "fields": ["kind"]}
     async with http.post(f"{catalog.url}/api/catalog/entities/by-refs", json=body) as r:
         assert (await r.json())["items"] == [{"kind": "Component"}, None]
+    body = {"entityRefs": ["component:svc-1", "component:svc-2", "component:svc-3"], "fields": ["metadata.name"]}
+    params = {"filter": "spec.type=website,spec.type=library"}
+    async with http.post(f"{catalog.url}/api/catalog/entities/by-refs", params=params, json=body) as r:
+        assert (await r.json())["items"] == [{"metadata": {"name": "svc-1"}}, {"metadata": {"name": "svc-2"}}, None]
 
 
 async def test_bad_predicates_are_problems_with_backstage_members(catalog, http):
