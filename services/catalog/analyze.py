@@ -12,6 +12,7 @@ from __future__ import annotations
 import posixpath
 import re
 from typing import Any
+from urllib.parse import urlsplit
 
 import asyncpg
 import msgspec
@@ -38,10 +39,18 @@ class AnalyzeLocationResponse(msgspec.Struct, frozen=True):
     generateEntities: list[dict[str, Any]]
 
 
-def _catalog_file(spec: LocationSpec, filename: str) -> LocationSpec:
+def catalog_file_of(spec: LocationSpec, filename: str) -> LocationSpec:
+    """The catalog file to read for a target: itself if it is a YAML file, else `filename` inside it."""
     if spec.target.endswith((".yaml", ".yml")):
         return spec
-    return LocationSpec(type=spec.type, target=f"{spec.target.rstrip('/')}/{filename}")
+    target = spec.target.rstrip("/")
+    if spec.type == "url" and urlsplit(target).hostname == "github.com":
+        # Repository and directory pages name no file: read the default branch (as Backstage's GitHub
+        # analyzer does) or the directory's branch.
+        target = target.removesuffix(".git").replace("/tree/", "/blob/", 1)
+        if urlsplit(target).path.count("/") == 2:
+            target += "/blob/HEAD"
+    return LocationSpec(type=spec.type, target=f"{target}/{filename}")
 
 
 def _proposed_name(target: str) -> str:
@@ -57,7 +66,7 @@ async def analyze_location(
     filename = request.catalogFilename or DEFAULT_CATALOG_FILENAME
     if "/" in filename or filename in (".", ".."):
         raise InputError.for_field("$.catalogFilename", "a file name, without directories")
-    spec = _catalog_file(request.location, filename)
+    spec = catalog_file_of(request.location, filename)
     result = await ingestion.read(spec, policy)
     problems = [e for e in result.errors if not any(marker in e.message for marker in _NOT_FOUND)]
     if problems and not result.entities:

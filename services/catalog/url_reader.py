@@ -20,7 +20,7 @@ import re
 import socket
 from dataclasses import dataclass
 from typing import Any, Protocol
-from urllib.parse import urljoin, urlsplit
+from urllib.parse import urljoin, urlsplit, urlunsplit
 
 import aiohttp
 from aiohttp.abc import AbstractResolver, ResolveResult
@@ -87,6 +87,20 @@ class UrlPolicy:
         return host, True
 
 
+def raw_content_url(url: str) -> str:
+    """Where the file a code host's web page shows is served as is: GitHub and GitLab `blob` pages, which is
+    what Backstage locations usually name (its GitHub integration reads raw.githubusercontent.com the same way
+    when it has no token). Other URLs are fetched as they are."""
+    parts = urlsplit(url)
+    segments = parts.path.split("/")
+    if parts.hostname == "github.com" and len(segments) > 5 and segments[3] == "blob":
+        owner, repo, ref, *path = segments[1], segments[2], *segments[4:]
+        return urlunsplit(("https", "raw.githubusercontent.com", "/".join(["", owner, repo, ref, *path]), "", ""))
+    if "/-/blob/" in parts.path:
+        return urlunsplit(parts._replace(path=parts.path.replace("/-/blob/", "/-/raw/", 1), fragment=""))
+    return url
+
+
 class UrlFetcher(Protocol):
     async def fetch(self, url: str) -> bytes:
         """The body at `url` (redirects followed); raises FetchError."""
@@ -126,7 +140,7 @@ class DirectFetcher:
         timeout = aiohttp.ClientTimeout(total=self.policy.timeout_seconds)
         try:
             async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
-                return await self._follow(session, url)
+                return await self._follow(session, raw_content_url(url))
         except TimeoutError:
             raise FetchError(f"{url} did not answer within {self.policy.timeout_seconds:g} s") from None
         except aiohttp.ClientError as exc:

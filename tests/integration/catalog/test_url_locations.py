@@ -10,9 +10,11 @@ import pytest
 import pytest_asyncio
 from aiohttp import web
 
+from services.catalog.analyze import catalog_file_of
 from services.catalog.app import DEFINITION as CATALOG
 from services.catalog.app import Settings as CatalogSettings
-from services.catalog.url_reader import DirectFetcher, FetchError, UrlPolicy
+from services.catalog.model import LocationSpec
+from services.catalog.url_reader import DirectFetcher, FetchError, UrlPolicy, raw_content_url
 from shared.service import running_service
 
 ALL = """apiVersion: backstage.io/v1alpha1
@@ -194,3 +196,29 @@ async def test_analyze_location_lists_existing_files_or_proposes_an_entity(remot
             assert r.status == 400 and (await r.json())["errors"][0]["field"] == "$.location.target"
         async with http.post(url, json={"location": repo, "catalogFilename": "../x.yaml"}) as r:
             assert r.status == 400 and (await r.json())["errors"][0]["field"] == "$.catalogFilename"
+
+
+def test_code_host_pages_are_fetched_raw():
+    blob = "https://github.com/backstage/software-templates/blob/main/scaffolder-templates/docs-template/template.yaml"
+    assert raw_content_url(blob) == (
+        "https://raw.githubusercontent.com/backstage/software-templates/main/scaffolder-templates/docs-template/template.yaml"
+    )
+    assert raw_content_url("https://gitlab.com/g/p/-/blob/main/catalog-info.yaml#L1") == (
+        "https://gitlab.com/g/p/-/raw/main/catalog-info.yaml"
+    )
+    for unchanged in ("https://github.com/backstage/backstage", "https://example.com/blob/x/y/z/catalog.yaml"):
+        assert raw_content_url(unchanged) == unchanged
+
+
+def test_analysis_looks_for_the_catalog_file_where_backstage_does():
+    def file_of(type_, target):
+        return catalog_file_of(LocationSpec(type_, target), "catalog-info.yaml").target
+
+    assert file_of("url", "https://github.com/acme/shop.git") == (
+        "https://github.com/acme/shop/blob/HEAD/catalog-info.yaml"
+    )
+    assert file_of("url", "https://github.com/acme/shop/tree/main/svc/") == (
+        "https://github.com/acme/shop/blob/main/svc/catalog-info.yaml"
+    )
+    assert file_of("url", "https://git.example.com/x/catalog.yml") == "https://git.example.com/x/catalog.yml"
+    assert file_of("file", "/srv/repo.git") == "/srv/repo.git/catalog-info.yaml"
