@@ -6,8 +6,9 @@ validated against the schema (the built-in envelope and metadata rules still app
 names the JSON path at fault. A registration may also say which spec fields emit relations, as Backstage's
 catalog model layers do with `relationFields`.
 
-Every write reads the registered kinds in its own transaction (`load`), so replicas never disagree about
-them; compiled validators are cached by the registration's etag.
+Every write reads the registered kinds in its own transaction (`load`), under a shared lock that kind changes
+take exclusively, so replicas never disagree about them and a schema change never races a write validated
+against the old one; compiled validators are cached by the registration's etag.
 """
 
 from __future__ import annotations
@@ -132,7 +133,8 @@ def _view(row: asyncpg.Record) -> KindView:
 
 async def load(conn: asyncpg.Connection) -> Kinds:
     """The kinds a write validates against; a concurrent schema change waits until the write commits."""
-    rows = await store.kind_rows(conn, share_lock=True)
+    await store.lock_kinds(conn, exclusive=False)
+    rows = await store.kind_rows(conn)
     return Kinds({(row["kind_key"], row["api_version"]): _view(row) for row in rows})
 
 
@@ -177,6 +179,7 @@ async def register(pool: asyncpg.Pool, actor: Actor, body: KindRegistration) -> 
     view = KindView(body.kind, body.apiVersion, body.schema, body.relations, _etag(body))
     try:
         async with transaction(pool) as conn:
+            await store.lock_kinds(conn, exclusive=True)
             await store.insert_kind(conn, view.kind.lower(), view)
             await write_event(conn, _event("registered", actor, view.kind, view.apiVersion, {"etag": view.etag}))
     except asyncpg.UniqueViolationError:
@@ -203,7 +206,8 @@ async def replace(
     """Replace a kind's schema; refused while an existing entity of the kind would not be valid under it."""
     _check_registration(kind, api_version, body)
     async with transaction(pool) as conn:
-        row = await store.kind_row(conn, kind.lower(), api_version, lock=True)
+        await store.lock_kinds(conn, exclusive=True)
+        row = await store.kind_row(conn, kind.lower(), api_version)
         if row is None:
             raise NotFoundError(f"no kind {kind} registered for apiVersion {api_version}")
         check_if_match(if_match, row["etag"])
@@ -231,7 +235,8 @@ async def replace(
 async def delete(pool: asyncpg.Pool, actor: Actor, kind: str, api_version: str, if_match: str | None) -> None:
     """Unregister a kind; refused while entities of it exist, as they could no longer be validated."""
     async with transaction(pool) as conn:
-        row = await store.kind_row(conn, kind.lower(), api_version, lock=True)
+        await store.lock_kinds(conn, exclusive=True)
+        row = await store.kind_row(conn, kind.lower(), api_version)
         if row is None:
             raise NotFoundError(f"no kind {kind} registered for apiVersion {api_version}")
         check_if_match(if_match, row["etag"])

@@ -346,18 +346,24 @@ async def location_entities(conn: asyncpg.Connection, location_id: str) -> list[
 _KIND_COLUMNS = "kind_key, api_version, kind, schema, relations, etag"
 
 
-async def kind_rows(conn: asyncpg.Connection, *, share_lock: bool = False) -> list[asyncpg.Record]:
-    """Every registered kind; `share_lock` holds off a schema change until the caller's transaction ends."""
-    suffix = " FOR SHARE" if share_lock else ""
-    return await conn.fetch(f"SELECT {_KIND_COLUMNS} FROM kinds ORDER BY kind_key, api_version{suffix}")
+_KINDS_LOCK = "catalog.kinds"
 
 
-async def kind_row(
-    conn: asyncpg.Connection, kind_key: str, api_version: str, *, lock: bool = False
-) -> asyncpg.Record | None:
-    suffix = " FOR UPDATE" if lock else ""
+async def lock_kinds(conn: asyncpg.Connection, *, exclusive: bool) -> None:
+    """Entity writes hold this shared and kind changes exclusive, until their transactions end: a schema change
+    waits for writes validated against the old schema. An advisory lock, so writers never write a lock into
+    the `kinds` rows."""
+    function = "pg_advisory_xact_lock" if exclusive else "pg_advisory_xact_lock_shared"
+    await conn.execute(f"SELECT {function}(hashtext($1))", _KINDS_LOCK)
+
+
+async def kind_rows(conn: asyncpg.Connection) -> list[asyncpg.Record]:
+    return await conn.fetch(f"SELECT {_KIND_COLUMNS} FROM kinds ORDER BY kind_key, api_version")
+
+
+async def kind_row(conn: asyncpg.Connection, kind_key: str, api_version: str) -> asyncpg.Record | None:
     return await conn.fetchrow(
-        f"SELECT {_KIND_COLUMNS} FROM kinds WHERE kind_key = $1 AND api_version = $2{suffix}", kind_key, api_version
+        f"SELECT {_KIND_COLUMNS} FROM kinds WHERE kind_key = $1 AND api_version = $2", kind_key, api_version
     )
 
 
@@ -392,11 +398,10 @@ async def delete_kind(conn: asyncpg.Connection, kind_key: str, api_version: str)
 async def entities_of_kind(
     conn: asyncpg.Connection, kind_key: str, api_version: str, *, limit: int | None = None
 ) -> list[StoredEntity]:
-    """Entities of a kind and apiVersion at every scope (locked: a schema change waits for their writes)."""
+    """Entities of a kind and apiVersion at every scope."""
     rows = await conn.fetch(
         f"SELECT {_COLUMNS} FROM entities WHERE kind = $1 AND document->>'apiVersion' = $2 ORDER BY scope, ref"
-        + (f" LIMIT {int(limit)}" if limit is not None else "")
-        + " FOR UPDATE",
+        + (f" LIMIT {int(limit)}" if limit is not None else ""),
         kind_key,
         api_version,
     )

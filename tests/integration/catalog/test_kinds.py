@@ -3,10 +3,14 @@ are refused, registered ones validated with errors naming the JSON path; every c
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest_asyncio
 
+from services.catalog import kinds
 from services.catalog.app import DEFINITION as CATALOG
 from services.catalog.app import Settings as CatalogSettings
+from shared.events import SYSTEM
 from shared.service import running_service
 
 SCHEMA = {
@@ -142,3 +146,17 @@ async def test_ai_resource_ships_registered(catalog, http):
         ("ownedBy", "group:default/team-a"),
         ("partOf", "system:default/portal"),
     }
+
+
+async def test_a_schema_change_waits_for_writes_validated_against_the_old_schema(catalog, http):
+    async with http.post(f"{catalog.url}/api/catalog/kinds", json=REGISTRATION) as r:
+        assert r.status == 201
+    pool = catalog.deps.pool
+    async with pool.acquire() as conn, conn.transaction():
+        await kinds.load(conn)  # what an entity write does first
+        change = asyncio.create_task(
+            kinds.replace(pool, SYSTEM, "Cluster", "example.com/v1", kinds.KindSchema(schema={"type": "object"}), None)
+        )
+        await asyncio.sleep(0.3)
+        assert not change.done()
+    assert (await change).schema == {"type": "object"}
