@@ -9,6 +9,7 @@ from aiohttp import web
 from services.catalog import analyze, ancestry, convert, ingestion, kinds, service
 from services.catalog.model import (
     Ancestry,
+    ByNameQuery,
     ByRefsQuery,
     ByRefsRequest,
     ByRefsResponse,
@@ -78,11 +79,11 @@ def routes(deps: Deps) -> Routes:
         return _entity_response(await service.create_entity(pool, principal_of(request).actor(), scope, body), 201)
 
     @api.get(
-        BY_NAME, summary="An entity by kind, namespace and name", permission="catalog_entity_view", query=ScopeQuery
+        BY_NAME, summary="An entity by kind, namespace and name", permission="catalog_entity_view", query=ByNameQuery
     )
     async def get_entity_by_name(request: web.Request) -> web.Response:
-        scope = parse_query(request, ScopeQuery).scope
-        return _entity_response(await service.get_by_name(pool, scope, *_path_ref(request)))
+        query = parse_query(request, ByNameQuery)
+        return _entity_response(await service.get_by_name(pool, query, *_path_ref(request)))
 
     @api.put(
         BY_NAME,

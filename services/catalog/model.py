@@ -129,7 +129,15 @@ class ByRefsQuery(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fiel
     """`POST /entities/by-refs`: entities the `filter` does not select come back as `null` (Backstage)."""
 
     scope: str = "account"
+    includeParents: bool = False
+    """A ref without `@scope` may resolve at the nearest scope above `scope` that has it."""
     filter: list[str] | str | None = None
+
+
+class ByNameQuery(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    scope: str = "account"
+    includeParents: bool = False
+    """Without the entity at `scope`, answer the one at the nearest scope above it (visible from below)."""
 
 
 class ScopeReadQuery(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):

@@ -9,7 +9,6 @@ ref, at the scope the request names (`?scope=`, default `account`). A read cover
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 from services.catalog.entity_ref import EntityRef, EntityRefError, parse_entity_ref
 from services.catalog.model import check_scope
@@ -41,21 +40,18 @@ class ScopeSelector:
         return f"{self.scope}." if self.children else None
 
 
-def parse_scoped_ref(
-    value: Any, default_scope: str, field: str, *, default_kind: str | None = None
-) -> tuple[EntityRef, str]:
-    """A Backstage ref (string or `{kind, namespace, name, scope?}`) with an optional `@<scope>`, and the scope
-    it names (else `default_scope`); InputError names `field`."""
+def names_scope(value: str) -> bool:
+    return SCOPE_SEPARATOR in value
+
+
+def parse_scoped_ref(value: str, default_scope: str, field: str) -> tuple[EntityRef, str]:
+    """A Backstage ref with an optional `@<scope>`, and the scope it names (else `default_scope`); InputError
+    names `field`."""
     scope = default_scope
+    if names_scope(value):
+        value, _, scope = value.rpartition(SCOPE_SEPARATOR)
     try:
-        if isinstance(value, str) and SCOPE_SEPARATOR in value:
-            value, _, scope = value.rpartition(SCOPE_SEPARATOR)
-        elif isinstance(value, dict) and "scope" in value:
-            value = dict(value)
-            scope = value.pop("scope")
-            if not isinstance(scope, str):
-                raise InputError.for_field(f"{field}.scope", "a scope is a string")
-        ref = parse_entity_ref(value, default_kind=default_kind)
+        ref = parse_entity_ref(value)
     except EntityRefError as exc:
         raise InputError.for_field(field, str(exc)) from None
     return ref, check_scope(scope, field)

@@ -21,6 +21,7 @@ from services.catalog import store
 from services.catalog.entity_ref import parse_entity_ref, ref_of
 from services.catalog.kinds import Kinds
 from services.catalog.model import (
+    ByNameQuery,
     ByRefsQuery,
     ByRefsRequest,
     ByRefsResponse,
@@ -55,7 +56,7 @@ from services.catalog.predicates import matches as predicate_matches
 from services.catalog.properties import apply_properties, check_path
 from services.catalog.query import AllOf, build_search_rows, parse_fields_param, parse_filter_params, project_fields
 from services.catalog.relations import relations_of
-from services.catalog.scopes import ScopeSelector, parse_scoped_ref
+from services.catalog.scopes import ScopeSelector, names_scope, parse_scoped_ref
 from services.catalog.validation import default_namespace, validate_entity
 from shared.db import transaction
 from shared.errors import ConflictError, FieldError, InputError, NotFoundError
@@ -216,10 +217,11 @@ async def _served(conn: asyncpg.Connection, entity: StoredEntity | None, missing
     return stitch(entity, await store.relations_from(conn, entity.scope, [entity.ref]))
 
 
-async def get_by_name(pool: asyncpg.Pool, scope: str, kind: str, namespace: str, name: str) -> dict[str, Any]:
+async def get_by_name(pool: asyncpg.Pool, query: ByNameQuery, kind: str, namespace: str, name: str) -> dict[str, Any]:
     ref = str(parse_entity_ref({"kind": kind, "namespace": namespace, "name": name}))
+    scopes = ScopeSelector.of(query.scope, parents=query.includeParents).exact_scopes()
     async with pool.acquire() as conn:
-        return await _served(conn, await store.get_by_ref(conn, check_scope(scope), ref), f"no entity {ref}")
+        return await _served(conn, (await store.get_nearest(conn, scopes, [ref])).get(ref), f"no entity {ref}")
 
 
 async def get_by_uid(pool: asyncpg.Pool, uid: str) -> dict[str, Any]:
@@ -243,24 +245,30 @@ async def get_by_refs(pool: asyncpg.Pool, query: ByRefsQuery, request: ByRefsReq
     """Backstage's `POST /entities/by-refs`: the entities in the order asked, `null` where there is none. A ref
     may name its own scope (`kind:namespace/name@scope`); `filter` and the body's predicate `query` both apply."""
     scope = check_scope(query.scope)
+    # A ref naming its scope is looked up there only; the others at `scope` (and above it, if asked).
     wanted = [
-        (scope_of, str(ref))
-        for ref, scope_of in (
-            parse_scoped_ref(raw, scope, f"$.entityRefs[{i}]") for i, raw in enumerate(request.entityRefs)
+        (scope_of if names_scope(raw) else None, str(ref))
+        for raw, (ref, scope_of) in (
+            (raw, parse_scoped_ref(raw, scope, f"$.entityRefs[{i}]")) for i, raw in enumerate(request.entityRefs)
         )
     ]
+    default_scopes = ScopeSelector.of(scope, parents=query.includeParents).exact_scopes()
     fields = parse_fields_param(request.fields or [])
     selections = [parse_filter_params(_as_list(query.filter))]
     if request.query is not None:
         selections.append(parse_predicate(request.query))
     chosen = tuple(s for s in selections if s is not None)
     predicate = AllOf(chosen) if chosen else None
-    refs_by_scope: dict[str, list[str]] = {}
+    refs_by_scope: dict[str | None, list[str]] = {}
     for scope_of, ref in wanted:
         refs_by_scope.setdefault(scope_of, []).append(ref)
     async with pool.acquire() as conn:
-        found = [e for s, refs in refs_by_scope.items() for e in (await store.get_many(conn, s, refs)).values()]
-        served = {(e.scope, e.ref): stitched for e, stitched in zip(found, await _serve(conn, found), strict=True)}
+        found = {
+            (scope_of, ref): entity
+            for scope_of, refs in refs_by_scope.items()
+            for ref, entity in (await store.get_nearest(conn, [scope_of] if scope_of else default_scopes, refs)).items()
+        }
+        served = dict(zip(found, await _serve(conn, list(found.values())), strict=True))
     items = [served.get(key) for key in wanted]
     if predicate is not None:
         items = [i if i is not None and predicate_matches(predicate, build_search_rows(i)) else None for i in items]

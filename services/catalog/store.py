@@ -417,3 +417,14 @@ def scope_sql(selector: ScopeSelector, args: list[Any]) -> str:
         args.append(prefix)
         condition = f"({condition} OR starts_with(scope, ${len(args)}))"
     return condition
+
+
+async def get_nearest(conn: asyncpg.Connection, scopes: list[str], refs: list[str]) -> dict[str, StoredEntity]:
+    """Per ref, the entity at the deepest of `scopes` that has it (`scopes` are a scope and its ancestors)."""
+    rows = await conn.fetch(
+        f"SELECT DISTINCT ON (ref) {_COLUMNS} FROM entities WHERE scope = ANY($1::text[]) AND ref = ANY($2::text[]) "
+        "ORDER BY ref, length(scope) DESC",
+        scopes,
+        refs,
+    )
+    return {row["ref"]: StoredEntity(**dict(row)) for row in rows}

@@ -104,3 +104,33 @@ async def test_scoped_refs_are_accepted_wherever_refs_are(catalog, http):
         assert r.status == 200
     async with http.post(f"{catalog.url}/api/catalog/refresh", json={"entityRef": "component:payments@account.x"}) as r:
         assert r.status == 404
+
+
+async def test_single_reads_may_resolve_at_the_nearest_scope_above(catalog, http):
+    entity = {
+        "apiVersion": "backstage.io/v1alpha1",
+        "kind": "Group",
+        "metadata": {"name": "platform"},
+        "spec": {"type": "team", "children": []},
+    }
+    async with http.post(f"{catalog.url}/api/catalog/entities", json=entity) as r:
+        assert r.status == 201
+    url = f"{catalog.url}/api/catalog/entities/by-name/component/default/payments"
+    params = {"scope": "account.acme.shop", "includeParents": "true"}
+    async with http.get(url, params=params) as r:
+        assert (await r.json())["metadata"]["description"] == "at account.acme.shop"
+    async with http.get(url.replace("component/default/payments", "group/default/platform"), params=params) as r:
+        assert (await r.json())["metadata"]["annotations"]["seed-idp.dev/scope"] == "account"
+    async with http.get(
+        url.replace("component/default/payments", "group/default/platform"), params=params | {"includeParents": "false"}
+    ) as r:
+        assert r.status == 404
+
+    body = {"entityRefs": ["group:platform", "component:payments", "component:payments@account.other"]}
+    async with http.post(f"{catalog.url}/api/catalog/entities/by-refs", params=params, json=body) as r:
+        items = (await r.json())["items"]
+    assert [i["metadata"]["annotations"]["seed-idp.dev/scope"] for i in items] == [
+        "account",
+        "account.acme.shop",
+        "account.other",
+    ]
