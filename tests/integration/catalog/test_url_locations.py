@@ -16,11 +16,17 @@ from services.catalog.app import Settings as CatalogSettings
 from services.catalog.model import LocationSpec
 from services.catalog.url_reader import DirectFetcher, FetchError, UrlPolicy, raw_content_url
 from shared.service import running_service
+from tests.helpers import eventually
 
 ALL = """apiVersion: backstage.io/v1alpha1
 kind: Location
 metadata: {name: remote-root}
-spec: {targets: [./team.yaml, ../other/svc.yaml]}
+spec: {targets: [./team.yaml, ../other/svc.yaml, ./optional.yaml]}
+"""
+OPTIONAL = """apiVersion: backstage.io/v1alpha1
+kind: Location
+metadata: {name: maybe}
+spec: {targets: [./not-there.yaml], presence: optional}
 """
 TEAM = """apiVersion: backstage.io/v1alpha1
 kind: Group
@@ -51,6 +57,7 @@ async def remote(aiohttp_server):
         "/catalog/all.yaml": ALL,
         "/catalog/team.yaml": TEAM,
         "/catalog/openapi.yaml": "openapi: 3.0.0\ninfo: {title: petstore}\n",
+        "/catalog/optional.yaml": OPTIONAL,
         "/other/svc.yaml": SVC.format(lifecycle="experimental"),
         "/sneaky.yaml": SNEAKY,
     }
@@ -86,7 +93,8 @@ async def test_url_location_ingests_follows_relative_targets_and_refreshes(remot
             body = await r.json()
             assert r.status == 201, body
         assert body["location"].get("errors", []) == []
-        assert sorted(e["metadata"]["name"] for e in body["entities"]) == ["petstore", "remote-root", "svc", "team-a"]
+        names = sorted(e["metadata"]["name"] for e in body["entities"])
+        assert names == ["maybe", "petstore", "remote-root", "svc", "team-a"]  # a missing optional target is fine
         async with http.get(f"{catalog.url}/api/catalog/entities/by-name/api/default/petstore") as r:
             api = await r.json()
         assert api["spec"]["definition"].startswith("openapi: 3.0.0")
@@ -222,3 +230,18 @@ def test_analysis_looks_for_the_catalog_file_where_backstage_does():
     )
     assert file_of("url", "https://git.example.com/x/catalog.yml") == "https://git.example.com/x/catalog.yml"
     assert file_of("file", "/srv/repo.git") == "/srv/repo.git/catalog-info.yaml"
+
+
+async def test_url_locations_are_read_again_periodically(remote, make_settings, http):
+    settings = make_settings(CatalogSettings, url_location_allow="127.0.0.1", refresh_interval_seconds=0.3)
+    async with running_service(CATALOG, settings) as catalog:
+        target = str(remote.make_url("/other/svc.yaml"))
+        async with http.post(f"{catalog.url}/api/catalog/locations", json={"type": "url", "target": target}) as r:
+            assert r.status == 201
+        remote.files["/other/svc.yaml"] = SVC.format(lifecycle="deprecated")
+
+        async def lifecycle():
+            async with http.get(f"{catalog.url}/api/catalog/entities/by-name/component/default/svc") as r:
+                return (await r.json())["spec"]["lifecycle"] == "deprecated"
+
+        assert await eventually(lifecycle, timeout=10)
