@@ -22,7 +22,7 @@ from services.catalog import kinds as kinds_module
 from services.catalog.entity_ref import ref_of
 from services.catalog.model import LocationSpec, check_scope
 from services.catalog.service import prepare_document
-from shared.errors import InputError
+from shared.errors import FieldError, InputError
 
 DEFAULT_CATALOG_FILENAME = "catalog-info.yaml"
 _NOT_FOUND = ("does not exist", "was not found (404)")
@@ -67,7 +67,11 @@ async def analyze_location(
     if "/" in filename or filename in (".", ".."):
         raise InputError.for_field("$.catalogFilename", "a file name, without directories")
     spec = catalog_file_of(request.location, filename)
-    result = await ingestion.read(spec, policy)
+    try:
+        result = await ingestion.read(spec, policy)
+    except InputError as exc:  # it names the fields of a location; here they sit under `location`
+        fields = [FieldError(e.field.replace("$.", "$.location.", 1), e.message) for e in exc.errors]
+        raise InputError(exc.detail, errors=fields) from None
     problems = [e for e in result.errors if not any(marker in e.message for marker in _NOT_FOUND)]
     if problems and not result.entities:
         raise InputError.for_field("$.location.target", problems[0].message)

@@ -202,6 +202,8 @@ async def test_analyze_location_lists_existing_files_or_proposes_an_entity(remot
         blocked = {"type": "url", "target": "http://169.254.169.254/latest/"}
         async with http.post(url, json={"location": blocked}) as r:
             assert r.status == 400 and (await r.json())["errors"][0]["field"] == "$.location.target"
+        async with http.post(url, json={"location": {"type": "file", "target": "/etc"}}) as r:
+            assert r.status == 400 and (await r.json())["errors"][0]["field"] == "$.location.target"
         async with http.post(url, json={"location": repo, "catalogFilename": "../x.yaml"}) as r:
             assert r.status == 400 and (await r.json())["errors"][0]["field"] == "$.catalogFilename"
 
