@@ -71,7 +71,7 @@ class ReadResult:
 
 
 class _FileError(Exception):
-    """A file that cannot be read, or is too large to."""
+    """A file or URL that cannot be read, or is too large to."""
 
 
 class _EntityError(Exception):
@@ -143,17 +143,14 @@ def _read_target(run: _Run, type: str, target: str, *, base: Base, depth: int, o
     location = f"{type}:{pattern}"
     if type == "file" and isinstance(base, str):
         run.fail(location, f"a document read from {base} may not name file targets")
-    elif type == "url" and run.fetch_url is not None:
-        if depth > run.max_depth:
-            run.fail(location, f"Location entities are nested deeper than {run.max_depth} levels")
-        else:
-            _read_url(run, pattern, depth, optional)
-    elif type != "file":
+    elif type != "file" and (type != "url" or run.fetch_url is None):
         run.fail(location, f"location type {type} is not supported yet")
-    elif target.endswith(("/", os.sep)):
-        run.fail(location, f"cannot read file location {target}: it ends with a path separator")
     elif depth > run.max_depth:
         run.fail(location, f"Location entities are nested deeper than {run.max_depth} levels")
+    elif type == "url":
+        _read_url(run, pattern, depth, optional)
+    elif target.endswith(("/", os.sep)):
+        run.fail(location, f"cannot read file location {target}: it ends with a path separator")
     else:
         _read_files(run, pattern, depth=depth, optional=optional)
 
