@@ -3,7 +3,8 @@
 A scoped ref is a Backstage ref followed by `@<scope>`: `component:default/payments@account.acme.shop`.
 Backstage refs never contain `@` (names, namespaces and kinds cannot), so every Backstage ref is also a scoped
 ref, at the scope the request names (`?scope=`, default `account`). A read covers one scope, and with
-`includeParents` the scopes above it, with `includeChildren` the scopes below it.
+`includeParents` the scopes above it, with `includeChildren` the scopes below it. References inside an entity's
+`spec` keep Backstage's meaning: their targets resolve within the entity's own scope.
 """
 
 from __future__ import annotations
