@@ -153,10 +153,26 @@ def problem_response(error: ProblemError, request: web.Request) -> web.Response:
     request_id = request.get(REQUEST_ID_KEY)
     if request_id:
         body["request_id"] = request_id
+    # Backstage's error body (`@backstage/errors` serializeError) as RFC 9457 extension members, so its clients
+    # find the error name and status; they parse bodies typed application/json only, hence the negotiation.
+    body["error"] = {
+        "name": type(error).__name__ if type(error) is not ProblemError else "Error",
+        "message": error.detail,
+    }
+    body["request"] = {"method": request.method, "url": request.path_qs}
+    body["response"] = {"statusCode": error.status}
     headers = {"WWW-Authenticate": 'Bearer realm="idp"'} if error.status == 401 else None
     return web.Response(
-        body=_json.encode(body), status=error.status, content_type=PROBLEM_CONTENT_TYPE, headers=headers
+        body=_json.encode(body), status=error.status, content_type=_problem_content_type(request), headers=headers
     )
+
+
+def _problem_content_type(request: web.Request) -> str:
+    """problem+json, unless the client asks for application/json and not for problem+json."""
+    accept = request.headers.get("Accept", "")
+    if "application/json" in accept and PROBLEM_CONTENT_TYPE not in accept:
+        return "application/json"
+    return PROBLEM_CONTENT_TYPE
 
 
 def _problem_from_http_exception(exc: web.HTTPException) -> ProblemError:
@@ -339,7 +355,9 @@ def openapi_document(service: str, version: str, operations: list[Operation]) ->
     components["Problem"] = _PROBLEM_SCHEMA
     paths: dict[str, dict[str, Any]] = {}
     for op in operations:
-        paths.setdefault(op.path, {})[op.method.lower()] = _operation_object(op, schema_of, components)
+        # OpenAPI path templates have no regex: `{apiVersion:.+}` is `{apiVersion}` there.
+        path = re.sub(r"{(\w+):[^}]*}", r"{\1}", op.path)
+        paths.setdefault(path, {})[op.method.lower()] = _operation_object(op, schema_of, components)
     return {
         "openapi": "3.1.0",
         "info": {"title": f"Seed IDP {service}", "version": version},

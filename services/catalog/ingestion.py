@@ -15,14 +15,18 @@ import logging
 import uuid
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import asyncpg
 import msgspec
 
+from services.catalog import kinds as kinds_module
 from services.catalog import store
-from services.catalog.entity_ref import EntityRefError, parse_entity_ref, ref_of
+from services.catalog.entity_ref import parse_entity_ref, ref_of
+from services.catalog.kinds import Kinds
 from services.catalog.model import LocationSpec, LocationView, StoredEntity, check_scope, document_etag
 from services.catalog.reader import ReadResult, read_location
+from services.catalog.scopes import parse_scoped_ref
 from services.catalog.service import (
     insert_entity,
     prepare_document,
@@ -31,12 +35,13 @@ from services.catalog.service import (
     served_relations,
     update_entity,
 )
+from services.catalog.url_reader import UrlFetcher, blocking_fetch
 from shared.db import transaction
 from shared.errors import ConflictError, InputError, NotFoundError
 from shared.events import SYSTEM, Actor, ResourceRef, new_event
 from shared.outbox import write_event
 
-SUPPORTED_TYPES = ("file",)
+SUPPORTED_TYPES = ("file", "url")
 BULK_CHANGES = 500
 """A read that changes at least this many entities refreshes the planner's statistics afterwards."""
 log = logging.getLogger(__name__)
@@ -48,6 +53,8 @@ class IngestionPolicy:
 
     file_roots: tuple[Path, ...]
     orphan_strategy: str = "keep"
+    fetcher: UrlFetcher | None = None
+    """Reads `url:` targets; without one they are reported as not supported."""
 
 
 def confine(target: str, policy: IngestionPolicy) -> Path:
@@ -61,10 +68,20 @@ def confine(target: str, policy: IngestionPolicy) -> Path:
 
 
 async def read(spec: LocationSpec, policy: IngestionPolicy) -> ReadResult:
-    if spec.type not in SUPPORTED_TYPES:
-        raise InputError.for_field("$.type", f"location type {spec.type!r} is not supported yet (supported: file)")
-    path = confine(spec.target, policy)
-    return await asyncio.to_thread(read_location, spec.type, str(path), allowed_roots=policy.file_roots)
+    if spec.type not in SUPPORTED_TYPES or (spec.type == "url" and policy.fetcher is None):
+        supported = ", ".join(SUPPORTED_TYPES if policy.fetcher else ("file",))
+        raise InputError.for_field("$.type", f"location type {spec.type!r} is not supported (supported: {supported})")
+    if spec.type == "url":
+        parts = urlsplit(spec.target)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise InputError.for_field("$.target", "a url location needs an http(s) URL")
+        target = spec.target
+    else:
+        target = str(confine(spec.target, policy))
+    fetch_url = blocking_fetch(policy.fetcher, asyncio.get_running_loop()) if policy.fetcher else None
+    return await asyncio.to_thread(
+        read_location, spec.type, target, allowed_roots=policy.file_roots, fetch_url=fetch_url
+    )
 
 
 async def add_location(
@@ -76,7 +93,8 @@ async def add_location(
     async with transaction(pool) as conn:
         existing = await store.find_location(conn, scope, spec.type, spec.target)
         if dry_run:
-            documents = [_try_prepare(e.document) for e in result.entities]
+            kinds = await kinds_module.load(conn)
+            documents = [_try_prepare(e.document, kinds) for e in result.entities]
             view = LocationView(id=existing["id"] if existing else "", type=spec.type, target=spec.target)
             return {"location": view, "entities": [d for d in documents if d], "exists": existing is not None}
         if existing is not None:
@@ -91,9 +109,9 @@ async def add_location(
     return {"location": view, "entities": [e.document for e in entities]}
 
 
-def _try_prepare(document: dict[str, Any]) -> dict[str, Any] | None:
+def _try_prepare(document: dict[str, Any], kinds: Kinds) -> dict[str, Any] | None:
     try:
-        return prepare_document(document)[0]
+        return prepare_document(document, kinds)[0]
     except InputError:
         return None
 
@@ -105,9 +123,10 @@ async def apply_read(
     errors = [{"location": e.location, "message": e.message, "document": e.document_index} for e in result.errors]
     counts = {"created": 0, "updated": 0, "orphaned": 0, "deleted": 0, "unchanged": 0}
     seen: set[str] = set()
+    kinds = await kinds_module.load(conn)
     for read_entity in result.entities:
         try:
-            document, relations = prepare_document(read_entity.document)
+            document, relations = prepare_document(read_entity.document, kinds)
         except InputError as exc:
             errors.append(
                 {
@@ -148,7 +167,7 @@ async def apply_read(
             updated = revised(
                 current, document, location_id=location_id, location_key=read_entity.location_key, orphan=False
             )
-            await update_entity(conn, actor, current, updated, served_relations(updated))
+            await update_entity(conn, actor, current, updated, served_relations(updated, kinds))
             counts["updated"] += 1
         else:
             counts["unchanged"] += 1
@@ -159,7 +178,8 @@ async def apply_read(
             await remove_entity(conn, actor, entity)
             counts["deleted"] += 1
         elif not entity.orphan:
-            await update_entity(conn, actor, entity, dataclasses.replace(entity, orphan=True), served_relations(entity))
+            orphaned = dataclasses.replace(entity, orphan=True)
+            await update_entity(conn, actor, entity, orphaned, served_relations(entity, kinds))
             counts["orphaned"] += 1
     await store.record_location_read(conn, location_id, errors)
     return {**counts, "errors": errors}
@@ -187,12 +207,9 @@ async def _analyze_after_bulk(pool: asyncpg.Pool, applied: dict[str, Any]) -> No
 
 async def refresh_entity(pool: asyncpg.Pool, policy: IngestionPolicy, actor: Actor, scope: str, entity_ref: str):
     """Backstage's `POST /refresh`: re-read the location that emits this entity (nothing to do without one)."""
-    try:
-        ref = str(parse_entity_ref(entity_ref))
-    except EntityRefError as exc:
-        raise InputError.for_field("$.entityRef", str(exc)) from None
+    ref, scope = parse_scoped_ref(entity_ref, check_scope(scope), "$.entityRef")
     async with pool.acquire() as conn:
-        entity = await store.get_by_ref(conn, check_scope(scope), ref)
+        entity = await store.get_by_ref(conn, scope, str(ref))
     if entity is None:
         raise NotFoundError(f"no entity {entity_ref} at scope {scope}")
     if entity.location_id is not None:
