@@ -37,7 +37,24 @@ log = logging.getLogger(__name__)
 IDENTITY_SERVICE = "identity_sync"
 SNAPSHOT_METHOD = "access_snapshot"
 EVENTS_SUBJECT = "idp.evt.identity.>"
+VERSION_FIELD = "access_version"
+"""The event data field carrying the access-control state version its transaction wrote."""
 MAX_RETRY_SECONDS = 5.0
+
+
+OBJECT_TYPES: dict[str, type] = {
+    "role": Role,
+    "resource_group": ResourceGroup,
+    "role_binding": RoleBinding,
+    "policy": Policy,
+    "policy_set": PolicySet,
+}
+ACCESS_EVENTS = frozenset(
+    [f"identity.{kind}.{verb}" for kind in OBJECT_TYPES for verb in ("created", "updated", "deleted")]
+    + [f"identity.group.{verb}" for verb in ("created", "updated", "deleted", "member_added", "member_removed")]
+    + ["identity.user.deleted", "identity.service_account.deleted"]
+)
+"""Identity events that change what anyone may do."""
 
 
 class AccessSnapshot(msgspec.Struct):
@@ -73,7 +90,7 @@ class AccessReplica:
         self.policies = PolicyEngine()
         self.version: int | None = None
         """The state version applied; None until the first snapshot."""
-        self._pending: list[tuple[int, str, str, Any]] = []
+        self._pending: list[tuple[int, str, str, dict[str, Any]]] = []
         self._advanced = asyncio.Event()
 
     @property
@@ -138,30 +155,73 @@ class AccessReplica:
         self.policies.load(snapshot.policies, snapshot.policy_sets)
         self.version = snapshot.version
         pending, self._pending = self._pending, []
-        for version, kind, verb, data in sorted(pending, key=lambda change: change[0]):
-            self._apply(version, kind, verb, data)
+        for version, event_type, resource_id, data in sorted(pending, key=lambda pending: pending[0]):
+            self._apply(version, event_type, resource_id, data)
         self._advanced.set()
 
-    def apply_event(self, event_type: str, data: dict[str, Any]) -> None:
-        _, kind, verb = event_type.split(".", 2)
-        version = data.get("version")
-        if kind not in _CHANGES or not isinstance(version, int):
+    def apply_event(self, event_type: str, resource_id: str, data: dict[str, Any]) -> None:
+        """Apply one identity event that changes access (others are ignored). Each carries `access_version`,
+        the state version its transaction wrote, which orders it against the snapshot and other events."""
+        version = data.get(VERSION_FIELD)
+        if event_type not in ACCESS_EVENTS or not isinstance(version, int):
             return
         if self.version is None:
-            self._pending.append((version, kind, verb, data))
+            self._pending.append((version, event_type, resource_id, data))
         else:
-            self._apply(version, kind, verb, data)
+            self._apply(version, event_type, resource_id, data)
 
-    def _apply(self, version: int, kind: str, verb: str, data: dict[str, Any]) -> None:
+    def _apply(self, version: int, event_type: str, resource_id: str, data: dict[str, Any]) -> None:
         if version <= self.version:
             return  # the snapshot (or an earlier event) already holds it
-        put, remove, struct = _CHANGES[kind]
-        if verb == "deleted":
-            remove(self, data["id"])
+        _, kind, verb = event_type.split(".", 2)
+        if kind in OBJECT_TYPES:
+            if verb == "deleted":
+                self._remove_object(kind, resource_id)
+            else:
+                self._put_object(msgspec.convert(data[kind], OBJECT_TYPES[kind]))
         else:
-            put(self, msgspec.convert(data[kind], struct))
+            self._apply_principal_change(kind, verb, resource_id, data)
         self.version = version
         self._advanced.set()
+
+    def _put_object(self, document: Any) -> None:
+        match document:
+            case Role():
+                self.control.put_role(document)
+            case ResourceGroup():
+                self.control.put_resource_group(document)
+            case RoleBinding():
+                self.control.put_binding(document)
+            case Policy():
+                self.policies.put_policy(document)
+            case PolicySet():
+                self.policies.put_policy_set(document)
+
+    def _remove_object(self, kind: str, object_id: str) -> None:
+        match kind:
+            case "role":
+                self.control.remove_role(object_id)
+            case "resource_group":
+                self.control.remove_resource_group(object_id)
+            case "role_binding":
+                self.control.remove_binding(object_id)
+            case "policy":
+                self.policies.remove_policy(object_id)
+            case "policy_set":
+                self.policies.remove_policy_set(object_id)
+
+    def _apply_principal_change(self, kind: str, verb: str, principal_id: str, data: dict[str, Any]) -> None:
+        """Identity-sync's users, groups and service accounts: nesting, membership, deletion."""
+        match kind, verb:
+            case "group", "created" | "updated":
+                parent = data.get("parent")
+                self.control.set_group_parents(principal_id, [parent] if parent else [])
+            case "group", "member_added":
+                self.control.add_membership(f"user:{data['user_id']}", principal_id)
+            case "group", "member_removed":
+                self.control.remove_membership(f"user:{data['user_id']}", principal_id)
+            case _, "deleted":
+                self.control.remove_subject(f"{kind}:{principal_id}")
 
     async def run(self, nc: NatsClient, retry_seconds: float = 1.0) -> None:
         """Keep the replica current until cancelled."""
@@ -169,7 +229,7 @@ class AccessReplica:
         async def on_event(msg: Any) -> None:
             try:
                 event = decode_event(msg.data)
-                self.apply_event(event.type, {**event.data, "id": event.resource.id})
+                self.apply_event(event.type, event.resource.id, event.data)
             except (msgspec.DecodeError, msgspec.ValidationError, ValueError, KeyError) as exc:
                 log.warning("ignored an unreadable access-control event: %s", exc)
 
@@ -201,24 +261,3 @@ async def _reconnected(nc: NatsClient) -> None:
     seen = nc.stats["reconnects"]
     while nc.stats["reconnects"] == seen:  # noqa: ASYNC110 - no event to wait on; a counter read is free
         await asyncio.sleep(0.5)
-
-
-_CHANGES: dict[str, tuple[Any, Any, type]] = {
-    "role": (lambda r, role: r.control.put_role(role), lambda r, i: r.control.remove_role(i), Role),
-    "resource_group": (
-        lambda r, group: r.control.put_resource_group(group),
-        lambda r, i: r.control.remove_resource_group(i),
-        ResourceGroup,
-    ),
-    "role_binding": (
-        lambda r, binding: r.control.put_binding(binding),
-        lambda r, i: r.control.remove_binding(i),
-        RoleBinding,
-    ),
-    "policy": (lambda r, policy: r.policies.put_policy(policy), lambda r, i: r.policies.remove_policy(i), Policy),
-    "policy_set": (
-        lambda r, policy_set: r.policies.put_policy_set(policy_set),
-        lambda r, i: r.policies.remove_policy_set(i),
-        PolicySet,
-    ),
-}

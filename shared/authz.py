@@ -304,6 +304,14 @@ class AccessControl:
         self._memberships[subject] = frozenset(group_ids)
         self._changed()
 
+    def add_membership(self, subject: str, group_id: str) -> None:
+        self._memberships[subject] = self._memberships.get(subject, frozenset()) | {group_id}
+        self._changed()
+
+    def remove_membership(self, subject: str, group_id: str) -> None:
+        self._memberships[subject] = self._memberships.get(subject, frozenset()) - {group_id}
+        self._changed()
+
     def remove_subject(self, subject: str) -> None:
         """A deleted user, service account or group: its memberships, nesting and bindings go."""
         self._memberships.pop(subject, None)

@@ -29,7 +29,7 @@ from services.identity_sync.access_model import (
     document_from,
     name_of,
 )
-from shared.access import AccessSnapshot
+from shared.access import VERSION_FIELD, AccessSnapshot
 from shared.authz import BUILTIN_ROLES, Resource, ResourceGroup, Role, RoleBinding, validate_binding
 from shared.db import transaction
 from shared.errors import ConflictError, InputError, NotFoundError
@@ -57,7 +57,7 @@ async def _event(conn: asyncpg.Connection, actor: Actor, kind: Kind, verb: str, 
             actor=actor,
             scope=obj.scope,
             resource=ResourceRef(kind, obj.id),
-            data={"version": obj.version, **data},
+            data={VERSION_FIELD: obj.version, **data},
         ),
     )
 
