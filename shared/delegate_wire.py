@@ -1,0 +1,194 @@
+"""The delegate wire protocol: one proxied HTTP exchange carried over core NATS between the proxy and an agent.
+
+Opening: the proxy subscribes an inbox of its own and sends `OpenRequest` as a NATS request to
+`idp.delegate.<agent>.open`, which the agent's replicas serve as one queue group. The replica that takes it
+subscribes an inbox of its own and answers `Accepted`. When no replica is connected NATS answers "no responders"
+at once, so a dead agent fails fast.
+
+Then each side sends frames to the other's inbox (NATS keeps one publisher's messages in order). A frame is one
+kind byte and a payload:
+
+- `H` response head (msgpack `ResponseHead`), agent to proxy
+- `D` a body chunk of at most `CHUNK_BYTES`, either way
+- `E` end of a body
+- `C` credit: the receiver consumed that many chunks, the sender may send as many more (msgpack int)
+- `X` abort (msgpack `Abort`): an error from the agent, or the proxy cancelling
+
+Flow control: a sender starts with `WINDOW` chunks of credit and waits for more before sending on, so at most
+`WINDOW * CHUNK_BYTES` of a body is buffered per direction however large the body is. Every wait is bounded by the
+exchange's idle timeout, so a peer that vanishes mid-stream ends the exchange instead of hanging it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterable, AsyncIterator
+
+import msgspec
+import nats.errors
+from nats.aio.client import Client as NatsClient
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
+
+from shared.secretref import Credential
+
+CHUNK_BYTES = 128 * 1024
+"""Largest body chunk per message; well under NATS's default 1 MB payload limit."""
+WINDOW = 8
+"""Chunks a sender may have unconsumed in flight."""
+HEAD, DATA, END, CREDIT, ABORT = b"H", b"D", b"E", b"C", b"X"
+
+
+def open_subject(agent: str) -> str:
+    return f"idp.delegate.{agent}.open"
+
+
+def served_subjects(agent: str) -> str:
+    return f"idp.delegate.{agent}.>"
+
+
+class OpenRequest(msgspec.Struct, frozen=True):
+    """What the proxy asks an agent to send upstream. Credentials are references the agent resolves itself."""
+
+    reply_to: str
+    method: str
+    url: str
+    headers: list[tuple[str, str]]
+    credentials: list[Credential]
+    timeout: float
+    has_body: bool
+
+
+class Accepted(msgspec.Struct, frozen=True):
+    inbox: str
+
+
+class ResponseHead(msgspec.Struct, frozen=True):
+    status: int
+    headers: list[tuple[str, str]]
+
+
+class Abort(msgspec.Struct, frozen=True):
+    status: int
+    """The HTTP status the proxy answers with (502, 503, 504, 499 for a cancellation)."""
+    detail: str
+
+
+class AbortedError(Exception):
+    """The peer aborted the exchange, or it broke (timeout, protocol error)."""
+
+    def __init__(self, status: int, detail: str) -> None:
+        super().__init__(detail)
+        self.status = status
+        self.detail = detail
+
+
+_encode = msgspec.msgpack.encode
+_decode_head = msgspec.msgpack.Decoder(ResponseHead).decode
+_decode_abort = msgspec.msgpack.Decoder(Abort).decode
+_decode_credit = msgspec.msgpack.Decoder(int).decode
+
+
+class Channel:
+    """One side of an exchange: its own inbox subscription, the peer's inbox, and credit in both directions."""
+
+    def __init__(self, nc: NatsClient, idle_timeout: float) -> None:
+        self.nc = nc
+        self.inbox = nc.new_inbox()
+        self.peer = ""
+        self.idle_timeout = idle_timeout
+        self._frames: asyncio.Queue[bytes] = asyncio.Queue()
+        self._credit = WINDOW
+        self._credit_changed = asyncio.Event()
+        self._aborted: Abort | None = None
+        self._abort_received = asyncio.Event()
+        self._subscription: Subscription | None = None
+
+    async def __aenter__(self) -> Channel:
+        self._subscription = await self.nc.subscribe(self.inbox, cb=self._on_message)
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        if self._subscription is not None:
+            with contextlib.suppress(nats.errors.Error):
+                await self._subscription.unsubscribe()
+
+    async def _on_message(self, msg: Msg) -> None:
+        kind = msg.data[:1]
+        if kind == CREDIT:
+            self._credit += _decode_credit(msg.data[1:])
+            self._credit_changed.set()
+            return
+        if kind == ABORT:
+            self._aborted = _decode_abort(msg.data[1:])
+            self._abort_received.set()
+            self._credit_changed.set()
+        self._frames.put_nowait(msg.data)
+
+    def _raise_if_aborted(self) -> None:
+        if self._aborted is not None:
+            raise AbortedError(self._aborted.status, self._aborted.detail)
+
+    async def _take_credit(self) -> None:
+        while self._credit <= 0:
+            self._raise_if_aborted()
+            self._credit_changed.clear()
+            try:
+                await asyncio.wait_for(self._credit_changed.wait(), self.idle_timeout)
+            except TimeoutError:
+                raise AbortedError(504, "the peer stopped reading the body") from None
+        self._credit -= 1
+
+    async def next_frame(self) -> tuple[bytes, bytes]:
+        try:
+            data = await asyncio.wait_for(self._frames.get(), self.idle_timeout)
+        except TimeoutError:
+            raise AbortedError(504, f"nothing received for {self.idle_timeout:g}s") from None
+        if data[:1] == ABORT:
+            self._raise_if_aborted()
+        return data[:1], data[1:]
+
+    async def send_head(self, head: ResponseHead) -> None:
+        await self.nc.publish(self.peer, HEAD + _encode(head))
+
+    async def receive_head(self) -> ResponseHead:
+        kind, payload = await self.next_frame()
+        if kind != HEAD:
+            raise AbortedError(502, "the agent sent a body before the response head")
+        return _decode_head(payload)
+
+    async def send_body(self, chunks: AsyncIterable[bytes]) -> None:
+        """Send a body in chunks as credit allows, then its end."""
+        async for chunk in chunks:
+            for start in range(0, len(chunk), CHUNK_BYTES):
+                await self._take_credit()
+                await self.nc.publish(self.peer, DATA + chunk[start : start + CHUNK_BYTES])
+        await self.nc.publish(self.peer, END)
+
+    async def receive_body(self) -> AsyncIterator[bytes]:
+        """The peer's body chunk by chunk; credit goes back as the consumer takes chunks."""
+        consumed = 0
+        while True:
+            kind, payload = await self.next_frame()
+            if kind == END:
+                return
+            if kind != DATA:
+                raise AbortedError(502, "unexpected frame inside a body")
+            yield payload
+            consumed += 1
+            if consumed >= WINDOW // 2:
+                await self.nc.publish(self.peer, CREDIT + _encode(consumed))
+                consumed = 0
+
+    async def until_aborted(self) -> Abort:
+        """Wait for the peer to abort (the agent races this against its upstream call)."""
+        await self._abort_received.wait()
+        assert self._aborted is not None
+        return self._aborted
+
+    async def abort(self, status: int, detail: str) -> None:
+        """Tell the peer the exchange is over (best effort: the peer may be gone already)."""
+        if self.peer:
+            with contextlib.suppress(nats.errors.Error):
+                await self.nc.publish(self.peer, ABORT + _encode(Abort(status, detail)))
