@@ -146,8 +146,8 @@ def routes(deps: Deps) -> Routes:
         if request.method not in spec.methods:
             raise web.HTTPMethodNotAllowed(request.method, spec.methods)
         prefix = f"/api/proxy/{name}"
-        raw_path = request.raw_path.partition("?")[0]
-        url = upstream_url(spec, forwarded_path(raw_path[len(prefix) :]), request.url.raw_query_string)
+        raw_path, _, raw_query = request.raw_path.partition("?")
+        url = upstream_url(spec, forwarded_path(raw_path[len(prefix) :]), raw_query)
         if request.content_length is not None and request.content_length > spec.max_body_bytes:
             raise PayloadTooLargeError(f"request body exceeds {spec.max_body_bytes} bytes")
         body = BodyReader(request.content.iter_any(), spec.max_body_bytes) if request.body_exists else None
@@ -186,7 +186,7 @@ def routes(deps: Deps) -> Routes:
         handler = _named(forward, f"proxy_{method.lower()}")
         summary = f"Forward a {method} request to the named endpoint (directly or through a delegate agent)"
         api.route(method, "/api/proxy/{name}", summary=summary, permission="proxy_endpoint_use")(handler)
-        api.route(method, "/api/proxy/{name}/{path:.*}", summary=summary, permission="proxy_endpoint_use")(
+        api.route(method, "/api/proxy/{name}/{path:[\\s\\S]*}", summary=summary, permission="proxy_endpoint_use")(
             _named(forward, f"proxy_{method.lower()}_path")
         )
     return api
