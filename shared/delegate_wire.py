@@ -1,5 +1,8 @@
 """The delegate wire protocol: one proxied HTTP exchange carried over core NATS between the proxy and an agent.
 
+Every replica of an agent heartbeats to the plugin-proxy (`Heartbeat` over `idp.rpc.plugin_proxy.agent_heartbeat`),
+which tells it the interval to keep and refuses unknown or revoked tokens.
+
 Opening: the proxy subscribes an inbox of its own and sends `OpenRequest` as a NATS request to
 `idp.delegate.<agent>.open`, which the agent's replicas serve as one queue group. The replica that takes it
 subscribes an inbox of its own and answers `Accepted`. When no replica is connected NATS answers "no responders"
@@ -23,7 +26,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 from collections.abc import AsyncIterable, AsyncIterator
+from typing import Annotated
 
 import msgspec
 import nats.errors
@@ -38,14 +43,33 @@ CHUNK_BYTES = 128 * 1024
 WINDOW = 8
 """Chunks a sender may have unconsumed in flight."""
 HEAD, DATA, END, CREDIT, ABORT = b"H", b"D", b"E", b"C", b"X"
+AGENT_ID = r"^[a-z0-9][a-z0-9-]{0,62}$"
+Tag = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9_.:=-]{1,64}$")]
 
 
 def open_subject(agent: str) -> str:
     return f"idp.delegate.{agent}.open"
 
 
-def served_subjects(agent: str) -> str:
-    return f"idp.delegate.{agent}.>"
+class Heartbeat(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """What an agent replica sends on start and every few seconds (`idp.rpc.plugin_proxy.agent_heartbeat`)."""
+
+    token: str
+    instance: Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9_-]{1,64}$")]
+    version: Annotated[str, msgspec.Meta(max_length=64)]
+    tags: Annotated[list[Tag], msgspec.Meta(max_length=32)]
+    allowlist_hash: Annotated[str, msgspec.Meta(max_length=64)]
+
+
+class HeartbeatReply(msgspec.Struct, frozen=True):
+    agent: str
+    interval_seconds: float
+
+
+def agent_id_of_token(token: str) -> str | None:
+    """Tokens read `<agent id>.<secret>`, so an agent needs nothing but its token."""
+    agent, _, secret = token.partition(".")
+    return agent if re.match(AGENT_ID, agent) and len(secret) >= 32 else None
 
 
 class OpenRequest(msgspec.Struct, frozen=True):

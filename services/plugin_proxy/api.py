@@ -153,7 +153,7 @@ def routes(deps: Deps) -> Routes:
         body = BodyReader(request.content.iter_any(), spec.max_body_bytes) if request.body_exists else None
         headers = request_headers(
             spec,
-            [(k, v) for k, v in request.headers.items()],
+            [(str(k), v) for k, v in request.headers.items()],
             client=request.remote or "",
             host=request.host,
             scheme=request.scheme,
@@ -215,6 +215,9 @@ async def _relay(
     try:
         async for chunk in upstream.body:
             await response.write(chunk)
+    except ConnectionResetError:
+        log.info("the caller of %s went away mid-response", request.match_info["name"])
+        return response
     except ProblemError as exc:
         log.warning("proxied response from %s broke off: %s", request.match_info["name"], exc.detail)
         if request.transport is not None:

@@ -11,8 +11,8 @@ import nats.errors
 
 from services.plugin_proxy import service
 from services.plugin_proxy.forwarding import ProxyContext
-from services.plugin_proxy.model import Heartbeat, HeartbeatReply
 from shared.bus import serve_rpc
+from shared.delegate_wire import Heartbeat, HeartbeatReply
 from shared.service import Deps
 
 log = logging.getLogger(__name__)

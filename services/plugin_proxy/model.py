@@ -11,6 +11,7 @@ from typing import Annotated, Literal
 import msgspec
 from yarl import URL
 
+from shared.delegate_wire import AGENT_ID, Tag
 from shared.egress import HOP_BY_HOP, AddressPolicy
 from shared.errors import FieldError, InputError
 from shared.secretref import Credential, SecretError, parse_secret_ref
@@ -18,12 +19,9 @@ from shared.secretref import Credential, SecretError, parse_secret_ref
 ENDPOINT_NAME = r"^[a-z0-9][a-z0-9-]{0,62}$"
 RESERVED_NAMES = frozenset({"endpoints", "agents"})
 """Names of the management routes under `/api/proxy/`, which no endpoint may take."""
-AGENT_ID = r"^[a-z0-9][a-z0-9-]{0,62}$"
-TAG = r"^[A-Za-z0-9_.:=-]{1,64}$"
 Method = Literal["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
 METHODS: tuple[str, ...] = Method.__args__  # type: ignore[attr-defined]
 HeaderName = Annotated[str, msgspec.Meta(pattern=r"^[!#$%&'*+.^_`|~0-9A-Za-z-]{1,128}$")]
-Tag = Annotated[str, msgspec.Meta(pattern=TAG)]
 
 DEFAULT_REQUEST_HEADERS = frozenset(
     {
@@ -345,32 +343,11 @@ class MintedAgent(msgspec.Struct, frozen=True):
     """Shown once; only its hash is stored."""
 
 
-class Heartbeat(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
-    """What an agent replica sends on start and every few seconds (`idp.rpc.plugin_proxy.agent_heartbeat`)."""
-
-    token: str
-    instance: Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9_-]{1,64}$")]
-    version: Annotated[str, msgspec.Meta(max_length=64)]
-    tags: Annotated[list[Tag], msgspec.Meta(max_length=32)]
-    allowlist_hash: Annotated[str, msgspec.Meta(max_length=64)]
-
-
-class HeartbeatReply(msgspec.Struct, frozen=True):
-    agent: str
-    interval_seconds: float
-
-
 class LiveAgent(msgspec.Struct, frozen=True):
     """What the forwarding path knows of an agent: enough to pick one for an endpoint."""
 
     id: str
     tags: frozenset[str]
-
-
-def agent_id_of_token(token: str) -> str | None:
-    """Tokens read `<agent id>.<secret>`, so an agent needs nothing but its token."""
-    agent, _, secret = token.partition(".")
-    return agent if re.match(AGENT_ID, agent) and len(secret) >= 32 else None
 
 
 def agent_status(

@@ -19,12 +19,9 @@ from services.plugin_proxy.model import (
     EndpointPage,
     EndpointsFile,
     EndpointSpec,
-    Heartbeat,
-    HeartbeatReply,
     LiveAgent,
     MintedAgent,
     PageQuery,
-    agent_id_of_token,
     agent_status,
     check_name,
     check_spec,
@@ -32,6 +29,7 @@ from services.plugin_proxy.model import (
     view,
 )
 from shared.db import transaction
+from shared.delegate_wire import Heartbeat, HeartbeatReply, agent_id_of_token
 from shared.errors import AuthenticationError, ConflictError, InputError, NotAllowedError, NotFoundError
 from shared.etag import check_if_match
 from shared.events import SYSTEM, Actor, Event, ResourceRef, diff_fields, new_event

@@ -7,7 +7,8 @@ import datetime as dt
 import asyncpg
 import msgspec
 
-from services.plugin_proxy.model import AgentInstance, Endpoint, EndpointSpec, Heartbeat
+from services.plugin_proxy.model import AgentInstance, Endpoint, EndpointSpec
+from shared.delegate_wire import Heartbeat
 
 _ENDPOINT_COLUMNS = "name, spec, origin, version, created_at, updated_at"
 
