@@ -3,15 +3,16 @@
 Every replica of an agent heartbeats to the plugin-proxy (`Heartbeat` over `idp.rpc.plugin_proxy.agent_heartbeat`),
 which tells it the interval to keep and refuses unknown or revoked tokens.
 
-Opening: the proxy subscribes an inbox of its own and sends `OpenRequest` as a NATS request to
-`idp.delegate.<agent>.open`, which the agent's replicas serve as one queue group. The replica that takes it
-subscribes an inbox of its own and answers `Accepted`. When no replica is connected NATS answers "no responders"
-at once, so a dead agent fails fast.
+Each side keeps one wildcard inbox subscription (`Inboxes`) and gives every exchange a channel under it. Opening:
+the proxy opens a channel and sends `OpenRequest` as a NATS request to `idp.delegate.<agent>.open`, which the
+agent's replicas serve as one queue group. The replica that takes it opens a channel of its own and answers
+`Accepted` naming it. When no replica is connected NATS answers "no responders" at once, so a dead agent fails
+fast.
 
 Then each side sends frames to the other's inbox (NATS keeps one publisher's messages in order). A frame is one
 kind byte and a payload:
 
-- `H` response head (msgpack `ResponseHead`), agent to proxy
+- `H` response head (msgpack `ResponseHead`), agent to proxy; a small body rides inside it
 - `D` a body chunk of at most `CHUNK_BYTES`, either way
 - `E` end of a body
 - `C` credit: the receiver consumed that many chunks, the sender may send as many more (msgpack int)
@@ -27,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import re
+import uuid
 from collections.abc import AsyncIterable, AsyncIterator
 from typing import Annotated
 
@@ -91,6 +93,9 @@ class Accepted(msgspec.Struct, frozen=True):
 class ResponseHead(msgspec.Struct, frozen=True):
     status: int
     headers: list[tuple[str, str]]
+    body: bytes = b""
+    """A body of at most one chunk travels inside the head; then `complete` is set and no D/E frames follow."""
+    complete: bool = False
 
 
 class Abort(msgspec.Struct, frozen=True):
@@ -114,12 +119,48 @@ _decode_abort = msgspec.msgpack.Decoder(Abort).decode
 _decode_credit = msgspec.msgpack.Decoder(int).decode
 
 
-class Channel:
-    """One side of an exchange: its own inbox subscription, the peer's inbox, and credit in both directions."""
+class Inboxes:
+    """One wildcard subscription per connection, routing frames to the channels open on it: an exchange then costs
+    no subscription of its own."""
 
-    def __init__(self, nc: NatsClient, idle_timeout: float) -> None:
+    def __init__(self, nc: NatsClient) -> None:
         self.nc = nc
-        self.inbox = nc.new_inbox()
+        self.prefix = nc.new_inbox()
+        self._channels: dict[str, Channel] = {}
+        self._subscription: Subscription | None = None
+
+    async def start(self) -> None:
+        self._subscription = await self.nc.subscribe(self.prefix + ".*", cb=self._route)
+
+    async def stop(self) -> None:
+        if self._subscription is not None:
+            with contextlib.suppress(nats.errors.Error):
+                await self._subscription.unsubscribe()
+
+    async def _route(self, msg: Msg) -> None:
+        channel = self._channels.get(msg.subject[len(self.prefix) + 1 :])
+        if channel is not None:  # frames of a closed exchange are dropped
+            channel.receive(msg.data)
+
+    def open(self, idle_timeout: float) -> Channel:
+        """A channel whose inbox is live at once; `close()` it when the exchange ends."""
+        token = uuid.uuid4().hex
+        channel = Channel(self, token, idle_timeout)
+        self._channels[token] = channel
+        return channel
+
+    def release(self, token: str) -> None:
+        self._channels.pop(token, None)
+
+
+class Channel:
+    """One side of an exchange: its inbox, the peer's inbox, and credit in both directions."""
+
+    def __init__(self, inboxes: Inboxes, token: str, idle_timeout: float) -> None:
+        self.nc = inboxes.nc
+        self._inboxes = inboxes
+        self._token = token
+        self.inbox = f"{inboxes.prefix}.{token}"
         self.peer = ""
         self.idle_timeout = idle_timeout
         self._frames: asyncio.Queue[bytes] = asyncio.Queue()
@@ -127,28 +168,21 @@ class Channel:
         self._credit_changed = asyncio.Event()
         self._aborted: Abort | None = None
         self._abort_received = asyncio.Event()
-        self._subscription: Subscription | None = None
 
-    async def __aenter__(self) -> Channel:
-        self._subscription = await self.nc.subscribe(self.inbox, cb=self._on_message)
-        return self
+    def close(self) -> None:
+        self._inboxes.release(self._token)
 
-    async def __aexit__(self, *exc_info: object) -> None:
-        if self._subscription is not None:
-            with contextlib.suppress(nats.errors.Error):
-                await self._subscription.unsubscribe()
-
-    async def _on_message(self, msg: Msg) -> None:
-        kind = msg.data[:1]
+    def receive(self, data: bytes) -> None:
+        kind = data[:1]
         if kind == CREDIT:
-            self._credit += _decode_credit(msg.data[1:])
+            self._credit += _decode_credit(data[1:])
             self._credit_changed.set()
             return
         if kind == ABORT:
-            self._aborted = _decode_abort(msg.data[1:])
+            self._aborted = _decode_abort(data[1:])
             self._abort_received.set()
             self._credit_changed.set()
-        self._frames.put_nowait(msg.data)
+        self._frames.put_nowait(data)
 
     def _raise_if_aborted(self) -> None:
         if self._aborted is not None:

@@ -36,6 +36,7 @@ from shared.delegate_wire import (
     Channel,
     Heartbeat,
     HeartbeatReply,
+    Inboxes,
     OpenRequest,
     ResponseHead,
     agent_id_of_token,
@@ -117,12 +118,14 @@ class Agent:
         self.nc = nc
         self.secrets = SecretResolver(vault=config.vault)
         self.session = egress.client_session(config.policy)
+        self.inboxes = Inboxes(nc)
         self.exchanges: set[asyncio.Task] = set()
         self.version = importlib.metadata.version("seed-idp")
 
     async def run(self, stop: asyncio.Event) -> int:
         """Serve until `stop` is set (0) or the token is refused (EXIT_REVOKED)."""
         subject = open_subject(self.config.agent_id)
+        await self.inboxes.start()
         subscription = await self.nc.subscribe(subject, queue=f"delegate-{self.config.agent_id}", cb=self._on_open)
         heartbeats = asyncio.create_task(self._heartbeat())
         stopper = asyncio.create_task(stop.wait())
@@ -138,6 +141,7 @@ class Agent:
                 await asyncio.wait(self.exchanges, timeout=10)
             for task in self.exchanges:
                 task.cancel()
+            await self.inboxes.stop()
             await self.session.close()
             await self.secrets.close()
         return code
@@ -172,8 +176,7 @@ class Agent:
             log.warning("undecodable exchange request: %s", exc)
             await msg.respond(ABORT)
             return
-        channel = Channel(self.nc, idle_timeout=request.timeout)
-        await channel.__aenter__()
+        channel = self.inboxes.open(idle_timeout=request.timeout)
         channel.peer = request.reply_to
         await msg.respond(msgspec.msgpack.encode(Accepted(channel.inbox)))
         task = asyncio.create_task(self._exchange(channel, request))
@@ -193,7 +196,7 @@ class Agent:
                 await work
         finally:
             aborted.cancel()
-            await channel.__aexit__(None, None, None)
+            channel.close()
 
     async def _forward(self, channel: Channel, request: OpenRequest) -> None:
         url = URL(request.url, encoded=True)
@@ -229,6 +232,10 @@ class Agent:
                 if k.decode("latin-1").lower() not in egress.HOP_BY_HOP
             ]
             try:
+                if response.content_length is not None and response.content_length <= CHUNK_BYTES:
+                    body = await response.read()  # small: one message instead of head, chunk and end
+                    await channel.send_head(ResponseHead(response.status, headers, body, complete=True))
+                    return
                 await channel.send_head(ResponseHead(response.status, headers))
                 await channel.send_body(response.content.iter_chunked(CHUNK_BYTES))
             except TimeoutError:

@@ -14,6 +14,7 @@ import msgspec
 from services.plugin_proxy import api, handlers, service
 from services.plugin_proxy.forwarding import AccessLog, ProxyContext, may_use
 from shared.config import BaseSettings, ConfigError
+from shared.delegate_wire import Inboxes
 from shared.errors import InputError
 from shared.secretref import SecretResolver, VaultSettings
 from shared.service import Deps, ServiceDefinition, run_service
@@ -54,9 +55,12 @@ async def open_proxy_context(deps: Deps, guard=may_use) -> AsyncIterator[ProxyCo
         except (OSError, InputError) as exc:
             raise ConfigError(f"IDP_ENDPOINTS_FILE={settings.endpoints_file}: {exc}") from exc
     vault = VaultSettings(settings.vault_address, settings.vault_token) if settings.vault_address else None
+    inboxes = Inboxes(deps.nc)
+    await inboxes.start()
     context = ProxyContext(
         pool=deps.pool,
         nc=deps.nc,
+        inboxes=inboxes,
         secrets=SecretResolver(vault=vault),
         access=AccessLog(settings.access_sample_rate),
         open_timeout=settings.delegate_open_timeout_seconds,
@@ -66,6 +70,7 @@ async def open_proxy_context(deps: Deps, guard=may_use) -> AsyncIterator[ProxyCo
         yield context
     finally:
         await context.close()
+        await inboxes.stop()
 
 
 DEFINITION = ServiceDefinition(

@@ -23,7 +23,7 @@ from services.plugin_proxy import service
 from services.plugin_proxy.model import Endpoint, EndpointSpec, LiveAgent, direct_policy, matching_agents
 from shared import egress
 from shared.auth import Principal
-from shared.delegate_wire import ABORT, CHUNK_BYTES, AbortedError, Accepted, Channel, OpenRequest, open_subject
+from shared.delegate_wire import ABORT, CHUNK_BYTES, AbortedError, Accepted, Inboxes, OpenRequest, open_subject
 from shared.errors import (
     ERRORS_BY_STATUS,
     BadGatewayError,
@@ -104,6 +104,7 @@ class ProxyContext:
 
     pool: asyncpg.Pool
     nc: NatsClient
+    inboxes: Inboxes
     secrets: SecretResolver
     access: AccessLog
     open_timeout: float
@@ -186,8 +187,7 @@ class ProxyContext:
         if not candidates:
             raise ServiceUnavailableError(f"no online delegate agent has the tags {', '.join(spec.delegate.tags)}")
         agent = random.choice(candidates)
-        channel = Channel(self.nc, idle_timeout=spec.timeout_seconds)
-        await channel.__aenter__()
+        channel = self.inboxes.open(idle_timeout=spec.timeout_seconds)
         sender: asyncio.Task | None = None
         try:
             request = OpenRequest(
@@ -206,19 +206,22 @@ class ProxyContext:
         except AbortedError as exc:
             await _stop_sender(sender)
             await channel.abort(499, "the proxy gave up")
-            await channel.__aexit__(None, None, None)
+            channel.close()
             if body is not None and body.too_large:
                 raise PayloadTooLargeError(f"request body exceeds {spec.max_body_bytes} bytes") from None
             raise ERRORS_BY_STATUS.get(exc.status, BadGatewayError)(f"agent {agent}: {exc.detail}") from None
         except BaseException:
             await _stop_sender(sender)
             await channel.abort(499, "the proxy gave up")
-            await channel.__aexit__(None, None, None)
+            channel.close()
             raise
-        finished = False
+        finished = head.complete
 
         async def response_body() -> AsyncIterator[bytes]:
             nonlocal finished
+            if head.complete:
+                yield head.body
+                return
             async for chunk in channel.receive_body():
                 yield chunk
             finished = True
@@ -227,7 +230,7 @@ class ProxyContext:
             await _stop_sender(sender)
             if not finished:
                 await channel.abort(499, "the caller went away")
-            await channel.__aexit__(None, None, None)
+            channel.close()
 
         return UpstreamResponse(head.status, head.headers, response_body(), close, agent=agent)
 
