@@ -245,6 +245,10 @@ class Channel:
         assert self._aborted is not None
         return self._aborted
 
+    def fail(self, status: int, detail: str) -> None:
+        """End the exchange on this side: whatever waits on the channel raises `AbortedError(status, detail)`."""
+        self.receive(ABORT + _encode(Abort(status, detail)))
+
     async def abort(self, status: int, detail: str) -> None:
         """Tell the peer the exchange is over (best effort: the peer may be gone already)."""
         if self.peer:

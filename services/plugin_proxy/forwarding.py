@@ -23,7 +23,16 @@ from services.plugin_proxy import service
 from services.plugin_proxy.model import Endpoint, EndpointSpec, LiveAgent, direct_policy, matching_agents
 from shared import egress
 from shared.auth import Principal
-from shared.delegate_wire import ABORT, CHUNK_BYTES, AbortedError, Accepted, Inboxes, OpenRequest, open_subject
+from shared.delegate_wire import (
+    ABORT,
+    CHUNK_BYTES,
+    AbortedError,
+    Accepted,
+    Channel,
+    Inboxes,
+    OpenRequest,
+    open_subject,
+)
 from shared.errors import (
     ERRORS_BY_STATUS,
     BadGatewayError,
@@ -201,7 +210,7 @@ class ProxyContext:
             )
             channel.peer = (await self._open(agent, _encode(request))).inbox
             if body is not None:
-                sender = asyncio.create_task(channel.send_body(body.chunks()))
+                sender = asyncio.create_task(_send_request_body(channel, body))
             head = await channel.receive_head()
         except AbortedError as exc:
             await _stop_sender(sender)
@@ -250,6 +259,18 @@ class ProxyContext:
             if reply.data[:1] == ABORT:
                 raise AbortedError(503, "the agent refused the exchange (at capacity)")
             return _decode_accepted(reply.data)
+
+
+async def _send_request_body(channel: Channel, body: BodyReader) -> None:
+    """Stream the caller's body to the agent; if it breaks (too large, caller gone), end the exchange both ways."""
+    try:
+        await channel.send_body(body.chunks())
+    except AbortedError:
+        pass  # the agent ended the exchange; the response side reports why
+    except Exception as exc:
+        status = 413 if body.too_large else 499
+        await channel.abort(status, "the request body broke off")
+        channel.fail(status, f"the request body broke off ({type(exc).__name__})")
 
 
 async def _stop_sender(sender: asyncio.Task | None) -> None:

@@ -239,9 +239,9 @@ async def mark_silent_agents(pool: asyncpg.Pool, offline_after: float) -> int:
     """Replicas silent for longer than `offline_after` become `disconnected` events (one proxy replica wins each)."""
     async with transaction(pool) as conn:
         silent = await store.mark_silent_instances(conn, offline_after)
-        await write_events(
-            conn, [_event("disconnected", SYSTEM, "agent", agent, {"instance": instance}) for agent, instance in silent]
-        )
+        if silent:
+            events = [_event("disconnected", SYSTEM, "agent", agent, {"instance": i}) for agent, i in silent]
+            await write_events(conn, events)
     return len(silent)
 
 

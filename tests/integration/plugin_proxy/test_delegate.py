@@ -109,6 +109,24 @@ async def test_large_bodies_stream_through_the_agent_with_bounded_memory(
     assert memory(pid)["VmHWM"] - before < 16 * MB
 
 
+async def test_oversized_bodies_through_an_agent_are_413_at_once(proxy, http, start_agents, internal_upstream):
+    await start_agents("limits", replicas=1)
+    await add_endpoint(
+        http, proxy, "small", internal_upstream, delegate={"tags": ["eu"]}, methods=["POST"], max_body_bytes=MB
+    )
+
+    async def chunked():
+        for _ in range(4):
+            yield b"y" * MB
+
+    started = time.monotonic()
+    async with http.post(f"{proxy.url}/api/proxy/small/upload", data=chunked()) as r:
+        assert r.status == 413 and r.content_type == "application/problem+json"
+    assert time.monotonic() - started < 5  # not the endpoint's 30 s timeout
+    async with http.post(f"{proxy.url}/api/proxy/small/upload", data=b"z" * 1000) as r:
+        assert (await r.json()) == {"received": 1000}
+
+
 async def test_timeouts_and_cancellation_reach_the_upstream(proxy, http, start_agents):
     interrupted = asyncio.Event()
     runner, url = await serve(upstream_app(interrupted), host="127.0.0.2")
