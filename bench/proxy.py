@@ -5,8 +5,8 @@
 Starts NATS and PostgreSQL (embedded, or IDP_NATS_URL / IDP_DATABASE_URL), the plugin-proxy, an upstream aiohttp
 server on 127.0.0.2 and two delegate agent replicas, each as its own process; only loopback traffic. Per run:
 
-- latency: `--requests` sequential small GETs through a direct endpoint and through a delegated one; p50/p99 of
-  each and the delegate's added p50/p99;
+- latency: `--requests` sequential small GETs through a direct endpoint and through a delegated one, alternately;
+  p50/p99 of each and the delegate's added p50/p99;
 - throughput: req/s with `--concurrency` clients for `--seconds`, direct and delegated;
 - memory: peak RSS (the kernel's high-water mark, reset first through `/proc/<pid>/clear_refs`) of the proxy and
   of the agents while `--stream-mb` MB download and then upload through the delegate;
@@ -119,14 +119,15 @@ class Bench:
             await r.read()
             return r.status
 
-    async def latency(self, endpoint: str, requests: int) -> list[float]:
-        for _ in range(50):  # warm the pools
-            await self.call(endpoint)
-        latencies = []
-        for _ in range(requests):
-            started = time.perf_counter()
-            assert await self.call(endpoint) == 200
-            latencies.append(time.perf_counter() - started)
+    async def latency(self, requests: int) -> dict[str, list[float]]:
+        """Sequential calls, direct and delegated alternately, so both see the same machine noise."""
+        latencies: dict[str, list[float]] = {"direct": [], "delegated": []}
+        for i in range(requests + 50):
+            for endpoint, samples in latencies.items():
+                started = time.perf_counter()
+                assert await self.call(endpoint) == 200
+                if i >= 50:  # the first calls warm the pools
+                    samples.append(time.perf_counter() - started)
         return latencies
 
     async def throughput(self, endpoint: str, concurrency: int, seconds: float) -> float:
@@ -221,8 +222,8 @@ async def run(args: argparse.Namespace, log_dir: Path) -> list[dict[str, float]]
             bench.agents = [bench.start_agent(i) for i in range(2)]
             await bench.wait_for_replicas(2)
             for run_number in range(1, args.runs + 1):
-                direct = await bench.latency("direct", args.requests)
-                delegated = await bench.latency("delegated", args.requests)
+                latencies = await bench.latency(args.requests)
+                direct, delegated = latencies["direct"], latencies["delegated"]
                 result = {
                     "run": run_number,
                     "direct_p50_ms": percentile(direct, 0.5) * 1000,

@@ -216,8 +216,6 @@ class ProxyContext:
             await _stop_sender(sender)
             await channel.abort(499, "the proxy gave up")
             channel.close()
-            if body is not None and body.too_large:
-                raise PayloadTooLargeError(f"request body exceeds {spec.max_body_bytes} bytes") from None
             raise ERRORS_BY_STATUS.get(exc.status, BadGatewayError)(f"agent {agent}: {exc.detail}") from None
         except BaseException:
             await _stop_sender(sender)
