@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import json
 import os
 import signal
@@ -193,15 +194,13 @@ class Bench:
         await asyncio.gather(kill(), *(client() for _ in range(clients)))
         victim.wait(10)
         after_kill = [killed_at, *sorted(t for t in successes if t >= killed_at)]
-        gap = max(b - a for a, b in zip(after_kill, after_kill[1:], strict=False)) if len(after_kill) > 1 else after
+        gap = max(b - a for a, b in itertools.pairwise(after_kill)) if len(after_kill) > 1 else after
         self.agents[0] = self.start_agent(0)
         await self.wait_for_replicas(2)
         return {"failover_gap_s": gap, "failed_after_kill": failed_after_kill, "failed_in_flight": failed_in_flight}
 
 
-async def run(args: argparse.Namespace, log_dir: Path) -> list[dict[str, float]]:
-    upstream_port = stack.free_port()
-    upstream = subprocess.Popen([sys.executable, __file__, "--serve-upstream", str(upstream_port)], cwd=stack.ROOT)
+async def run(args: argparse.Namespace, log_dir: Path, upstream_port: int) -> list[dict[str, float]]:
     results = []
     with stack.servers(log_dir) as servers:
         proxy = stack.start_service("plugin_proxy", servers, log_dir / "proxy.log")
@@ -246,8 +245,6 @@ async def run(args: argparse.Namespace, log_dir: Path) -> list[dict[str, float]]
                     agent.wait(30)
                 await bench.session.close()
             proxy.stop()
-            upstream.terminate()
-            upstream.wait(10)
     return results
 
 
@@ -263,8 +260,14 @@ def main() -> None:
     if args.serve_upstream:
         serve_upstream(args.serve_upstream)
         return
-    with tempfile.TemporaryDirectory(prefix="idp-bench-proxy-") as tmp:
-        results = asyncio.run(run(args, Path(tmp)))
+    upstream_port = stack.free_port()
+    upstream = subprocess.Popen([sys.executable, __file__, "--serve-upstream", str(upstream_port)], cwd=stack.ROOT)
+    try:
+        with tempfile.TemporaryDirectory(prefix="idp-bench-proxy-") as tmp:
+            results = asyncio.run(run(args, Path(tmp), upstream_port))
+    finally:
+        upstream.terminate()
+        upstream.wait(10)
     medians = {key: statistics.median(r[key] for r in results) for key in results[0] if key != "run"}
     print("median:", json.dumps({k: round(v, 2) for k, v in medians.items()}))
 
