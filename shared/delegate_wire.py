@@ -29,7 +29,7 @@ import asyncio
 import contextlib
 import re
 import uuid
-from collections.abc import AsyncIterable, AsyncIterator
+from collections.abc import AsyncIterable, AsyncIterator, Callable
 from typing import Annotated
 
 import msgspec
@@ -167,7 +167,8 @@ class Channel:
         self._credit = WINDOW
         self._credit_changed = asyncio.Event()
         self._aborted: Abort | None = None
-        self._abort_received = asyncio.Event()
+        self.on_abort: Callable[[], object] | None = None
+        """Called when the peer aborts (the agent cancels its upstream call with it)."""
 
     def close(self) -> None:
         self._inboxes.release(self._token)
@@ -180,8 +181,9 @@ class Channel:
             return
         if kind == ABORT:
             self._aborted = _decode_abort(data[1:])
-            self._abort_received.set()
             self._credit_changed.set()
+            if self.on_abort is not None:
+                self.on_abort()
         self._frames.put_nowait(data)
 
     def _raise_if_aborted(self) -> None:
@@ -238,12 +240,6 @@ class Channel:
             if consumed >= WINDOW // 2:
                 await self.nc.publish(self.peer, CREDIT + _encode(consumed))
                 consumed = 0
-
-    async def until_aborted(self) -> Abort:
-        """Wait for the peer to abort (the agent races this against its upstream call)."""
-        await self._abort_received.wait()
-        assert self._aborted is not None
-        return self._aborted
 
     def fail(self, status: int, detail: str) -> None:
         """End the exchange on this side: whatever waits on the channel raises `AbortedError(status, detail)`."""

@@ -179,24 +179,17 @@ class Agent:
         channel = self.inboxes.open(idle_timeout=request.timeout)
         channel.peer = request.reply_to
         await msg.respond(msgspec.msgpack.encode(Accepted(channel.inbox)))
-        task = asyncio.create_task(self._exchange(channel, request))
+        # The proxy aborts when its caller goes away, on timeout, or when the request body is refused: the
+        # upstream call is cancelled then.
+        task = asyncio.create_task(self._forward(channel, request))
+        channel.on_abort = task.cancel
         self.exchanges.add(task)
-        task.add_done_callback(self.exchanges.discard)
 
-    async def _exchange(self, channel: Channel, request: OpenRequest) -> None:
-        """Run the upstream call until it ends or the proxy aborts (client gone, timeout, body too large)."""
-        work = asyncio.create_task(self._forward(channel, request))
-        aborted = asyncio.create_task(channel.until_aborted())
-        try:
-            await asyncio.wait([work, aborted], return_when=asyncio.FIRST_COMPLETED)
-            if not work.done():
-                work.cancel()
-                log.info("exchange for %s cancelled by the proxy", URL(request.url).host)
-            with contextlib.suppress(asyncio.CancelledError):
-                await work
-        finally:
-            aborted.cancel()
+        def finished(_: asyncio.Task) -> None:
+            self.exchanges.discard(task)
             channel.close()
+
+        task.add_done_callback(finished)
 
     async def _forward(self, channel: Channel, request: OpenRequest) -> None:
         url = URL(request.url, encoded=True)
