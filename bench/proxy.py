@@ -8,8 +8,9 @@ server on 127.0.0.2 and two delegate agent replicas, each as its own process; on
 - latency: `--requests` sequential small GETs through a direct endpoint and through a delegated one, alternately;
   p50/p99 of each and the delegate's added p50/p99;
 - throughput: req/s with `--concurrency` clients for `--seconds`, direct and delegated;
-- memory: peak RSS (the kernel's high-water mark, reset first through `/proc/<pid>/clear_refs`) of the proxy and
-  of the agents while `--stream-mb` MB download and then upload through the delegate;
+- memory: resident size before, and peak RSS (the kernel's high-water mark, reset first through
+  `/proc/<pid>/clear_refs`) of the proxy and of the agents while `--stream-mb` MB download and then upload
+  through the delegate;
 - failover: 20 clients call the delegated endpoint while one replica is killed (SIGKILL); reports the longest gap
   without a successful answer after the kill, and failed calls started after it (in-flight ones may fail).
 """
@@ -77,11 +78,12 @@ def reset_peak(pid: int) -> None:
     Path(f"/proc/{pid}/clear_refs").write_text("5")
 
 
-def peak_rss(pid: int) -> int:
+def rss(pid: int, field: str) -> int:
+    """`VmRSS` (resident now) or `VmHWM` (peak resident) of a process, in bytes."""
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
+        if line.startswith(field + ":"):
             return int(line.split()[1]) * 1024
-    raise RuntimeError("no VmHWM")
+    raise RuntimeError(f"no {field}")
 
 
 class Bench:
@@ -147,6 +149,7 @@ class Bench:
 
     async def stream_memory(self, size: int) -> dict[str, float]:
         pids = [self.proxy.process.pid, *(a.pid for a in self.agents)]
+        before = [rss(pid, "VmRSS") / MB for pid in pids]
         for pid in pids:
             reset_peak(pid)
         async with self.session.get(f"{self.proxy.url}/api/proxy/delegated/stream", params={"bytes": str(size)}) as r:
@@ -160,8 +163,13 @@ class Bench:
 
         async with self.session.post(f"{self.proxy.url}/api/proxy/delegated/sink", data=body()) as r:
             assert (await r.json())["received"] == size
-        peaks = [peak_rss(pid) / MB for pid in pids]
-        return {"proxy_peak_mb": peaks[0], "agent_peak_mb": max(peaks[1:])}
+        peaks = [rss(pid, "VmHWM") / MB for pid in pids]
+        return {
+            "proxy_before_mb": before[0],
+            "proxy_peak_mb": peaks[0],
+            "agent_before_mb": max(before[1:]),
+            "agent_peak_mb": max(peaks[1:]),
+        }
 
     async def failover(self, clients: int = 20, after: float = 2.0) -> dict[str, float]:
         victim = self.agents[0]
