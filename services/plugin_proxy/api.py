@@ -6,6 +6,7 @@ import logging
 import time
 
 from aiohttp import web
+from yarl import URL
 
 from services.plugin_proxy import service
 from services.plugin_proxy.forwarding import BodyReader, ProxyContext, UpstreamResponse
@@ -28,7 +29,7 @@ from services.plugin_proxy.model import (
     upstream_url,
     view,
 )
-from shared.errors import NotAllowedError, NotFoundError, PayloadTooLargeError, ProblemError
+from shared.errors import NotAllowedError, PayloadTooLargeError, ProblemError
 from shared.etag import quoted
 from shared.http import REQUEST_ID_KEY, Handler, Routes, json_response, parse_query, principal_of, read_json
 from shared.service import Deps
@@ -136,31 +137,14 @@ def routes(deps: Deps) -> Routes:
         name = request.match_info["name"]
         check_name(name)
         principal = principal_of(request)
-        try:
-            endpoint = await proxy.endpoint(name)
-        except NotFoundError:
-            raise NotFoundError(f"no proxy endpoint {name}") from None
+        endpoint = await proxy.endpoint(name)
         if not proxy.may_use(principal, endpoint):
             raise NotAllowedError(f"may not use proxy endpoint {name}")
         spec = endpoint.spec
         if request.method not in spec.methods:
             raise web.HTTPMethodNotAllowed(request.method, spec.methods)
         prefix = f"/api/proxy/{name}"
-        raw_path, _, raw_query = request.raw_path.partition("?")
-        url = upstream_url(spec, forwarded_path(raw_path[len(prefix) :]), raw_query)
-        if request.content_length is not None and request.content_length > spec.max_body_bytes:
-            raise PayloadTooLargeError(f"request body exceeds {spec.max_body_bytes} bytes")
-        body = BodyReader(request.content.iter_any(), spec.max_body_bytes) if request.body_exists else None
-        headers = request_headers(
-            spec,
-            [(str(k), v) for k, v in request.headers.items()],
-            client=request.remote or "",
-            host=request.host,
-            scheme=request.scheme,
-            prefix=prefix,
-        )
-        if request.content_length is not None:
-            headers.append(("Content-Length", str(request.content_length)))
+        url, headers, body = _outbound(request, spec, prefix)
         status = 502
         upstream = None
         try:
@@ -190,6 +174,28 @@ def routes(deps: Deps) -> Routes:
             _named(forward, f"proxy_{method.lower()}_path")
         )
     return api
+
+
+def _outbound(
+    request: web.Request, spec: EndpointSpec, prefix: str
+) -> tuple[URL, list[tuple[str, str]], BodyReader | None]:
+    """The checked upstream URL, the headers to send and the body reader; problems for bad input."""
+    raw_path, _, raw_query = request.raw_path.partition("?")
+    url = upstream_url(spec, forwarded_path(raw_path[len(prefix) :]), raw_query)
+    if request.content_length is not None and request.content_length > spec.max_body_bytes:
+        raise PayloadTooLargeError(f"request body exceeds {spec.max_body_bytes} bytes")
+    headers = request_headers(
+        spec,
+        [(str(k), v) for k, v in request.headers.items()],
+        client=request.remote or "",
+        host=request.host,
+        scheme=request.scheme,
+        prefix=prefix,
+    )
+    if request.content_length is not None:
+        headers.append(("Content-Length", str(request.content_length)))
+    body = BodyReader(request.content.iter_any(), spec.max_body_bytes) if request.body_exists else None
+    return url, headers, body
 
 
 def _named(handler: Handler, name: str) -> Handler:
