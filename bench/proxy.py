@@ -7,7 +7,9 @@ server on 127.0.0.2 and two delegate agent replicas, each as its own process; on
 
 - latency: `--requests` sequential small GETs through a direct endpoint and through a delegated one, alternately;
   p50/p99 of each and the delegate's added p50/p99;
-- throughput: req/s with `--concurrency` clients for `--seconds`, direct and delegated;
+- throughput: req/s with `--concurrency` clients for `--seconds`, direct and delegated, and the CPU time each
+  request costs the proxy and the agents (user + system, which machine load does not inflate as it does
+  latency);
 - memory: resident size before, and peak RSS (the kernel's high-water mark, reset first through
   `/proc/<pid>/clear_refs`) of the proxy and of the agents while `--stream-mb` MB download and then upload
   through the delegate;
@@ -31,6 +33,7 @@ import time
 from pathlib import Path
 
 import aiohttp
+import psutil
 import stack
 from aiohttp import web
 
@@ -133,9 +136,20 @@ class Bench:
                     samples.append(time.perf_counter() - started)
         return latencies
 
-    async def throughput(self, endpoint: str, concurrency: int, seconds: float) -> float:
+    def cpu_seconds(self) -> tuple[float, float]:
+        """CPU time (user + system) used so far by the proxy and by the agents together."""
+
+        def used(pid: int) -> float:
+            times = psutil.Process(pid).cpu_times()
+            return times.user + times.system
+
+        return used(self.proxy.process.pid), sum(used(a.pid) for a in self.agents)
+
+    async def throughput(self, endpoint: str, concurrency: int, seconds: float) -> dict[str, float]:
+        """Requests per second, and CPU milliseconds per request in the proxy and in the agents."""
         done = 0
         deadline = time.perf_counter() + seconds
+        proxy_cpu, agents_cpu = self.cpu_seconds()
 
         async def client() -> None:
             nonlocal done
@@ -145,7 +159,13 @@ class Bench:
 
         started = time.perf_counter()
         await asyncio.gather(*(client() for _ in range(concurrency)))
-        return done / (time.perf_counter() - started)
+        elapsed = time.perf_counter() - started
+        proxy_after, agents_after = self.cpu_seconds()
+        return {
+            f"{endpoint}_rps": done / elapsed,
+            f"{endpoint}_proxy_cpu_ms": (proxy_after - proxy_cpu) * 1000 / done,
+            f"{endpoint}_agent_cpu_ms": (agents_after - agents_cpu) * 1000 / done,
+        }
 
     async def stream_memory(self, size: int) -> dict[str, float]:
         pids = [self.proxy.process.pid, *(a.pid for a in self.agents)]
@@ -237,8 +257,8 @@ async def run(args: argparse.Namespace, log_dir: Path, upstream_port: int) -> li
                     "direct_p99_ms": percentile(direct, 0.99) * 1000,
                     "delegate_p50_ms": percentile(delegated, 0.5) * 1000,
                     "delegate_p99_ms": percentile(delegated, 0.99) * 1000,
-                    "direct_rps": await bench.throughput("direct", args.concurrency, args.seconds),
-                    "delegate_rps": await bench.throughput("delegated", args.concurrency, args.seconds),
+                    **await bench.throughput("direct", args.concurrency, args.seconds),
+                    **await bench.throughput("delegated", args.concurrency, args.seconds),
                     **await bench.stream_memory(args.stream_mb * MB),
                     **await bench.failover(),
                 }
