@@ -147,6 +147,7 @@ async def sync_endpoints_file(pool: asyncpg.Pool, endpoints: list[EndpointCreate
     """
     wanted = {e.name: spec_of(e) for e in endpoints}
     async with transaction(pool) as conn:
+        await store.lock_endpoints_file(conn)
         for previous in await store.endpoints_from(conn, "file"):
             if previous.name not in wanted:
                 await _delete(conn, SYSTEM, previous)

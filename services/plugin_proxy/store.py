@@ -43,6 +43,11 @@ async def list_endpoints(conn: asyncpg.Connection, after: str | None, limit: int
     return [_endpoint(r) for r in rows]
 
 
+async def lock_endpoints_file(conn: asyncpg.Connection) -> None:
+    """Serialise start-up file syncs of replicas starting together, until the transaction ends."""
+    await conn.execute("SELECT pg_advisory_xact_lock(hashtext('idp-proxy:endpoints-file'))")
+
+
 async def endpoints_from(conn: asyncpg.Connection, origin: str) -> list[Endpoint]:
     rows = await conn.fetch(f"SELECT {_ENDPOINT_COLUMNS} FROM endpoints WHERE origin = $1 FOR UPDATE", origin)
     return [_endpoint(r) for r in rows]

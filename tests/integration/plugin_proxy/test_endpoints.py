@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+
 import pytest
 
 from services.plugin_proxy.app import DEFINITION, Settings
@@ -138,3 +141,17 @@ async def test_a_bad_endpoints_file_stops_the_start_naming_the_field(make_settin
     with pytest.raises(ConfigError, match=r"\$\.endpoints\[0\]\.target"):
         async with running_service(DEFINITION, make_settings(Settings, endpoints_file=str(path))):
             pass
+
+
+async def test_replicas_starting_together_apply_the_file_once(make_settings, tmp_path, http):
+    path = tmp_path / "endpoints.yaml"
+    path.write_text(
+        "endpoints:\n" + "".join(f"  - {{name: e{i}, target: 'https://e{i}.internal'}}\n" for i in range(20))
+    )
+    settings = make_settings(Settings, endpoints_file=str(path))
+    async with contextlib.AsyncExitStack() as stack:
+        first, _ = await asyncio.gather(
+            *(stack.enter_async_context(running_service(DEFINITION, settings)) for _ in range(2))
+        )
+        events = await outbox_events(first)
+    assert len(events) == 20 and {e.type for e in events} == {"plugin_proxy.endpoint.created"}
