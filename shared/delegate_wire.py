@@ -17,6 +17,8 @@ kind byte and a payload:
 - `E` end of a body
 - `C` credit: the receiver consumed that many chunks, the sender may send as many more (msgpack int)
 - `X` abort (msgpack `Abort`): an error from the agent, or the proxy cancelling
+- `K` keepalive, agent to proxy every second while it works on the exchange, so a replica that dies mid-exchange
+  is noticed within `SILENCE_LIMIT` seconds rather than at the endpoint's timeout
 
 Flow control: a sender starts with `WINDOW` chunks of credit and waits for more before sending on, so at most
 `WINDOW * CHUNK_BYTES` of a body is buffered per direction however large the body is. Every wait is bounded by the
@@ -28,9 +30,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import re
+import time
 import uuid
-from collections.abc import AsyncIterable, AsyncIterator, Callable
-from typing import Annotated
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable
+from typing import Annotated, TypeVar
 
 import msgspec
 import nats.errors
@@ -44,7 +47,11 @@ CHUNK_BYTES = 128 * 1024
 """Largest body chunk per message; well under NATS's default 1 MB payload limit."""
 WINDOW = 8
 """Chunks a sender may have unconsumed in flight."""
-HEAD, DATA, END, CREDIT, ABORT = b"H", b"D", b"E", b"C", b"X"
+HEAD, DATA, END, CREDIT, ABORT, KEEPALIVE = b"H", b"D", b"E", b"C", b"X", b"K"
+KEEPALIVE_SECONDS = 1.0
+"""How often an agent tells the proxy it is still working on an exchange."""
+SILENCE_LIMIT = 3.0
+"""An agent replica silent this long during an exchange is taken for dead: the proxy answers 503."""
 AGENT_ID = r"^[a-z0-9][a-z0-9-]{0,62}$"
 Tag = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9_.:=-]{1,64}$")]
 
@@ -113,6 +120,7 @@ class AbortedError(Exception):
         self.detail = detail
 
 
+T = TypeVar("T")
 _encode = msgspec.msgpack.encode
 _decode_head = msgspec.msgpack.Decoder(ResponseHead).decode
 _decode_abort = msgspec.msgpack.Decoder(Abort).decode
@@ -142,10 +150,10 @@ class Inboxes:
         if channel is not None:  # frames of a closed exchange are dropped
             channel.receive(msg.data)
 
-    def open(self, idle_timeout: float) -> Channel:
+    def open(self, idle_timeout: float, *, peer_keeps_alive: bool) -> Channel:
         """A channel whose inbox is live at once; `close()` it when the exchange ends."""
         token = uuid.uuid4().hex
-        channel = Channel(self, token, idle_timeout)
+        channel = Channel(self, token, idle_timeout, peer_keeps_alive)
         self._channels[token] = channel
         return channel
 
@@ -156,13 +164,15 @@ class Inboxes:
 class Channel:
     """One side of an exchange: its inbox, the peer's inbox, and credit in both directions."""
 
-    def __init__(self, inboxes: Inboxes, token: str, idle_timeout: float) -> None:
+    def __init__(self, inboxes: Inboxes, token: str, idle_timeout: float, peer_keeps_alive: bool) -> None:
         self.nc = inboxes.nc
         self._inboxes = inboxes
         self._token = token
         self.inbox = f"{inboxes.prefix}.{token}"
         self.peer = ""
         self.idle_timeout = idle_timeout
+        self.peer_keeps_alive = peer_keeps_alive
+        self._heard = time.monotonic()
         self._frames: asyncio.Queue[bytes] = asyncio.Queue()
         self._credit = WINDOW
         self._credit_changed = asyncio.Event()
@@ -170,11 +180,19 @@ class Channel:
         self.on_abort: Callable[[], object] | None = None
         """Called when the peer aborts (the agent cancels its upstream call with it)."""
 
+    def attach(self, peer: str) -> None:
+        """Start talking to the peer's inbox; its silence is counted from now."""
+        self.peer = peer
+        self._heard = time.monotonic()
+
     def close(self) -> None:
         self._inboxes.release(self._token)
 
     def receive(self, data: bytes) -> None:
+        self._heard = time.monotonic()
         kind = data[:1]
+        if kind == KEEPALIVE:
+            return
         if kind == CREDIT:
             self._credit += _decode_credit(data[1:])
             self._credit_changed.set()
@@ -190,21 +208,36 @@ class Channel:
         if self._aborted is not None:
             raise AbortedError(self._aborted.status, self._aborted.detail)
 
+    async def _within_limits(self, ready: Callable[[], Awaitable[T]], stalled: str) -> T:
+        """Await `ready()` for at most the idle timeout, and only while a peer that keeps alive is heard from."""
+        deadline = time.monotonic() + self.idle_timeout
+        while True:
+            limit = min(deadline, self._heard + SILENCE_LIMIT) if self.peer_keeps_alive else deadline
+            try:
+                return await asyncio.wait_for(ready(), max(0.0, limit - time.monotonic()))
+            except TimeoutError:
+                now = time.monotonic()
+                if now >= deadline:
+                    raise AbortedError(504, stalled) from None
+                if now >= self._heard + SILENCE_LIMIT:
+                    raise AbortedError(503, "the agent replica went silent (it died or lost NATS)") from None
+
     async def _take_credit(self) -> None:
         while self._credit <= 0:
             self._raise_if_aborted()
             self._credit_changed.clear()
-            try:
-                await asyncio.wait_for(self._credit_changed.wait(), self.idle_timeout)
-            except TimeoutError:
-                raise AbortedError(504, "the peer stopped reading the body") from None
+            await self._within_limits(self._credit_changed.wait, "the peer stopped reading the body")
         self._credit -= 1
 
+    async def keep_alive(self) -> None:
+        """Until cancelled, tell the peer every `KEEPALIVE_SECONDS` that this side still works on the exchange."""
+        while True:
+            await asyncio.sleep(KEEPALIVE_SECONDS)
+            with contextlib.suppress(nats.errors.Error):
+                await self.nc.publish(self.peer, KEEPALIVE)
+
     async def next_frame(self) -> tuple[bytes, bytes]:
-        try:
-            data = await asyncio.wait_for(self._frames.get(), self.idle_timeout)
-        except TimeoutError:
-            raise AbortedError(504, f"nothing received for {self.idle_timeout:g}s") from None
+        data = await self._within_limits(self._frames.get, f"nothing received for {self.idle_timeout:g}s")
         if data[:1] == ABORT:
             self._raise_if_aborted()
         return data[:1], data[1:]

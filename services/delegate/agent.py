@@ -176,16 +176,18 @@ class Agent:
             log.warning("undecodable exchange request: %s", exc)
             await msg.respond(ABORT)
             return
-        channel = self.inboxes.open(idle_timeout=request.timeout)
-        channel.peer = request.reply_to
+        channel = self.inboxes.open(idle_timeout=request.timeout, peer_keeps_alive=False)
+        channel.attach(request.reply_to)
         await msg.respond(msgspec.msgpack.encode(Accepted(channel.inbox)))
         # The proxy aborts when its caller goes away, on timeout, or when the request body is refused: the
         # upstream call is cancelled then.
         task = asyncio.create_task(self._forward(channel, request))
+        keepalive = asyncio.create_task(channel.keep_alive())
         channel.on_abort = task.cancel
         self.exchanges.add(task)
 
         def finished(_: asyncio.Task) -> None:
+            keepalive.cancel()
             self.exchanges.discard(task)
             channel.close()
 

@@ -196,7 +196,7 @@ class ProxyContext:
         if not candidates:
             raise ServiceUnavailableError(f"no online delegate agent has the tags {', '.join(spec.delegate.tags)}")
         agent = random.choice(candidates)
-        channel = self.inboxes.open(idle_timeout=spec.timeout_seconds)
+        channel = self.inboxes.open(idle_timeout=spec.timeout_seconds, peer_keeps_alive=True)
         sender: asyncio.Task | None = None
         try:
             request = OpenRequest(
@@ -208,7 +208,7 @@ class ProxyContext:
                 timeout=spec.timeout_seconds,
                 has_body=body is not None,
             )
-            channel.peer = (await self._open(agent, _encode(request))).inbox
+            channel.attach((await self._open(agent, _encode(request))).inbox)
             if body is not None:
                 sender = asyncio.create_task(_send_request_body(channel, body))
             head = await channel.receive_head()

@@ -227,3 +227,19 @@ async def test_bad_agent_requests_are_problems(proxy, http, body):
         assert r.status == 400 and r.content_type == "application/problem+json"
     async with http.post(f"{proxy.url}/api/proxy/agents/nobody/revoke") as r:
         assert r.status == 404
+
+
+async def test_a_replica_dying_mid_exchange_is_a_503_within_seconds(proxy, http, start_agents, internal_upstream):
+    agents = await start_agents("fragile", replicas=1)
+    await add_endpoint(http, proxy, "fragile", internal_upstream, delegate={"tags": ["eu"]}, timeout_seconds=60)
+
+    async def kill_soon():
+        await asyncio.sleep(1.5)
+        agents.processes[0].kill()
+
+    started = time.monotonic()
+    killer = asyncio.create_task(kill_soon())
+    async with http.get(f"{proxy.url}/api/proxy/fragile/slow", params={"seconds": "30"}) as r:
+        assert r.status == 503 and "went silent" in (await r.json())["detail"]
+    await killer
+    assert time.monotonic() - started < 8  # not the endpoint's 60 s
