@@ -221,24 +221,29 @@ class Agent:
             await channel.abort(502, f"the upstream could not be reached ({type(exc).__name__})")
             return
         async with response:
-            headers = [
-                (k.decode("latin-1"), v.decode("latin-1"))
-                for k, v in response.raw_headers
-                if k.decode("latin-1").lower() not in egress.HOP_BY_HOP
-            ]
             try:
-                if response.content_length is not None and response.content_length <= CHUNK_BYTES:
-                    body = await response.read()  # small: one message instead of head, chunk and end
-                    await channel.send_head(ResponseHead(response.status, headers, body, complete=True))
-                    return
-                await channel.send_head(ResponseHead(response.status, headers))
-                await channel.send_body(response.content.iter_chunked(CHUNK_BYTES))
+                await _relay_response(channel, response)
             except TimeoutError:
                 await channel.abort(504, f"the upstream stalled for {request.timeout:g}s")
             except aiohttp.ClientError as exc:
                 await channel.abort(502, f"the upstream broke off ({type(exc).__name__})")
             except AbortedError as exc:
                 log.info("exchange ended by the proxy: %s", exc.detail)
+
+
+async def _relay_response(channel: Channel, response: aiohttp.ClientResponse) -> None:
+    """The upstream's status, end-to-end headers and body back to the proxy."""
+    headers = [
+        (k.decode("latin-1"), v.decode("latin-1"))
+        for k, v in response.raw_headers
+        if k.decode("latin-1").lower() not in egress.HOP_BY_HOP
+    ]
+    if response.content_length is not None and response.content_length <= CHUNK_BYTES:
+        body = await response.read()  # small: one message instead of head, chunk and end
+        await channel.send_head(ResponseHead(response.status, headers, body, complete=True))
+        return
+    await channel.send_head(ResponseHead(response.status, headers))
+    await channel.send_body(response.content.iter_chunked(CHUNK_BYTES))
 
 
 async def run_agent(config: AgentConfig) -> int:
