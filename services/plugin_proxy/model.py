@@ -165,8 +165,12 @@ def check_name(name: str) -> str:
 def check_spec(spec: EndpointSpec, prefix: str = "$") -> EndpointSpec:
     """Rules msgspec's types cannot express; raises one InputError listing every field at fault."""
     errors: list[FieldError] = []
-    target = URL(spec.target)
-    if target.scheme not in ("http", "https") or not target.host or target.query_string or target.fragment:
+    try:
+        target = URL(spec.target)
+        usable = target.scheme in ("http", "https") and target.host and not (target.query_string or target.fragment)
+    except ValueError:
+        usable = False
+    if not usable:
         errors.append(FieldError(f"{prefix}.target", "must be an absolute http(s) URL without query or fragment"))
     for i, rewrite in enumerate(spec.path_rewrite):
         try:

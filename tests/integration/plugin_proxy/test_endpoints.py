@@ -77,6 +77,8 @@ async def test_list_pages_by_name(proxy, http):
         ({"name": "Bad Name", "target": "https://x.test"}, "$.name"),
         ({"name": "agents", "target": "https://x.test"}, "name"),
         ({"name": "ok", "target": "ftp://x.test"}, "$.target"),
+        ({"name": "ok", "target": "http://[::1"}, "$.target"),
+        ({"name": "ok", "target": "http://x.test:99999/"}, "$.target"),
         ({"name": "ok", "target": "https://x.test", "methods": ["TRACE"]}, "$.methods[0]"),
         ({"name": "ok", "target": "https://x.test", "request_headers": ["Authorization"]}, "$.request_headers[0]"),
         ({"name": "ok", "target": "https://x.test", "request_headers": ["X-A\r\nB"]}, "$.request_headers[0]"),
