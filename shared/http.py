@@ -355,9 +355,9 @@ def openapi_document(service: str, version: str, operations: list[Operation]) ->
     components["Problem"] = _PROBLEM_SCHEMA
     paths: dict[str, dict[str, Any]] = {}
     for op in operations:
-        # OpenAPI path templates have no regex: `{apiVersion:.+}` is `{apiVersion}` there.
-        path = re.sub(r"{(\w+):[^}]*}", r"{\1}", op.path)
-        paths.setdefault(path, {})[op.method.lower()] = _operation_object(op, schema_of, components)
+        # OpenAPI templates name parameters only; aiohttp's `{path:regex}` keeps its regex to itself.
+        template = re.sub(r"{(\w+):[^}]*}", r"{\1}", op.path)
+        paths.setdefault(template, {})[op.method.lower()] = _operation_object(op, schema_of, components)
     return {
         "openapi": "3.1.0",
         "info": {"title": f"Seed IDP {service}", "version": version},

@@ -13,7 +13,8 @@ import logging
 import signal
 import sys
 from collections.abc import AsyncIterator, Callable, Coroutine
-from dataclasses import dataclass, field
+from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +50,8 @@ class Deps:
     authenticate: Authenticator
     access: AccessReplica
     """This process's replica of roles, bindings and policies (shared/access.py)."""
+    context: Any = None
+    """What the service's own `open_context` opened (HTTP client pools, caches), or None."""
 
 
 BackgroundTask = Callable[[Deps], Coroutine[Any, Any, None]]
@@ -68,6 +71,9 @@ class ServiceDefinition:
     migrations: Path | None = None
     background: tuple[BackgroundTask, ...] = field(default=())
     """Long-running tasks (consumers, schedulers); one crashing stops the service."""
+    open_context: Callable[[Deps], AbstractAsyncContextManager[Any]] | None = None
+    """Per-process resources beyond the pool and NATS (HTTP client pools, caches), opened before the routes are
+    built and closed after the HTTP server and tasks stop; routes and tasks reach them as `deps.context`."""
 
 
 @dataclass(frozen=True)
@@ -153,6 +159,8 @@ async def running_service(
             authenticate=authenticate or dev_token_authenticator(settings.dev_token),
             access=AccessReplica(),
         )
+        if definition.open_context is not None:
+            deps = replace(deps, context=await stack.enter_async_context(definition.open_context(deps)))
         runner = web.AppRunner(build_app(definition, deps), access_log=None, shutdown_timeout=5)
         await runner.setup()
         stack.push_async_callback(runner.cleanup)
@@ -220,6 +228,9 @@ def run_service(definition: ServiceDefinition) -> None:
     setup_telemetry(definition.name, settings.log_level)
     try:
         code = asyncio.run(_serve_until_stopped(definition, settings))
+    except ConfigError as exc:  # raised by a service's `open_context`, e.g. a bad file it names
+        print(f"{definition.name}: configuration error: {exc}", file=sys.stderr)
+        code = 2
     except (OSError, asyncpg.PostgresError) as exc:
         log.error("%s could not start: %s", definition.name, exc)
         code = 1
