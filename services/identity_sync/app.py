@@ -1,11 +1,25 @@
-"""identity_sync service wiring. Its domain arrives with its own issue; until then it serves only the
-standard routes, applies its schema's migrations and connects to NATS."""
+"""Identity-sync service wiring: settings and the service definition run by `python -m services.identity_sync`."""
 
 from __future__ import annotations
 
-from shared.service import ServiceDefinition, run_service, skeleton_definition
+from pathlib import Path
 
-DEFINITION: ServiceDefinition = skeleton_definition(name="identity_sync", schema="identity")
+from services.identity_sync import api
+from shared.config import BaseSettings
+from shared.service import ServiceDefinition, run_service
+
+
+class Settings(BaseSettings, kw_only=True, forbid_unknown_fields=True):
+    pass
+
+
+DEFINITION = ServiceDefinition(
+    name="identity_sync",
+    schema="identity",
+    settings_type=Settings,
+    routes=api.routes,
+    migrations=Path(__file__).parent / "migrations",
+)
 
 
 def main() -> None:

@@ -1,0 +1,244 @@
+"""Identity HTTP routes under `/api/identity`: decode, call service.py, encode."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from services.identity_sync import service
+from services.identity_sync.model import (
+    Group,
+    GroupCreate,
+    GroupPage,
+    GroupPatch,
+    GroupQuery,
+    MemberQuery,
+    ServiceAccount,
+    ServiceAccountCreate,
+    ServiceAccountPage,
+    ServiceAccountPatch,
+    ServiceAccountQuery,
+    User,
+    UserCreate,
+    UserPage,
+    UserPatch,
+    UserQuery,
+)
+from shared.etag import quoted
+from shared.http import Routes, json_response, parse_query, principal_of, read_json
+from shared.service import Deps
+
+USERS = "/api/identity/users"
+GROUPS = "/api/identity/groups"
+ACCOUNTS = "/api/identity/service-accounts"
+
+
+def _versioned(resource: User | Group | ServiceAccount, status: int = 200) -> web.Response:
+    return json_response(resource, status=status, headers={"ETag": quoted(str(resource.version))})
+
+
+def _if_match(request: web.Request) -> str | None:
+    return request.headers.get("If-Match")
+
+
+def routes(deps: Deps) -> Routes:
+    pool = deps.pool
+    api = Routes(tag="identity")
+
+    # --- users ---
+
+    @api.get(USERS, summary="List users", permission="identity_user_view", query=UserQuery, response=UserPage)
+    async def list_users(request: web.Request) -> web.Response:
+        return json_response(await service.list_users(pool, parse_query(request, UserQuery)))
+
+    @api.post(
+        USERS, summary="Create a user", permission="identity_user_create", body=UserCreate, response=User, status=201
+    )
+    async def create_user(request: web.Request) -> web.Response:
+        body = await read_json(request, UserCreate)
+        return _versioned(await service.create_user(pool, principal_of(request).actor(), body), 201)
+
+    @api.get(USERS + "/{id}", summary="A user", permission="identity_user_view", response=User)
+    async def get_user(request: web.Request) -> web.Response:
+        return _versioned(await service.get_user(pool, request.match_info["id"]))
+
+    @api.patch(
+        USERS + "/{id}",
+        summary="Change a user (merge patch, If-Match)",
+        permission="identity_user_edit",
+        body=UserPatch,
+        response=User,
+    )
+    async def patch_user(request: web.Request) -> web.Response:
+        body = await read_json(request, UserPatch)
+        user = await service.update_user(
+            pool, principal_of(request).actor(), request.match_info["id"], body, _if_match(request)
+        )
+        return _versioned(user)
+
+    @api.post(
+        USERS + "/{id}/deactivate",
+        summary="Deactivate a user: it keeps its history and ownership but its tokens stop working",
+        permission="identity_user_edit",
+        response=User,
+    )
+    async def deactivate_user(request: web.Request) -> web.Response:
+        return await _set_user_active(request, False)
+
+    @api.post(USERS + "/{id}/reactivate", summary="Reactivate a user", permission="identity_user_edit", response=User)
+    async def reactivate_user(request: web.Request) -> web.Response:
+        return await _set_user_active(request, True)
+
+    async def _set_user_active(request: web.Request, active: bool) -> web.Response:
+        user = await service.update_user(
+            pool, principal_of(request).actor(), request.match_info["id"], UserPatch(active=active), _if_match(request)
+        )
+        return _versioned(user)
+
+    @api.delete(USERS + "/{id}", summary="Delete a user", permission="identity_user_delete", status=204)
+    async def delete_user(request: web.Request) -> web.Response:
+        await service.delete_user(pool, principal_of(request).actor(), request.match_info["id"], _if_match(request))
+        return web.Response(status=204)
+
+    # --- groups ---
+
+    @api.get(GROUPS, summary="List groups", permission="identity_group_view", query=GroupQuery, response=GroupPage)
+    async def list_groups(request: web.Request) -> web.Response:
+        return json_response(await service.list_groups(pool, parse_query(request, GroupQuery)))
+
+    @api.post(
+        GROUPS,
+        summary="Create a group at a scope",
+        permission="identity_group_create",
+        body=GroupCreate,
+        response=Group,
+        status=201,
+    )
+    async def create_group(request: web.Request) -> web.Response:
+        body = await read_json(request, GroupCreate)
+        return _versioned(await service.create_group(pool, principal_of(request).actor(), body), 201)
+
+    @api.get(GROUPS + "/{id}", summary="A group", permission="identity_group_view", response=Group)
+    async def get_group(request: web.Request) -> web.Response:
+        return _versioned(await service.get_group(pool, request.match_info["id"]))
+
+    @api.patch(
+        GROUPS + "/{id}",
+        summary="Change a group: rename, re-parent (cycles refused) (merge patch, If-Match)",
+        permission="identity_group_edit",
+        body=GroupPatch,
+        response=Group,
+    )
+    async def patch_group(request: web.Request) -> web.Response:
+        body = await read_json(request, GroupPatch)
+        group = await service.update_group(
+            pool, principal_of(request).actor(), request.match_info["id"], body, _if_match(request)
+        )
+        return _versioned(group)
+
+    @api.delete(
+        GROUPS + "/{id}",
+        summary="Delete a group; its child groups move to its parent",
+        permission="identity_group_delete",
+        status=204,
+    )
+    async def delete_group(request: web.Request) -> web.Response:
+        await service.delete_group(pool, principal_of(request).actor(), request.match_info["id"], _if_match(request))
+        return web.Response(status=204)
+
+    @api.get(
+        GROUPS + "/{id}/members",
+        summary="Direct members of a group",
+        permission="identity_group_view",
+        query=MemberQuery,
+        response=UserPage,
+    )
+    async def list_members(request: web.Request) -> web.Response:
+        group = await service.get_group(pool, request.match_info["id"])
+        paging = parse_query(request, MemberQuery)
+        return json_response(
+            await service.list_users(pool, UserQuery(group=group.id, limit=paging.limit, cursor=paging.cursor))
+        )
+
+    @api.put(
+        GROUPS + "/{id}/members/{user_id}",
+        summary="Add a user to a group (idempotent)",
+        permission="identity_group_edit",
+        status=204,
+    )
+    async def add_member(request: web.Request) -> web.Response:
+        return await _set_member(request, True)
+
+    @api.delete(
+        GROUPS + "/{id}/members/{user_id}",
+        summary="Remove a user from a group (idempotent)",
+        permission="identity_group_edit",
+        status=204,
+    )
+    async def remove_member(request: web.Request) -> web.Response:
+        return await _set_member(request, False)
+
+    async def _set_member(request: web.Request, member: bool) -> web.Response:
+        info = request.match_info
+        await service.set_membership(pool, principal_of(request).actor(), info["id"], info["user_id"], member)
+        return web.Response(status=204)
+
+    # --- service accounts ---
+
+    @api.get(
+        ACCOUNTS,
+        summary="List service accounts",
+        permission="identity_service_account_view",
+        query=ServiceAccountQuery,
+        response=ServiceAccountPage,
+    )
+    async def list_service_accounts(request: web.Request) -> web.Response:
+        return json_response(await service.list_service_accounts(pool, parse_query(request, ServiceAccountQuery)))
+
+    @api.post(
+        ACCOUNTS,
+        summary="Create a service account at a scope",
+        permission="identity_service_account_create",
+        body=ServiceAccountCreate,
+        response=ServiceAccount,
+        status=201,
+    )
+    async def create_service_account(request: web.Request) -> web.Response:
+        body = await read_json(request, ServiceAccountCreate)
+        return _versioned(await service.create_service_account(pool, principal_of(request).actor(), body), 201)
+
+    @api.get(
+        ACCOUNTS + "/{id}",
+        summary="A service account",
+        permission="identity_service_account_view",
+        response=ServiceAccount,
+    )
+    async def get_service_account(request: web.Request) -> web.Response:
+        return _versioned(await service.get_service_account(pool, request.match_info["id"]))
+
+    @api.patch(
+        ACCOUNTS + "/{id}",
+        summary="Change a service account (merge patch, If-Match); `active: false` revokes its tokens",
+        permission="identity_service_account_edit",
+        body=ServiceAccountPatch,
+        response=ServiceAccount,
+    )
+    async def patch_service_account(request: web.Request) -> web.Response:
+        body = await read_json(request, ServiceAccountPatch)
+        account = await service.update_service_account(
+            pool, principal_of(request).actor(), request.match_info["id"], body, _if_match(request)
+        )
+        return _versioned(account)
+
+    @api.delete(
+        ACCOUNTS + "/{id}",
+        summary="Delete a service account and its keys",
+        permission="identity_service_account_delete",
+        status=204,
+    )
+    async def delete_service_account(request: web.Request) -> web.Response:
+        await service.delete_service_account(
+            pool, principal_of(request).actor(), request.match_info["id"], _if_match(request)
+        )
+        return web.Response(status=204)
+
+    return api
