@@ -23,11 +23,12 @@ from nats.aio.client import Client as NatsClient
 from nats.js import JetStreamContext
 
 from shared import bus, db
-from shared.auth import Authenticator, dev_token_authenticator
+from shared.auth import Authenticator, dev_token_authenticator, first_of
 from shared.config import BaseSettings, ConfigError, load_settings
 from shared.http import ReadinessCheck, Routes, create_app
 from shared.outbox import OutboxRelay
 from shared.telemetry import setup_telemetry
+from shared.tokens import TokenVerifier
 
 log = logging.getLogger(__name__)
 VERSION = "0.1.0"
@@ -69,6 +70,8 @@ class RunningService:
     deps: Deps
     url: str
     tasks: list[asyncio.Task]
+    verifier: TokenVerifier | None = None
+    """This process's token verifier (tests flush its last-seen batch)."""
 
 
 def build_app(definition: ServiceDefinition, deps: Deps) -> web.Application:
@@ -107,13 +110,16 @@ async def running_service(
         stack.push_async_callback(_close_nats, nc)
         js = nc.jetstream()
         await bus.ensure_streams(js, settings.stream_replicas)
+        verifier = TokenVerifier(nc)
+        await verifier.start()
+        stack.push_async_callback(verifier.stop)
         deps = Deps(
             service=definition.name,
             settings=settings,
             pool=pool,
             nc=nc,
             js=js,
-            authenticate=authenticate or dev_token_authenticator(settings.dev_token),
+            authenticate=authenticate or first_of(dev_token_authenticator(settings.dev_token), verifier.authenticate),
         )
         runner = web.AppRunner(build_app(definition, deps), access_log=None, shutdown_timeout=5)
         await runner.setup()
@@ -122,11 +128,11 @@ async def running_service(
         await site.start()
         host, port = runner.addresses[0][:2]
         relay = OutboxRelay(pool, js, definition.name)
-        coroutines = [relay.run(), *(task(deps) for task in definition.background)]
+        coroutines = [relay.run(), verifier.run(), *(task(deps) for task in definition.background)]
         tasks = [asyncio.create_task(c, name=f"{definition.name}-task-{i}") for i, c in enumerate(coroutines)]
         stack.push_async_callback(_cancel, tasks)
         log.info("%s listening on http://%s:%s", definition.name, host, port)
-        yield RunningService(deps=deps, url=f"http://{host}:{port}", tasks=tasks)
+        yield RunningService(deps=deps, url=f"http://{host}:{port}", tasks=tasks, verifier=verifier)
 
 
 async def _close_pool(pool: asyncpg.Pool, timeout: float = 10.0) -> None:

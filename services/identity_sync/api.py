@@ -4,8 +4,12 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from services.identity_sync import service
+from services.identity_sync import service, tokens
 from services.identity_sync.model import (
+    AccessToken,
+    ApiKeyCreate,
+    ApiKeyCreated,
+    ApiKeyList,
     Group,
     GroupCreate,
     GroupPage,
@@ -17,6 +21,9 @@ from services.identity_sync.model import (
     ServiceAccountPage,
     ServiceAccountPatch,
     ServiceAccountQuery,
+    SigningKeyList,
+    SigningKeyView,
+    TokenRequest,
     User,
     UserCreate,
     UserPage,
@@ -24,12 +31,14 @@ from services.identity_sync.model import (
     UserQuery,
 )
 from shared.etag import quoted
-from shared.http import Routes, json_response, parse_query, principal_of, read_json
+from shared.http import PUBLIC, Routes, json_response, parse_query, principal_of, read_json
 from shared.service import Deps
+from shared.tokens import Jwks
 
 USERS = "/api/identity/users"
 GROUPS = "/api/identity/groups"
 ACCOUNTS = "/api/identity/service-accounts"
+NO_STORE = {"Cache-Control": "no-store"}
 
 
 def _versioned(resource: User | Group | ServiceAccount, status: int = 200) -> web.Response:
@@ -240,5 +249,91 @@ def routes(deps: Deps) -> Routes:
             pool, principal_of(request).actor(), request.match_info["id"], _if_match(request)
         )
         return web.Response(status=204)
+
+    # --- credentials ---
+
+    ttl = deps.settings.access_token_ttl_seconds
+
+    @api.post(
+        ACCOUNTS + "/{id}/keys",
+        summary="Create an API key; the key is in this response only",
+        permission="identity_api_key_create",
+        body=ApiKeyCreate,
+        response=ApiKeyCreated,
+        status=201,
+    )
+    async def create_api_key(request: web.Request) -> web.Response:
+        body = await read_json(request, ApiKeyCreate)
+        key = await tokens.create_api_key(pool, principal_of(request).actor(), request.match_info["id"], body)
+        return json_response(key, status=201, headers=NO_STORE)
+
+    @api.get(
+        ACCOUNTS + "/{id}/keys",
+        summary="A service account's API keys (never their secrets)",
+        permission="identity_api_key_view",
+        response=ApiKeyList,
+    )
+    async def list_api_keys(request: web.Request) -> web.Response:
+        return json_response(await tokens.list_api_keys(pool, request.match_info["id"]))
+
+    @api.delete(
+        ACCOUNTS + "/{id}/keys/{key_id}",
+        summary="Revoke an API key and the access tokens exchanged for it",
+        permission="identity_api_key_delete",
+        status=204,
+    )
+    async def revoke_api_key(request: web.Request) -> web.Response:
+        info = request.match_info
+        await tokens.revoke_api_key(pool, principal_of(request).actor(), info["id"], info["key_id"])
+        return web.Response(status=204)
+
+    # Public: the API key in the body is the credential (OAuth client credentials in spirit).
+    @api.post(
+        "/api/identity/token",
+        summary="Exchange a service-account API key for a short-lived access token",
+        permission=PUBLIC,
+        body=TokenRequest,
+        response=AccessToken,
+    )
+    async def exchange_api_key(request: web.Request) -> web.Response:
+        body = await read_json(request, TokenRequest)
+        return json_response(await tokens.exchange_api_key(pool, body.api_key, ttl), headers=NO_STORE)
+
+    @api.post(
+        USERS + "/{id}/tokens",
+        summary="Issue an access token for a user (administrators; SSO issues them otherwise)",
+        permission="identity_token_create",
+        response=AccessToken,
+    )
+    async def issue_user_token(request: web.Request) -> web.Response:
+        return json_response(await tokens.issue_user_token(pool, request.match_info["id"], ttl), headers=NO_STORE)
+
+    @api.get(
+        "/api/identity/.well-known/jwks.json",
+        summary="Public keys that verify access tokens (JWKS)",
+        permission=PUBLIC,
+        response=Jwks,
+    )
+    async def jwks(request: web.Request) -> web.Response:
+        return json_response(await tokens.jwks(pool, ttl))
+
+    @api.get(
+        "/api/identity/signing-keys",
+        summary="Signing keys, newest first (no private material)",
+        permission="identity_signing_key_view",
+        response=SigningKeyList,
+    )
+    async def list_signing_keys(request: web.Request) -> web.Response:
+        return json_response(await tokens.list_signing_keys(pool))
+
+    @api.post(
+        "/api/identity/signing-keys/rotate",
+        summary="Sign with a new key; tokens signed by the old one stay valid until they expire",
+        permission="identity_signing_key_rotate",
+        response=SigningKeyView,
+        status=201,
+    )
+    async def rotate_signing_key(request: web.Request) -> web.Response:
+        return json_response(await tokens.rotate_signing_key(pool, principal_of(request).actor()), status=201)
 
     return api

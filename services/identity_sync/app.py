@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Annotated
 
-from services.identity_sync import api
+import msgspec
+
+from services.identity_sync import api, handlers
 from shared.config import BaseSettings
 from shared.service import ServiceDefinition, run_service
 
 
 class Settings(BaseSettings, kw_only=True, forbid_unknown_fields=True):
-    pass
+    access_token_ttl_seconds: Annotated[int, msgspec.Meta(ge=30, le=24 * 3600)] = 900
+    """Lifetime of the access tokens identity-sync signs (`IDP_ACCESS_TOKEN_TTL_SECONDS`)."""
 
 
 DEFINITION = ServiceDefinition(
@@ -19,6 +23,7 @@ DEFINITION = ServiceDefinition(
     settings_type=Settings,
     routes=api.routes,
     migrations=Path(__file__).parent / "migrations",
+    background=(handlers.serve_token_rpc,),
 )
 
 

@@ -222,3 +222,67 @@ def group_state(group: Group, parent_name: str | None) -> dict[str, Any]:
 
 def service_account_state(account: ServiceAccount) -> dict[str, Any]:
     return {k: _plain(v) for k, v in msgspec.structs.asdict(account).items() if k != "last_seen"}
+
+
+# --- tokens ------------------------------------------------------------------------------------------
+
+Permission = Annotated[str, msgspec.Meta(pattern=r"^identity_[a-z_]{1,64}$")]
+
+
+class ApiKeyCreate(_Body, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    name: Name
+    expires_in_days: Annotated[int, msgspec.Meta(ge=1, le=3650)] = 90
+    scope: str | None = None
+    """Scope the key is limited to: the service account's scope (default) or one below it."""
+    permissions: list[Permission] = []
+    """Identity permissions the key grants (until access control assigns roles, the only ones it holds)."""
+
+
+class ApiKey(msgspec.Struct, frozen=True, kw_only=True):
+    id: str
+    service_account_id: str
+    name: str
+    scope: str
+    permissions: list[str]
+    expires_at: dt.datetime
+    created_at: dt.datetime
+    revoked_at: dt.datetime | None
+    last_used_at: dt.datetime | None
+
+
+class ApiKeyCreated(ApiKey, frozen=True, kw_only=True):
+    key: str
+    """The key itself: shown in this response only; identity-sync keeps a hash."""
+
+
+class ApiKeyList(msgspec.Struct, frozen=True):
+    items: list[ApiKey]
+
+
+class TokenRequest(_Body, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    api_key: Annotated[str, msgspec.Meta(max_length=512)]
+
+
+class AccessToken(msgspec.Struct, frozen=True):
+    access_token: str
+    expires_in: int
+    token_type: str = "Bearer"
+
+
+class SigningKeyView(msgspec.Struct, frozen=True):
+    kid: str
+    created_at: dt.datetime
+    retired_at: dt.datetime | None
+
+
+class SigningKeyList(msgspec.Struct, frozen=True):
+    items: list[SigningKeyView]
+
+
+def api_key_scope(account_scope: str, requested: str | None) -> str:
+    """The scope of a new key: the account's own, or one inside it."""
+    if requested is None:
+        return account_scope
+    if not contains(account_scope, requested):
+        raise InputError.for_field("$.scope", f"a key of a service account at {account_scope} cannot reach {requested}")
+    return requested

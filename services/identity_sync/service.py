@@ -39,7 +39,7 @@ from services.identity_sync.model import (
 from shared.db import transaction
 from shared.errors import ConflictError, FieldError, InputError, NotFoundError
 from shared.etag import check_if_match
-from shared.events import DEFAULT_SCOPE, Actor, ResourceRef, new_event, utc_now
+from shared.events import DEFAULT_SCOPE, Actor, Event, ResourceRef, new_event, utc_now
 from shared.outbox import write_event
 from shared.scopes import check_scope
 
@@ -52,8 +52,8 @@ T = TypeVar("T")
 
 async def _emit(
     conn: asyncpg.Connection, type_: str, actor: Actor, kind: str, id_: str, data: dict[str, Any], scope: str
-) -> None:
-    await write_event(
+) -> Event:
+    return await write_event(
         conn,
         new_event(
             f"identity.{kind}.{type_}",
@@ -189,9 +189,12 @@ async def apply_user_patch(
     except asyncpg.UniqueViolationError:
         raise _username_taken(updated.username) from None
     verb = "updated"
-    if "active" in changes and len(changes) == 2:  # active and deactivated_at only
+    if "active" in changes:  # its own verb whatever else changed: every token verifier listens for it
         verb = "reactivated" if updated.active else "deactivated"
-    await _emit(conn, verb, actor, "user", updated.id, {**user_state(updated), "changes": changes}, DEFAULT_SCOPE)
+    data = {**user_state(updated), "changes": changes}
+    event = await _emit(conn, verb, actor, "user", updated.id, data, DEFAULT_SCOPE)
+    if verb == "deactivated":
+        await store.record_revocation(conn, "user", updated.id, event.time)
     return updated
 
 
@@ -206,15 +209,9 @@ async def remove_user(conn: asyncpg.Connection, actor: Actor, user: User) -> Non
     """Delete a user and its memberships; the event keeps what the catalog needs to flag its ownership."""
     await store.delete_user(conn, user.id)
     names = await store.group_names(conn, user.groups)
-    await _emit(
-        conn,
-        "deleted",
-        actor,
-        "user",
-        user.id,
-        {**user_state(user), "group_names": sorted(names.values())},
-        DEFAULT_SCOPE,
-    )
+    data = {**user_state(user), "group_names": sorted(names.values())}
+    event = await _emit(conn, "deleted", actor, "user", user.id, data, DEFAULT_SCOPE)
+    await store.record_revocation(conn, "user", user.id, event.time)
 
 
 # --- groups ------------------------------------------------------------------------------------------
@@ -434,10 +431,12 @@ async def update_service_account(
         updated = msgspec.structs.replace(updated, version=current.version + 1, updated_at=utc_now())
         await store.update_service_account(conn, updated)
         verb = "updated"
-        if list(changes) == ["active"]:
+        if "active" in changes:
             verb = "reactivated" if updated.active else "deactivated"
         data = {**service_account_state(updated), "changes": changes}
-        await _emit(conn, verb, actor, "service_account", updated.id, data, updated.scope)
+        event = await _emit(conn, verb, actor, "service_account", updated.id, data, updated.scope)
+        if verb == "deactivated":
+            await store.record_revocation(conn, "service_account", updated.id, event.time)
         return updated
 
 
@@ -446,6 +445,7 @@ async def delete_service_account(pool: asyncpg.Pool, actor: Actor, account_id: s
         account = await _locked(conn, store.get_service_account, account_id, "service account")
         check_if_match(if_match, str(account.version))
         await store.delete_service_account(conn, account.id)
-        await _emit(
+        event = await _emit(
             conn, "deleted", actor, "service_account", account.id, service_account_state(account), account.scope
         )
+        await store.record_revocation(conn, "service_account", account.id, event.time)

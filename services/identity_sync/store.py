@@ -8,7 +8,15 @@ from typing import Any
 
 import asyncpg
 
-from services.identity_sync.model import Group, GroupQuery, ServiceAccount, ServiceAccountQuery, User, UserQuery
+from services.identity_sync.model import (
+    ApiKey,
+    Group,
+    GroupQuery,
+    ServiceAccount,
+    ServiceAccountQuery,
+    User,
+    UserQuery,
+)
 
 _USER_COLUMNS = """u.id::text AS id, u.username, u.display_name, u.emails, u.active, u.external_id, u.source,
     u.version, u.created_at, u.updated_at, u.deactivated_at, u.last_seen,
@@ -365,3 +373,109 @@ async def list_service_accounts(
         *w.args,
     )
     return [_account(r) for r in rows], total
+
+
+# --- tokens ------------------------------------------------------------------------------------------
+
+
+async def record_revocation(conn: asyncpg.Connection, kind: str, id_: str, at: dt.datetime) -> None:
+    await conn.execute(
+        """INSERT INTO revocations (kind, id, revoked_at) VALUES ($1, $2, $3)
+           ON CONFLICT (kind, id) DO UPDATE SET revoked_at = greatest(revocations.revoked_at, excluded.revoked_at)""",
+        kind,
+        id_,
+        at,
+    )
+
+
+async def revocations_since(conn: asyncpg.Connection, since: dt.datetime) -> list[tuple[str, str, dt.datetime]]:
+    rows = await conn.fetch("SELECT kind, id, revoked_at FROM revocations WHERE revoked_at > $1", since)
+    return [(r["kind"], r["id"], r["revoked_at"]) for r in rows]
+
+
+async def insert_signing_key(conn: asyncpg.Connection, kid: str, private_key: bytes, public_jwk: dict) -> None:
+    await conn.execute(
+        "INSERT INTO signing_keys (kid, private_key, public_jwk) VALUES ($1, $2, $3)", kid, private_key, public_jwk
+    )
+
+
+async def lock_signing_keys(conn: asyncpg.Connection) -> None:
+    """Serialise key creation and rotation across replicas until the transaction ends."""
+    await conn.execute("SELECT pg_advisory_xact_lock(hashtext('idp-identity-signing-keys'))")
+
+
+async def active_signing_key(conn: asyncpg.Connection) -> tuple[str, bytes] | None:
+    row = await conn.fetchrow(
+        "SELECT kid, private_key FROM signing_keys WHERE retired_at IS NULL ORDER BY created_at DESC LIMIT 1"
+    )
+    return (row["kid"], bytes(row["private_key"])) if row else None
+
+
+async def retire_signing_keys(conn: asyncpg.Connection, keep: str) -> list[str]:
+    rows = await conn.fetch(
+        "UPDATE signing_keys SET retired_at = now() WHERE retired_at IS NULL AND kid <> $1 RETURNING kid", keep
+    )
+    return [r["kid"] for r in rows]
+
+
+async def published_keys(conn: asyncpg.Connection, retired_after: dt.datetime) -> list[dict]:
+    """Public keys of the signing key and of retired keys whose tokens may still be live."""
+    rows = await conn.fetch(
+        """SELECT public_jwk FROM signing_keys WHERE retired_at IS NULL OR retired_at > $1
+           ORDER BY created_at DESC""",
+        retired_after,
+    )
+    return [r["public_jwk"] for r in rows]
+
+
+async def signing_keys(conn: asyncpg.Connection) -> list[asyncpg.Record]:
+    return await conn.fetch("SELECT kid, created_at, retired_at FROM signing_keys ORDER BY created_at DESC")
+
+
+_API_KEY_COLUMNS = """id::text AS id, service_account_id::text AS service_account_id, name, scope, permissions,
+    expires_at, created_at, revoked_at, last_used_at"""
+
+
+async def insert_api_key(conn: asyncpg.Connection, key: ApiKey, secret_hash: bytes) -> None:
+    await conn.execute(
+        """INSERT INTO api_keys (id, service_account_id, name, secret_hash, scope, permissions, expires_at, created_at)
+           VALUES ($1, $2, $3, $4, $5, $6, $7, $8)""",
+        key.id,
+        key.service_account_id,
+        key.name,
+        secret_hash,
+        key.scope,
+        key.permissions,
+        key.expires_at,
+        key.created_at,
+    )
+
+
+async def list_api_keys(conn: asyncpg.Connection, account_id: str) -> list[ApiKey]:
+    rows = await conn.fetch(
+        f"SELECT {_API_KEY_COLUMNS} FROM api_keys WHERE service_account_id = $1::uuid ORDER BY created_at", account_id
+    )
+    return [ApiKey(**dict(r)) for r in rows]
+
+
+async def get_api_key(conn: asyncpg.Connection, key_id: str, *, lock: bool = False) -> ApiKey | None:
+    row = await conn.fetchrow(
+        f"SELECT {_API_KEY_COLUMNS} FROM api_keys WHERE id = $1::uuid" + (" FOR UPDATE" if lock else ""), key_id
+    )
+    return ApiKey(**dict(row)) if row else None
+
+
+async def revoke_api_key(conn: asyncpg.Connection, key_id: str) -> dt.datetime:
+    return await conn.fetchval(
+        "UPDATE api_keys SET revoked_at = now() WHERE id = $1::uuid RETURNING revoked_at", key_id
+    )
+
+
+async def api_key_for_login(conn: asyncpg.Connection, key_id: str) -> asyncpg.Record | None:
+    """The key with its secret hash and its service account's state."""
+    return await conn.fetchrow(
+        """SELECT k.id::text AS id, k.secret_hash, k.scope, k.permissions, k.expires_at, k.revoked_at,
+                  a.id::text AS account_id, a.active
+           FROM api_keys k JOIN service_accounts a ON a.id = k.service_account_id WHERE k.id = $1::uuid""",
+        key_id,
+    )
