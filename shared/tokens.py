@@ -240,10 +240,7 @@ class TokenVerifier:
         if header.get("alg") != ALGORITHM or not isinstance(kid, str):
             raise AuthenticationError(f"access tokens must be signed with {ALGORITHM} and name their key")
         await self._ensure_revocations()
-        key = self._keys.get(kid)
-        if key is None and self._clock() - self._keys_fetched_at > 1.0:  # an unknown kid fetches at most once a second
-            await self._load_keys()
-            key = self._keys.get(kid)
+        key = self._keys.get(kid) or await self._key_after_refresh(kid)
         if key is None:
             raise AuthenticationError("the token is signed with an unknown key")
         try:
@@ -288,17 +285,31 @@ class TokenVerifier:
             key_id=found.key_id,
         )
 
+    async def _key_after_refresh(self, kid: str) -> Any:
+        """The key `kid` after fetching the key set again: a token may be signed by a key rotated in just now.
+
+        Fetches happen at most once a second, so tokens naming made-up keys cannot flood identity-sync.
+        """
+        async with self._refresh_lock:
+            if kid not in self._keys:
+                await asyncio.sleep(max(0.0, self._keys_fetched_at + 1.0 - self._clock()))
+                await self._fetch_keys()
+            return self._keys.get(kid)
+
     async def _load_keys(self) -> None:
         async with self._refresh_lock:
-            jwks = await request_rpc(self._nc, IDENTITY_SERVICE, "jwks", Empty(), Jwks)
-            keys = {}
-            for jwk in jwks.keys:
-                try:
-                    keys[jwk["kid"]] = jwt.PyJWK(jwk, algorithm=ALGORITHM).key
-                except (jwt.PyJWTError, KeyError) as exc:
-                    log.warning("ignoring an unusable published key: %s", exc)
-            self._keys = keys
-            self._keys_fetched_at = self._clock()
+            await self._fetch_keys()
+
+    async def _fetch_keys(self) -> None:
+        jwks = await request_rpc(self._nc, IDENTITY_SERVICE, "jwks", Empty(), Jwks)
+        keys = {}
+        for jwk in jwks.keys:
+            try:
+                keys[jwk["kid"]] = jwt.PyJWK(jwk, algorithm=ALGORITHM).key
+            except (jwt.PyJWTError, KeyError) as exc:
+                log.warning("ignoring an unusable published key: %s", exc)
+        self._keys = keys
+        self._keys_fetched_at = self._clock()
 
     async def _ensure_revocations(self) -> None:
         """Fail closed: no credential is accepted before the revocation list has been loaded once."""

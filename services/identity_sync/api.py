@@ -30,6 +30,7 @@ from services.identity_sync.model import (
     UserPatch,
     UserQuery,
 )
+from services.identity_sync.scim import ScimEndpoint
 from shared.etag import quoted
 from shared.http import PUBLIC, Routes, json_response, parse_query, principal_of, read_json
 from shared.service import Deps
@@ -39,6 +40,13 @@ USERS = "/api/identity/users"
 GROUPS = "/api/identity/groups"
 ACCOUNTS = "/api/identity/service-accounts"
 NO_STORE = {"Cache-Control": "no-store"}
+SCIM_PERMISSIONS = {
+    "GET": "identity_scim_view",
+    "POST": "identity_scim_edit",
+    "PUT": "identity_scim_edit",
+    "PATCH": "identity_scim_edit",
+    "DELETE": "identity_scim_edit",
+}
 
 
 def _versioned(resource: User | Group | ServiceAccount, status: int = 200) -> web.Response:
@@ -336,4 +344,29 @@ def routes(deps: Deps) -> Routes:
     async def rotate_signing_key(request: web.Request) -> web.Response:
         return json_response(await tokens.rotate_signing_key(pool, principal_of(request).actor()), status=201)
 
+    # --- SCIM 2.0 ---
+
+    scim = ScimEndpoint(pool, deps.settings.scim_group_scope)
+
+    # RFC 7643 §5: the service provider configuration is readable without authentication.
+    @api.get("/scim/v2/ServiceProviderConfig", summary="SCIM service provider configuration", permission=PUBLIC)
+    async def scim_service_provider_config(request: web.Request) -> web.Response:
+        return await scim.serve(request, None)
+
+    for method, permission in SCIM_PERMISSIONS.items():
+        api.route(
+            method,
+            "/scim/v2/{path:.+}",
+            summary=f"SCIM 2.0 Users, Groups and discovery ({method})",
+            permission=permission,
+        )(_scim_operation(scim, method))
+
     return api
+
+
+def _scim_operation(scim: ScimEndpoint, method: str):
+    async def operation(request: web.Request) -> web.Response:
+        return await scim.serve(request, principal_of(request).actor())
+
+    operation.__name__ = f"scim_{method.lower()}"
+    return operation

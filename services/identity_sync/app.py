@@ -9,12 +9,19 @@ import msgspec
 
 from services.identity_sync import api, handlers
 from shared.config import BaseSettings
+from shared.scopes import check_scope
 from shared.service import ServiceDefinition, run_service
 
 
 class Settings(BaseSettings, kw_only=True, forbid_unknown_fields=True):
     access_token_ttl_seconds: Annotated[int, msgspec.Meta(ge=30, le=24 * 3600)] = 900
     """Lifetime of the access tokens identity-sync signs (`IDP_ACCESS_TOKEN_TTL_SECONDS`)."""
+    scim_group_scope: str = "account"
+    """Scope of the groups SCIM clients create (`IDP_SCIM_GROUP_SCOPE`)."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_scope(self.scim_group_scope, "scim_group_scope")
 
 
 DEFINITION = ServiceDefinition(

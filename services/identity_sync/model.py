@@ -82,6 +82,8 @@ class User(msgspec.Struct, frozen=True, kw_only=True):
     source: str
     groups: list[str]
     """Ids of the groups the user is a direct member of."""
+    attributes: dict[str, Any] = {}
+    """Profile attributes a SCIM client provisioned beyond these fields (name, title, phoneNumbers …)."""
     version: int
     created_at: dt.datetime
     updated_at: dt.datetime

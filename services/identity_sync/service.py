@@ -44,7 +44,7 @@ from shared.outbox import write_event
 from shared.scopes import check_scope
 
 SOURCE = "identity_sync"
-USER_FIELDS = ("username", "display_name", "emails", "active", "external_id", "source", "deactivated_at")
+USER_FIELDS = ("username", "display_name", "emails", "active", "external_id", "source", "attributes", "deactivated_at")
 GROUP_FIELDS = ("name", "display_name", "parent", "external_id", "source")
 ACCOUNT_FIELDS = ("display_name", "description", "active")
 T = TypeVar("T")
@@ -128,7 +128,9 @@ async def create_user(pool: asyncpg.Pool, actor: Actor, body: UserCreate, *, sou
         return await insert_user(conn, actor, body, source=source)
 
 
-async def insert_user(conn: asyncpg.Connection, actor: Actor, body: UserCreate, *, source: str) -> User:
+async def insert_user(
+    conn: asyncpg.Connection, actor: Actor, body: UserCreate, *, source: str, attributes: dict[str, Any] | None = None
+) -> User:
     now = utc_now()
     user = User(
         id=str(uuid.uuid4()),
@@ -139,6 +141,7 @@ async def insert_user(conn: asyncpg.Connection, actor: Actor, body: UserCreate, 
         external_id=body.external_id,
         source=source,
         groups=[],
+        attributes=attributes or {},
         version=1,
         created_at=now,
         updated_at=now,
@@ -167,7 +170,13 @@ async def update_user(
 
 
 async def apply_user_patch(
-    conn: asyncpg.Connection, actor: Actor, current: User, patch: UserPatch, *, source: str | None = None
+    conn: asyncpg.Connection,
+    actor: Actor,
+    current: User,
+    patch: UserPatch,
+    *,
+    source: str | None = None,
+    attributes: dict[str, Any] | None = None,
 ) -> User:
     """Apply a merge patch to a locked user; a patch that changes nothing writes and emits nothing.
 
@@ -177,6 +186,8 @@ async def apply_user_patch(
     values = {k: v for k, v in msgspec.structs.asdict(patch).items() if v is not msgspec.UNSET}
     if source is not None:
         values["source"] = source
+    if attributes is not None:
+        values["attributes"] = attributes
     if "active" in values and values["active"] != current.active:
         values["deactivated_at"] = None if values["active"] else utc_now()
     updated = msgspec.structs.replace(current, **values)

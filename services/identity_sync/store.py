@@ -19,7 +19,7 @@ from services.identity_sync.model import (
 )
 
 _USER_COLUMNS = """u.id::text AS id, u.username, u.display_name, u.emails, u.active, u.external_id, u.source,
-    u.version, u.created_at, u.updated_at, u.deactivated_at, u.last_seen,
+    u.attributes, u.version, u.created_at, u.updated_at, u.deactivated_at, u.last_seen,
     coalesce((SELECT array_agg(m.group_id::text ORDER BY m.group_id) FROM group_members m WHERE m.user_id = u.id),
              '{}') AS groups"""
 _GROUP_COLUMNS = """g.id::text AS id, g.name, g.display_name, g.scope, g.parent_id::text AS parent, g.external_id,
@@ -80,8 +80,8 @@ async def get_user_by_username(conn: asyncpg.Connection, username: str) -> User 
 async def insert_user(conn: asyncpg.Connection, user: User) -> None:
     await conn.execute(
         """INSERT INTO users (id, username, display_name, emails, active, external_id, source, version,
-                              created_at, updated_at, deactivated_at)
-           VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)""",
+                              created_at, updated_at, deactivated_at, attributes)
+           VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)""",
         user.id,
         user.username,
         user.display_name,
@@ -93,13 +93,14 @@ async def insert_user(conn: asyncpg.Connection, user: User) -> None:
         user.created_at,
         user.updated_at,
         user.deactivated_at,
+        user.attributes,
     )
 
 
 async def update_user(conn: asyncpg.Connection, user: User) -> None:
     await conn.execute(
         """UPDATE users SET username = $2, display_name = $3, emails = $4, active = $5, external_id = $6,
-                  source = $7, version = $8, updated_at = $9, deactivated_at = $10
+                  source = $7, version = $8, updated_at = $9, deactivated_at = $10, attributes = $11
            WHERE id = $1""",
         user.id,
         user.username,
@@ -111,6 +112,7 @@ async def update_user(conn: asyncpg.Connection, user: User) -> None:
         user.version,
         user.updated_at,
         user.deactivated_at,
+        user.attributes,
     )
 
 
@@ -479,3 +481,7 @@ async def api_key_for_login(conn: asyncpg.Connection, key_id: str) -> asyncpg.Re
            FROM api_keys k JOIN service_accounts a ON a.id = k.service_account_id WHERE k.id = $1::uuid""",
         key_id,
     )
+
+
+async def group_id_by_name(conn: asyncpg.Connection, scope: str, name: str) -> str | None:
+    return await conn.fetchval("SELECT id::text FROM groups WHERE scope = $1 AND lower(name) = lower($2)", scope, name)
