@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from services.identity_sync import service, tokens
+from services.identity_sync import service, sources, sync, tokens
 from services.identity_sync.model import (
     AccessToken,
     ApiKeyCreate,
@@ -15,6 +15,7 @@ from services.identity_sync.model import (
     GroupPage,
     GroupPatch,
     GroupQuery,
+    ImportQuery,
     MemberQuery,
     ServiceAccount,
     ServiceAccountCreate,
@@ -23,6 +24,9 @@ from services.identity_sync.model import (
     ServiceAccountQuery,
     SigningKeyList,
     SigningKeyView,
+    SyncRun,
+    SyncRunList,
+    SyncRunQuery,
     TokenRequest,
     User,
     UserCreate,
@@ -31,6 +35,7 @@ from services.identity_sync.model import (
     UserQuery,
 )
 from services.identity_sync.scim import ScimEndpoint
+from shared.errors import InputError
 from shared.etag import quoted
 from shared.http import PUBLIC, Routes, json_response, parse_query, principal_of, read_json
 from shared.service import Deps
@@ -55,6 +60,13 @@ def _versioned(resource: User | Group | ServiceAccount, status: int = 200) -> we
 
 def _if_match(request: web.Request) -> str | None:
     return request.headers.get("If-Match")
+
+
+async def _text(request: web.Request) -> str:
+    try:
+        return (await request.read()).decode("utf-8-sig")
+    except UnicodeDecodeError:
+        raise InputError.for_field("$", "the body is not UTF-8 text") from None
 
 
 def routes(deps: Deps) -> Routes:
@@ -343,6 +355,52 @@ def routes(deps: Deps) -> Routes:
     )
     async def rotate_signing_key(request: web.Request) -> web.Response:
         return json_response(await tokens.rotate_signing_key(pool, principal_of(request).actor()), status=201)
+
+    # --- bulk imports ---
+
+    @api.post(
+        "/api/identity/imports/csv",
+        summary="Import users (and the groups they list) from CSV; reports what changed and what was skipped",
+        permission="identity_import_create",
+        query=ImportQuery,
+        response=SyncRun,
+    )
+    async def import_csv(request: web.Request) -> web.Response:
+        query = parse_query(request, ImportQuery)
+        snapshot = sources.parse_csv(await _text(request))
+        return json_response(await _import(request, f"csv:{query.source}", snapshot, query))
+
+    @api.post(
+        "/api/identity/imports/backstage",
+        summary="Import Backstage User and Group entities (YAML); reports what changed and what was skipped",
+        permission="identity_import_create",
+        query=ImportQuery,
+        response=SyncRun,
+    )
+    async def import_backstage(request: web.Request) -> web.Response:
+        query = parse_query(request, ImportQuery)
+        snapshot = sources.parse_backstage(await request.read())
+        return json_response(await _import(request, f"backstage:{query.source}", snapshot, query))
+
+    async def _import(request: web.Request, source: str, snapshot: sources.Snapshot, query: ImportQuery) -> SyncRun:
+        return await sync.run_sync(pool, principal_of(request).actor(), source, snapshot, query.strategy, query.scope)
+
+    @api.get(
+        "/api/identity/sync-runs",
+        summary="Recent sync runs, newest first",
+        permission="identity_sync_run_view",
+        query=SyncRunQuery,
+        response=SyncRunList,
+    )
+    async def list_sync_runs(request: web.Request) -> web.Response:
+        query = parse_query(request, SyncRunQuery)
+        return json_response(await sync.list_sync_runs(pool, query.source, query.limit))
+
+    @api.get(
+        "/api/identity/sync-runs/{id}", summary="A sync run", permission="identity_sync_run_view", response=SyncRun
+    )
+    async def get_sync_run(request: web.Request) -> web.Response:
+        return json_response(await sync.get_sync_run(pool, request.match_info["id"]))
 
     # --- SCIM 2.0 ---
 

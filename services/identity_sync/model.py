@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import msgspec
 
@@ -288,3 +288,47 @@ def api_key_scope(account_scope: str, requested: str | None) -> str:
     if not contains(account_scope, requested):
         raise InputError.for_field("$.scope", f"a key of a service account at {account_scope} cannot reach {requested}")
     return requested
+
+
+# --- sync runs ---------------------------------------------------------------------------------------
+
+Strategy = Literal["keep", "deactivate", "delete"]
+"""What a sync does with principals that disappeared from its source."""
+
+
+class Issue(msgspec.Struct, frozen=True):
+    """Something a sync run skipped, and why."""
+
+    item: str
+    message: str
+
+
+class SyncRun(msgspec.Struct, frozen=True, kw_only=True):
+    id: str
+    source: str
+    strategy: str
+    started_at: dt.datetime
+    finished_at: dt.datetime
+    created: int
+    updated: int
+    unchanged: int
+    deactivated: int
+    deleted: int
+    issues: list[Issue]
+
+
+class SyncRunList(msgspec.Struct, frozen=True):
+    items: list[SyncRun]
+
+
+class ImportQuery(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    source: Name = "default"
+    """Name of the source: principals it imported before and leaves out now are handled by `strategy`."""
+    strategy: Strategy = "keep"
+    scope: str = "account"
+    """Scope of the groups it creates."""
+
+
+class SyncRunQuery(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    source: str | None = None
+    limit: Limit = 50

@@ -97,11 +97,17 @@ async def _locked(conn: asyncpg.Connection, fetch: Callable[..., Awaitable[T | N
     return found
 
 
-def _check_id(value: str, field: str) -> str:
+def is_id(value: str) -> bool:
     try:
         uuid.UUID(value)
     except ValueError:
-        raise InputError.for_field(field, f"{value!r} is not an id") from None
+        return False
+    return True
+
+
+def _check_id(value: str, field: str) -> str:
+    if not is_id(value):
+        raise InputError.for_field(field, f"{value!r} is not an id")
     return value
 
 

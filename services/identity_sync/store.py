@@ -7,6 +7,7 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 import asyncpg
+import msgspec
 
 from services.identity_sync.model import (
     ApiKey,
@@ -14,6 +15,7 @@ from services.identity_sync.model import (
     GroupQuery,
     ServiceAccount,
     ServiceAccountQuery,
+    SyncRun,
     User,
     UserQuery,
 )
@@ -485,3 +487,73 @@ async def api_key_for_login(conn: asyncpg.Connection, key_id: str) -> asyncpg.Re
 
 async def group_id_by_name(conn: asyncpg.Connection, scope: str, name: str) -> str | None:
     return await conn.fetchval("SELECT id::text FROM groups WHERE scope = $1 AND lower(name) = lower($2)", scope, name)
+
+
+# --- sync --------------------------------------------------------------------------------------------
+
+
+async def lock_source(conn: asyncpg.Connection, source: str) -> None:
+    """One run per source at a time, across replicas, until the transaction ends."""
+    await conn.execute("SELECT pg_advisory_xact_lock(hashtext('idp-identity-sync:' || $1))", source)
+
+
+async def all_users(conn: asyncpg.Connection) -> list[User]:
+    return [_user(r) for r in await conn.fetch(f"SELECT {_USER_COLUMNS} FROM users u FOR UPDATE OF u")]
+
+
+async def groups_at(conn: asyncpg.Connection, scope: str) -> list[Group]:
+    rows = await conn.fetch(f"SELECT {_GROUP_COLUMNS} FROM groups g WHERE g.scope = $1 FOR UPDATE OF g", scope)
+    return [_group(r) for r in rows]
+
+
+async def groups_of_source(conn: asyncpg.Connection, source: str) -> list[Group]:
+    rows = await conn.fetch(f"SELECT {_GROUP_COLUMNS} FROM groups g WHERE g.source = $1 FOR UPDATE OF g", source)
+    return [_group(r) for r in rows]
+
+
+async def member_ids(conn: asyncpg.Connection, group_ids: list[str]) -> dict[str, set[str]]:
+    rows = await conn.fetch(
+        "SELECT group_id::text AS g, user_id::text AS u FROM group_members WHERE group_id = ANY($1::uuid[])", group_ids
+    )
+    found: dict[str, set[str]] = {g: set() for g in group_ids}
+    for r in rows:
+        found[r["g"]].add(r["u"])
+    return found
+
+
+async def insert_sync_run(conn: asyncpg.Connection, run: SyncRun) -> None:
+    await conn.execute(
+        """INSERT INTO sync_runs (id, source, strategy, started_at, finished_at, created, updated, unchanged,
+                                  deactivated, deleted, issues)
+           VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)""",
+        run.id,
+        run.source,
+        run.strategy,
+        run.started_at,
+        run.finished_at,
+        run.created,
+        run.updated,
+        run.unchanged,
+        run.deactivated,
+        run.deleted,
+        [msgspec.structs.asdict(i) for i in run.issues],
+    )
+
+
+_RUN_COLUMNS = """id::text AS id, source, strategy, started_at, finished_at, created, updated, unchanged, deactivated,
+    deleted, issues"""
+
+
+async def get_sync_run(conn: asyncpg.Connection, run_id: str) -> SyncRun | None:
+    row = await conn.fetchrow(f"SELECT {_RUN_COLUMNS} FROM sync_runs WHERE id = $1::uuid", run_id)
+    return msgspec.convert(dict(row), SyncRun) if row else None
+
+
+async def list_sync_runs(conn: asyncpg.Connection, source: str | None, limit: int) -> list[SyncRun]:
+    rows = await conn.fetch(
+        f"""SELECT {_RUN_COLUMNS} FROM sync_runs WHERE $1::text IS NULL OR source = $1
+            ORDER BY started_at DESC LIMIT $2""",
+        source,
+        limit,
+    )
+    return [msgspec.convert(dict(r), SyncRun) for r in rows]
