@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from services.identity_sync import service, sources, sync, tokens
+from services.identity_sync import ownership, service, sources, sync, tokens
 from services.identity_sync.model import (
     AccessToken,
     ApiKeyCreate,
@@ -17,6 +17,10 @@ from services.identity_sync.model import (
     GroupQuery,
     ImportQuery,
     MemberQuery,
+    OrphanList,
+    OrphanQuery,
+    ReassignRequest,
+    ReassignResult,
     ServiceAccount,
     ServiceAccountCreate,
     ServiceAccountPage,
@@ -401,6 +405,31 @@ def routes(deps: Deps) -> Routes:
     )
     async def get_sync_run(request: web.Request) -> web.Response:
         return json_response(await sync.get_sync_run(pool, request.match_info["id"]))
+
+    # --- ownership left behind ---
+
+    def catalog(request: web.Request) -> ownership.CatalogClient:
+        return ownership.CatalogClient(deps.settings.catalog_url, request.headers.get("Authorization"))
+
+    @api.get(
+        "/api/identity/orphans",
+        summary="Catalog entities owned by deactivated or deleted users and groups",
+        permission="identity_orphan_view",
+        query=OrphanQuery,
+        response=OrphanList,
+    )
+    async def list_orphans(request: web.Request) -> web.Response:
+        return json_response(await ownership.orphans(catalog(request), parse_query(request, OrphanQuery).scope))
+
+    @api.post(
+        "/api/identity/reassign",
+        summary="Move ownership of catalog entities to a group (through the catalog, as the caller)",
+        permission="identity_orphan_reassign",
+        body=ReassignRequest,
+        response=ReassignResult,
+    )
+    async def reassign(request: web.Request) -> web.Response:
+        return json_response(await ownership.reassign(catalog(request), await read_json(request, ReassignRequest)))
 
     # --- SCIM 2.0 ---
 

@@ -16,6 +16,8 @@ from shared.service import ServiceDefinition, run_service
 class Settings(BaseSettings, kw_only=True, forbid_unknown_fields=True):
     access_token_ttl_seconds: Annotated[int, msgspec.Meta(ge=30, le=24 * 3600)] = 900
     """Lifetime of the access tokens identity-sync signs (`IDP_ACCESS_TOKEN_TTL_SECONDS`)."""
+    catalog_url: str = "http://127.0.0.1:8081"
+    """The catalog's base URL, for orphaned ownership and reassignment (`IDP_CATALOG_URL`)."""
     scim_group_scope: str = "account"
     """Scope of the groups SCIM clients create (`IDP_SCIM_GROUP_SCOPE`)."""
 

@@ -332,3 +332,34 @@ class ImportQuery(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fiel
 class SyncRunQuery(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     source: str | None = None
     limit: Limit = 50
+
+
+# --- ownership ---------------------------------------------------------------------------------------
+
+
+class OrphanQuery(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    scope: str = "account"
+    """Catalog scope whose entities are examined."""
+
+
+class Orphan(msgspec.Struct, frozen=True):
+    entityRef: str
+    owner: str
+    ownerStatus: str
+    """`inactive` (deactivated) or `deleted`."""
+
+
+class OrphanList(msgspec.Struct, frozen=True):
+    items: list[Orphan]
+
+
+class ReassignRequest(_Body, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    entityRefs: Annotated[list[str], msgspec.Meta(min_length=1, max_length=1000)]
+    owner: Annotated[str, msgspec.Meta(pattern=r"^group:([A-Za-z0-9._-]+/)?[A-Za-z0-9._-]+$")]
+    """The group that takes ownership, as an entity ref (`group:default/platform`)."""
+    scope: str = "account"
+
+
+class ReassignResult(msgspec.Struct, frozen=True):
+    updated: int
+    unchanged: int
