@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
+
 from aiohttp import web
 
-from services.identity_sync import ownership, service, sources, sync, tokens
+from services.identity_sync import ldap, ownership, service, sources, sync, tokens
 from services.identity_sync.model import (
     AccessToken,
     ApiKeyCreate,
     ApiKeyCreated,
     ApiKeyList,
+    DirectoryLookup,
+    DirectoryUserList,
     Group,
     GroupCreate,
     GroupPage,
@@ -39,7 +43,7 @@ from services.identity_sync.model import (
     UserQuery,
 )
 from services.identity_sync.scim import ScimEndpoint
-from shared.errors import InputError
+from shared.errors import InputError, NotFoundError
 from shared.etag import quoted
 from shared.http import PUBLIC, Routes, json_response, parse_query, principal_of, read_json
 from shared.service import Deps
@@ -405,6 +409,36 @@ def routes(deps: Deps) -> Routes:
     )
     async def get_sync_run(request: web.Request) -> web.Response:
         return json_response(await sync.get_sync_run(pool, request.match_info["id"]))
+
+    # --- LDAP ---
+
+    def ldap_source() -> ldap.LdapSettings:
+        if deps.settings.ldap is None:
+            raise NotFoundError("no LDAP source is configured")
+        return deps.settings.ldap
+
+    @api.post(
+        "/api/identity/ldap/sync",
+        summary="Sync the configured LDAP / Active Directory source now",
+        permission="identity_ldap_sync",
+        response=SyncRun,
+    )
+    async def sync_ldap(request: web.Request) -> web.Response:
+        return json_response(await sync.sync_ldap(pool, principal_of(request).actor(), ldap_source()))
+
+    @api.get(
+        "/api/identity/ldap/users",
+        summary="Look a username up in the directory",
+        permission="identity_ldap_view",
+        query=DirectoryLookup,
+        response=DirectoryUserList,
+    )
+    async def find_ldap_users(request: web.Request) -> web.Response:
+        query = parse_query(request, DirectoryLookup)
+        config = ldap_source()
+        ldap.lookup_filter(config, query.username)  # refuses filter syntax before touching the directory
+        found = await asyncio.to_thread(ldap.find_users, config, query.username)
+        return json_response(DirectoryUserList(found))
 
     # --- ownership left behind ---
 

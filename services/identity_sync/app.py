@@ -8,6 +8,7 @@ from typing import Annotated
 import msgspec
 
 from services.identity_sync import api, handlers
+from services.identity_sync.ldap import LdapSettings
 from shared.config import BaseSettings
 from shared.scopes import check_scope
 from shared.service import ServiceDefinition, run_service
@@ -20,10 +21,14 @@ class Settings(BaseSettings, kw_only=True, forbid_unknown_fields=True):
     """The catalog's base URL, for orphaned ownership and reassignment (`IDP_CATALOG_URL`)."""
     scim_group_scope: str = "account"
     """Scope of the groups SCIM clients create (`IDP_SCIM_GROUP_SCOPE`)."""
+    ldap: LdapSettings | None = None
+    """The LDAP / Active Directory source (`ldap:` in the `IDP_CONFIG` YAML file); none by default."""
 
     def __post_init__(self) -> None:
         super().__post_init__()
         check_scope(self.scim_group_scope, "scim_group_scope")
+        if self.ldap is not None:
+            check_scope(self.ldap.group_scope, "ldap.group_scope")
 
 
 DEFINITION = ServiceDefinition(
@@ -32,7 +37,7 @@ DEFINITION = ServiceDefinition(
     settings_type=Settings,
     routes=api.routes,
     migrations=Path(__file__).parent / "migrations",
-    background=(handlers.serve_token_rpc,),
+    background=(handlers.serve_token_rpc, handlers.sync_ldap_periodically),
 )
 
 

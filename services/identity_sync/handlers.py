@@ -1,16 +1,22 @@
-"""Identity-sync's NATS side: the rpc every service's token verifier calls."""
+"""Identity-sync's background work: the rpc every service's token verifier calls, and the LDAP schedule."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 
 import nats.errors
 
-from services.identity_sync import tokens
+from services.identity_sync import sync, tokens
 from shared.bus import serve_rpc
+from shared.errors import ProblemError
+from shared.events import Actor
 from shared.service import Deps
 from shared.tokens import IDENTITY_SERVICE, ApiKeyCheck, Empty, RevocationsRequest, SeenBatch
+
+log = logging.getLogger(__name__)
+LDAP_SCHEDULE = Actor("system", "ldap-sync")
 
 
 async def serve_token_rpc(deps: Deps) -> None:
@@ -43,3 +49,25 @@ async def serve_token_rpc(deps: Deps) -> None:
         for subscription in subscriptions:
             with contextlib.suppress(nats.errors.Error):
                 await subscription.unsubscribe()
+
+
+async def sync_ldap_periodically(deps: Deps) -> None:
+    """Sync the configured directory every `sync_interval_seconds`; idle when there is none or no interval."""
+    config = deps.settings.ldap
+    if config is None or not config.sync_interval_seconds:
+        await asyncio.Event().wait()
+        return
+    while True:
+        try:
+            run = await sync.sync_ldap(deps.pool, LDAP_SCHEDULE, config)
+            log.info(
+                "ldap sync: %d created, %d updated, %d deactivated, %d deleted, %d issues",
+                run.created,
+                run.updated,
+                run.deactivated,
+                run.deleted,
+                len(run.issues),
+            )
+        except ProblemError as exc:
+            log.warning("ldap sync failed: %s", exc.detail)
+        await asyncio.sleep(config.sync_interval_seconds)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import re
 from typing import Annotated, Any, Literal
 
 import msgspec
@@ -173,6 +174,14 @@ class ServiceAccountPage(msgspec.Struct, frozen=True):
     items: list[ServiceAccount]
     totalItems: int
     nextCursor: str | None = None
+
+
+_NAME_UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
+
+
+def name_for(text: str) -> str:
+    """A group name from a directory's or SCIM client's display name (`Platform Team` → `platform-team`)."""
+    return _NAME_UNSAFE.sub("-", text.strip().lower()).strip("-._")[:63] or "group"
 
 
 def check_no_cycle(group_id: str, new_parent: str | None, parents: dict[str, str | None]) -> None:
@@ -363,3 +372,21 @@ class ReassignRequest(_Body, frozen=True, kw_only=True, forbid_unknown_fields=Tr
 class ReassignResult(msgspec.Struct, frozen=True):
     updated: int
     unchanged: int
+
+
+# --- directory ---------------------------------------------------------------------------------------
+
+
+class DirectoryLookup(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    username: Annotated[str, msgspec.Meta(min_length=1, max_length=256)]
+
+
+class DirectoryUser(msgspec.Struct, frozen=True):
+    dn: str
+    username: str
+    display_name: str
+    emails: list[str]
+
+
+class DirectoryUserList(msgspec.Struct, frozen=True):
+    items: list[DirectoryUser]

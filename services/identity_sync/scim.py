@@ -7,7 +7,6 @@ through the same rules and emits the same `identity.*` events as the REST API.
 from __future__ import annotations
 
 import contextvars
-import re
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -48,7 +47,7 @@ from scim2_server.storage import AsyncScimStorage, SearchPage
 from scim2_server.utils import load_default_resource_types, load_json_resource
 
 from services.identity_sync import service, store
-from services.identity_sync.model import Group, GroupCreate, GroupPatch, User, UserCreate, UserPatch
+from services.identity_sync.model import Group, GroupCreate, GroupPatch, User, UserCreate, UserPatch, name_for
 from shared.db import transaction
 from shared.errors import ConflictError, InputError, NotFoundError, PreconditionFailedError
 from shared.events import Actor
@@ -62,7 +61,6 @@ _MODELLED_USER_ATTRIBUTES = {"schemas", "id", "meta", "userName", "displayName",
 _SECRET_USER_ATTRIBUTES = {"password"}
 _ACTOR: contextvars.ContextVar[Actor] = contextvars.ContextVar("scim_actor")
 """Who the current SCIM request acts for; the storage interface has no place for it."""
-_NAME_UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 
 
 def provider() -> ScimProvider:
@@ -110,12 +108,6 @@ def _id_or_none(value: str) -> str | None:
         return str(uuid.UUID(value))
     except ValueError:
         return None
-
-
-def group_name_for(display_name: str) -> str:
-    """A Backstage-compatible group name from a SCIM displayName (`Platform Team` → `platform-team`)."""
-    name = _NAME_UNSAFE.sub("-", display_name.strip().lower()).strip("-._")[:63]
-    return name or "group"
 
 
 class PostgresScimStorage(AsyncScimStorage):
@@ -269,7 +261,7 @@ class PostgresScimStorage(AsyncScimStorage):
 
     async def _group_body(self, conn: asyncpg.Connection, doc: dict[str, Any]) -> GroupCreate:
         display_name = doc.get("displayName") or ""
-        name = group_name_for(display_name)
+        name = name_for(display_name)
         if await store.group_id_by_name(conn, self.group_scope, name) is not None:
             name = f"{name[:54]}-{uuid.uuid4().hex[:8]}"  # displayName is not unique in SCIM; names are here
         return _validated(

@@ -13,7 +13,7 @@ import uuid
 import asyncpg
 import msgspec
 
-from services.identity_sync import service, store
+from services.identity_sync import ldap, service, store
 from services.identity_sync.model import (
     Group,
     GroupCreate,
@@ -204,6 +204,12 @@ async def _sync_memberships(
             user = by_id.get(user_id) or await store.get_user(conn, user_id)
             if user is not None:
                 await service.change_membership(conn, actor, group, user, user_id in member_ids)
+
+
+async def sync_ldap(pool: asyncpg.Pool, actor: Actor, config: ldap.LdapSettings) -> SyncRun:
+    """Read the directory, then make identity-sync match it."""
+    snapshot = await ldap.read_directory_async(config)
+    return await run_sync(pool, actor, f"ldap:{config.source}", snapshot, config.strategy, config.group_scope)
 
 
 async def get_sync_run(pool: asyncpg.Pool, run_id: str) -> SyncRun:
