@@ -6,7 +6,7 @@ import asyncio
 
 from aiohttp import web
 
-from services.identity_sync import ldap, ownership, service, sources, sync, tokens
+from services.identity_sync import ldap, ownership, service, sources, sso, sync, tokens
 from services.identity_sync.model import (
     AccessToken,
     ApiKeyCreate,
@@ -32,6 +32,7 @@ from services.identity_sync.model import (
     ServiceAccountQuery,
     SigningKeyList,
     SigningKeyView,
+    SsoCallback,
     SyncRun,
     SyncRunList,
     SyncRunQuery,
@@ -43,7 +44,7 @@ from services.identity_sync.model import (
     UserQuery,
 )
 from services.identity_sync.scim import ScimEndpoint
-from shared.errors import InputError, NotFoundError
+from shared.errors import AuthenticationError, InputError, NotFoundError
 from shared.etag import quoted
 from shared.http import PUBLIC, Routes, json_response, parse_query, principal_of, read_json
 from shared.service import Deps
@@ -409,6 +410,41 @@ def routes(deps: Deps) -> Routes:
     )
     async def get_sync_run(request: web.Request) -> web.Response:
         return json_response(await sync.get_sync_run(pool, request.match_info["id"]))
+
+    # --- single sign-on ---
+
+    oidc = sso.OidcClient(deps.settings.oidc) if deps.settings.oidc is not None else None
+
+    def oidc_client() -> sso.OidcClient:
+        if oidc is None:
+            raise NotFoundError("single sign-on is not configured")
+        return oidc
+
+    # Public: these two routes are how a person without a token gets one.
+    @api.get(
+        "/api/identity/sso/login",
+        summary="Start an OpenID Connect login: redirects to the identity provider",
+        permission=PUBLIC,
+        status=302,
+    )
+    async def sso_login(request: web.Request) -> web.Response:
+        raise web.HTTPFound(await sso.begin_login(pool, oidc_client()))
+
+    @api.get(
+        "/api/identity/sso/callback",
+        summary="Finish an OpenID Connect login: provisions the user and returns an access token",
+        permission=PUBLIC,
+        query=SsoCallback,
+        response=AccessToken,
+    )
+    async def sso_callback(request: web.Request) -> web.Response:
+        query = parse_query(request, SsoCallback)
+        if query.error:
+            raise AuthenticationError(f"the identity provider refused the login: {query.error}")
+        if not query.code:
+            raise InputError.for_field("query.code", "required")
+        token = await sso.complete_login(pool, oidc_client(), query.code, query.state, ttl)
+        return json_response(token, headers=NO_STORE)
 
     # --- LDAP ---
 

@@ -9,6 +9,7 @@ import msgspec
 
 from services.identity_sync import api, handlers
 from services.identity_sync.ldap import LdapSettings
+from services.identity_sync.sso import OidcSettings
 from shared.config import BaseSettings
 from shared.scopes import check_scope
 from shared.service import ServiceDefinition, run_service
@@ -23,12 +24,16 @@ class Settings(BaseSettings, kw_only=True, forbid_unknown_fields=True):
     """Scope of the groups SCIM clients create (`IDP_SCIM_GROUP_SCOPE`)."""
     ldap: LdapSettings | None = None
     """The LDAP / Active Directory source (`ldap:` in the `IDP_CONFIG` YAML file); none by default."""
+    oidc: OidcSettings | None = None
+    """The OpenID provider for single sign-on (`oidc:` in the `IDP_CONFIG` YAML file); none by default."""
 
     def __post_init__(self) -> None:
         super().__post_init__()
         check_scope(self.scim_group_scope, "scim_group_scope")
         if self.ldap is not None:
             check_scope(self.ldap.group_scope, "ldap.group_scope")
+        if self.oidc is not None:
+            check_scope(self.oidc.group_scope, "oidc.group_scope")
 
 
 DEFINITION = ServiceDefinition(

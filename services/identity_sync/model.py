@@ -390,3 +390,14 @@ class DirectoryUser(msgspec.Struct, frozen=True):
 
 class DirectoryUserList(msgspec.Struct, frozen=True):
     items: list[DirectoryUser]
+
+
+class SsoCallback(msgspec.Struct, frozen=True, kw_only=True):
+    """What the identity provider sends back to the callback (RFC 6749 §4.1.2)."""
+
+    state: Annotated[str, msgspec.Meta(max_length=256)]
+    code: Annotated[str, msgspec.Meta(max_length=4096)] | None = None
+    error: Annotated[str, msgspec.Meta(max_length=256)] | None = None
+    error_description: str | None = None
+    session_state: str | None = None
+    iss: str | None = None

@@ -557,3 +557,26 @@ async def list_sync_runs(conn: asyncpg.Connection, source: str | None, limit: in
         limit,
     )
     return [msgspec.convert(dict(r), SyncRun) for r in rows]
+
+
+# --- single sign-on ----------------------------------------------------------------------------------
+
+
+async def insert_sso_login(conn: asyncpg.Connection, state: str, nonce: str, verifier: str, lifetime: float) -> None:
+    await conn.execute("DELETE FROM sso_logins WHERE expires_at < now()")
+    await conn.execute(
+        """INSERT INTO sso_logins (state, nonce, code_verifier, expires_at)
+           VALUES ($1, $2, $3, now() + make_interval(secs => $4))""",
+        state,
+        nonce,
+        verifier,
+        lifetime,
+    )
+
+
+async def take_sso_login(conn: asyncpg.Connection, state: str) -> tuple[str, str] | None:
+    """(nonce, code verifier) of a pending login, which can be taken once and only before it expires."""
+    row = await conn.fetchrow(
+        "DELETE FROM sso_logins WHERE state = $1 AND expires_at > now() RETURNING nonce, code_verifier", state
+    )
+    return (row["nonce"], row["code_verifier"]) if row else None
