@@ -12,6 +12,8 @@ from pathlib import Path
 import ldap3
 import pytest
 
+from shared.embedded import free_port
+
 SUFFIX = "dc=example,dc=org"
 ADMIN_DN = f"cn=admin,{SUFFIX}"
 ADMIN_PASSWORD = "slapd-test-secret-7f3a"
@@ -44,18 +46,12 @@ def slapd_binary() -> str:
     return "/usr/sbin/slapd"
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 class Slapd:
     """slapd serving `dc=example,dc=org` from a temporary directory, stopped by its own process id."""
 
     def __init__(self, directory: Path) -> None:
         self.directory = directory
-        self.port = _free_port()
+        self.port = free_port()
         self.url = f"ldap://127.0.0.1:{self.port}"
         self.process: subprocess.Popen | None = None
 

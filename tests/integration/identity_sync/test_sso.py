@@ -5,7 +5,6 @@ from __future__ import annotations
 import base64
 import hashlib
 import secrets
-import socket
 import time
 from urllib.parse import urlencode
 
@@ -16,6 +15,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 
 from services.identity_sync.app import DEFINITION, Settings
 from services.identity_sync.sso import OidcSettings
+from shared.embedded import free_port
 from shared.service import running_service
 
 API = "/api/identity"
@@ -79,12 +79,6 @@ class Provider:
     async def jwks(self, request: web.Request) -> web.Response:
         jwk = jwt.algorithms.RSAAlgorithm.to_jwk(self.key.public_key(), as_dict=True)
         return web.json_response({"keys": [{**jwk, "kid": "k1", "use": "sig", "alg": "RS256"}]})
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest_asyncio.fixture
