@@ -78,8 +78,8 @@ def encode_cursor(key: str, id_: str) -> str:
     return base64.urlsafe_b64encode(msgspec.json.encode((key, id_))).decode()
 
 
-def _next_cursor(items: list[Any], limit: int, total_after: int, key: Callable[[Any], str]) -> str | None:
-    return encode_cursor(key(items[-1]), items[-1].id) if items and len(items) == limit and total_after else None
+def _next_cursor(items: list[Any], more: bool, key: Callable[[Any], str]) -> str | None:
+    return encode_cursor(key(items[-1]), items[-1].id) if items and more else None
 
 
 async def _read(pool: asyncpg.Pool, fetch: Callable[..., Awaitable[T | None]], id_: str, what: str) -> T:
@@ -124,9 +124,7 @@ async def list_users(pool: asyncpg.Pool, query: UserQuery) -> UserPage:
         items, total = await store.list_users(conn, msgspec.structs.replace(query, limit=query.limit + 1), after)
     page = items[: query.limit]
     more = len(items) > query.limit
-    return UserPage(
-        items=page, totalItems=total, nextCursor=_next_cursor(page, query.limit, more, lambda u: u.username)
-    )
+    return UserPage(items=page, totalItems=total, nextCursor=_next_cursor(page, more, lambda u: u.username))
 
 
 async def create_user(pool: asyncpg.Pool, actor: Actor, body: UserCreate, *, source: str = "api") -> User:
@@ -246,7 +244,7 @@ async def list_groups(pool: asyncpg.Pool, query: GroupQuery) -> GroupPage:
         items, total = await store.list_groups(conn, msgspec.structs.replace(query, limit=query.limit + 1), after)
     page = items[: query.limit]
     more = len(items) > query.limit
-    return GroupPage(items=page, totalItems=total, nextCursor=_next_cursor(page, query.limit, more, lambda g: g.name))
+    return GroupPage(items=page, totalItems=total, nextCursor=_next_cursor(page, more, lambda g: g.name))
 
 
 async def _check_parent(conn: asyncpg.Connection, group: Group) -> str | None:
@@ -400,9 +398,7 @@ async def list_service_accounts(pool: asyncpg.Pool, query: ServiceAccountQuery) 
         )
     page = items[: query.limit]
     more = len(items) > query.limit
-    return ServiceAccountPage(
-        items=page, totalItems=total, nextCursor=_next_cursor(page, query.limit, more, lambda a: a.name)
-    )
+    return ServiceAccountPage(items=page, totalItems=total, nextCursor=_next_cursor(page, more, lambda a: a.name))
 
 
 async def create_service_account(pool: asyncpg.Pool, actor: Actor, body: ServiceAccountCreate) -> ServiceAccount:
