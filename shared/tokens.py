@@ -135,6 +135,8 @@ class _Cached(msgspec.Struct):
     issued_at: float
     expires_at: float
     key_id: str | None
+    recheck_at: float = float("inf")
+    """When the credential must be checked again from scratch (API keys: identity-sync is asked again)."""
 
 
 class TokenVerifier:
@@ -203,6 +205,9 @@ class TokenVerifier:
 
     async def verify(self, token: str) -> Principal | None:
         cached = self._tokens.get(token)
+        if cached is not None and cached.recheck_at <= self._clock():
+            del self._tokens[token]
+            cached = None
         if cached is None:
             if token.startswith(API_KEY_PREFIX):
                 cached = await self._check_api_key(token)
@@ -280,9 +285,10 @@ class TokenVerifier:
             kind=found.kind,
             sub=found.id,
             issued_at=now,
-            # Cached briefly: identity-sync re-checks the key (expiry, revocation) when the entry lapses.
-            expires_at=min(found.expires_at, now + self._api_key_cache_seconds),
+            expires_at=found.expires_at,
             key_id=found.key_id,
+            # Cached briefly: identity-sync checks the key again (expiry, revocation, account) after that.
+            recheck_at=now + self._api_key_cache_seconds,
         )
 
     async def _key_after_refresh(self, kid: str) -> Any:

@@ -55,6 +55,7 @@ from shared.events import Actor
 USER_SCHEMA = "urn:ietf:params:scim:schemas:core:2.0:User"
 GROUP_SCHEMA = "urn:ietf:params:scim:schemas:core:2.0:Group"
 MAX_RESULTS = 1000
+_TABLES = {"User": "users", "Group": "groups"}
 # Attributes identity-sync keeps in its own columns, or computes; the rest of a user is `attributes`.
 _MODELLED_USER_ATTRIBUTES = {"schemas", "id", "meta", "userName", "displayName", "active", "externalId", "groups"}
 # Never stored, never returned (RFC 7643 §4.1.1: password is writeOnly, returned never).
@@ -126,15 +127,21 @@ class PostgresScimStorage(AsyncScimStorage):
 
     async def _get(self, conn: asyncpg.Connection, kind: str, resource_id: str) -> Resource:
         id_ = _id_or_none(resource_id)
+        found = await self._load(conn, kind, [id_]) if id_ else []
+        if not found:
+            raise NotFoundException(detail=f"no {kind.lower()} {resource_id}")
+        return found[0]
+
+    async def _load(self, conn: asyncpg.Connection, kind: str, ids: list[str]) -> list[Resource]:
+        """The resources among `ids`, in that order, with a fixed number of queries however many."""
         if kind == "User":
-            user = await store.get_user(conn, id_) if id_ else None
-            if user is None:
-                raise NotFoundException(detail=f"no user {resource_id}")
-            return self._user(user, await store.group_names(conn, user.groups))
-        group = await store.get_group(conn, id_) if id_ else None
-        if group is None:
-            raise NotFoundException(detail=f"no group {resource_id}")
-        return self._group(group, await store.member_usernames(conn, group.id), await _children(conn, group.id))
+            users = await store.get_users(conn, ids)
+            names = await store.group_names(conn, {g for u in users for g in u.groups})
+            return [self._user(u, names) for u in users]
+        groups = await store.get_groups(conn, ids)
+        members = await store.member_ids(conn, [g.id for g in groups])
+        children = await store.child_ids(conn, [g.id for g in groups])
+        return [self._group(g, sorted(members[g.id]), children.get(g.id, [])) for g in groups]
 
     def _user(self, user: User, group_names: dict[str, str]) -> Resource:
         doc = dict(user.attributes)
@@ -158,15 +165,15 @@ class PostgresScimStorage(AsyncScimStorage):
         doc["schemas"] = [USER_SCHEMA, *(k for k in doc if k.startswith("urn:"))]
         return self.models["User"].model_validate({k: v for k, v in doc.items() if v not in (None, [])})
 
-    def _group(self, group: Group, members: list[tuple[str, str]], children: list[Group]) -> Resource:
+    def _group(self, group: Group, members: list[str], children: list[str]) -> Resource:
         doc: dict[str, Any] = {
             "schemas": [GROUP_SCHEMA],
             "id": group.id,
             "displayName": group.display_name or group.name,
             "meta": _meta("Group", group.created_at, group.updated_at, group.version),
             # No `display`: clients compare members with what they sent, which names ids only.
-            "members": [{"value": uid, "type": "User", "$ref": f"Users/{uid}"} for uid, _ in members]
-            + [{"value": c.id, "type": "Group", "$ref": f"Groups/{c.id}"} for c in children],
+            "members": [{"value": uid, "type": "User", "$ref": f"Users/{uid}"} for uid in members]
+            + [{"value": cid, "type": "Group", "$ref": f"Groups/{cid}"} for cid in children],
         }
         if group.external_id is not None:
             doc["externalId"] = group.external_id
@@ -179,12 +186,15 @@ class PostgresScimStorage(AsyncScimStorage):
             raise NotImplementedException(detail="search /Users or /Groups, not the server root")
         kind = resource_types[0].name
         scim_filter = search_request.filter
+        start = search_request.start_index_0 or 0
         async with self.pool.acquire() as conn:
+            if scim_filter is None and not search_request.sort_by:  # a plain listing pages in SQL
+                ids, total = await store.page_ids(conn, _TABLES[kind], start, search_request.count)
+                return SearchPage(total=total, resources=await self._load(conn, kind, ids))
             found = await self._candidates(conn, kind, scim_filter.ast if scim_filter is not None else None)
         if scim_filter is not None:
             found = [r for r in found if scim_filter.match(r)]
         found = search_request.sort(found) if search_request.sort_by else found
-        start = search_request.start_index_0 or 0
         stop = None if search_request.count is None else start + search_request.count
         return SearchPage(total=len(found), resources=found[start:stop])
 
@@ -195,9 +205,8 @@ class PostgresScimStorage(AsyncScimStorage):
         if isinstance(node, Comparison) and node.op == CompareOperator.eq and isinstance(node.value, str):
             ids = await _ids_where(conn, kind, node.attr_path, node.value)
         if ids is None:
-            table = "users" if kind == "User" else "groups"
-            ids = [r["id"] for r in await conn.fetch(f"SELECT id::text AS id FROM {table} ORDER BY id")]
-        return [await self._get(conn, kind, id_) for id_ in ids]
+            ids, _ = await store.page_ids(conn, _TABLES[kind], 0, None)
+        return await self._load(conn, kind, ids)
 
     # --- writing ---
 
@@ -282,7 +291,7 @@ class PostgresScimStorage(AsyncScimStorage):
             if member_id is None:
                 raise InvalidValueException(detail=f"member {member.get('value')!r} is not a user or group id")
             (wanted_groups if member.get("type") == "Group" else wanted_users).add(member_id)
-        current_users = {uid for uid, _ in await store.member_usernames(conn, group.id)}
+        current_users = (await store.member_ids(conn, [group.id]))[group.id]
         for user_id in sorted(wanted_users ^ current_users):
             user = await store.get_user(conn, user_id)
             if user is None:
@@ -290,7 +299,7 @@ class PostgresScimStorage(AsyncScimStorage):
                     raise InvalidValueException(detail=f"no user {user_id}")
                 continue
             await service.change_membership(conn, _actor(), group, user, user_id in wanted_users)
-        current_groups = {c.id for c in await _children(conn, group.id)}
+        current_groups = set((await store.child_ids(conn, [group.id])).get(group.id, []))
         for child_id in sorted(wanted_groups ^ current_groups):
             child = await store.get_group(conn, child_id, lock=True)
             if child is None:
@@ -301,10 +310,6 @@ class PostgresScimStorage(AsyncScimStorage):
 
 def _meta(kind: str, created: Any, modified: Any, version: int) -> dict[str, Any]:
     return {"resourceType": kind, "created": created, "lastModified": modified, "version": _version(version)}
-
-
-async def _children(conn: asyncpg.Connection, group_id: str) -> list[Group]:
-    return await store.child_groups(conn, group_id)
 
 
 async def _ids_where(conn: asyncpg.Connection, kind: str, path: AttrPath, value: str) -> list[str] | None:

@@ -580,3 +580,42 @@ async def take_sso_login(conn: asyncpg.Connection, state: str) -> tuple[str, str
         "DELETE FROM sso_logins WHERE state = $1 AND expires_at > now() RETURNING nonce, code_verifier", state
     )
     return (row["nonce"], row["code_verifier"]) if row else None
+
+
+async def get_users(conn: asyncpg.Connection, ids: list[str]) -> list[User]:
+    """The users among `ids`, in that order."""
+    rows = await conn.fetch(
+        f"""SELECT {_USER_COLUMNS} FROM users u WHERE u.id = ANY($1::uuid[])
+            ORDER BY array_position($1::uuid[], u.id)""",
+        ids,
+    )
+    return [_user(r) for r in rows]
+
+
+async def get_groups(conn: asyncpg.Connection, ids: list[str]) -> list[Group]:
+    rows = await conn.fetch(
+        f"""SELECT {_GROUP_COLUMNS} FROM groups g WHERE g.id = ANY($1::uuid[])
+            ORDER BY array_position($1::uuid[], g.id)""",
+        ids,
+    )
+    return [_group(r) for r in rows]
+
+
+async def child_ids(conn: asyncpg.Connection, group_ids: list[str]) -> dict[str, list[str]]:
+    rows = await conn.fetch(
+        "SELECT parent_id::text AS p, id::text AS c FROM groups WHERE parent_id = ANY($1::uuid[]) ORDER BY id",
+        group_ids,
+    )
+    found: dict[str, list[str]] = {}
+    for r in rows:
+        found.setdefault(r["p"], []).append(r["c"])
+    return found
+
+
+async def page_ids(conn: asyncpg.Connection, table: str, offset: int, limit: int | None) -> tuple[list[str], int]:
+    """A page of ids of `users` or `groups` in a stable order, and how many there are."""
+    if table not in ("users", "groups"):
+        raise ValueError(table)
+    total = await conn.fetchval(f"SELECT count(*) FROM {table}")
+    rows = await conn.fetch(f"SELECT id::text AS id FROM {table} ORDER BY id OFFSET $1 LIMIT $2", offset, limit)
+    return [r["id"] for r in rows], total

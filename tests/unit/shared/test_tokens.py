@@ -26,3 +26,21 @@ def test_credentials_issued_before_a_revocation_are_refused():
     assert verifier._is_revoked(cached(99.5)), "an older revocation never moves the cutoff back"
     verifier._revoke("api_key", "k1", 10.0)
     assert verifier._is_revoked(_Cached(Principal("service_account", "s"), "service_account", "s", 200, 900, "k1"))
+
+
+async def test_a_cached_api_key_is_checked_again_when_its_cache_entry_lapses():
+    now = [1000.0]
+    verifier = TokenVerifier(nc=None, clock=lambda: now[0], api_key_cache_seconds=30)  # type: ignore[arg-type]
+    checks = []
+
+    async def check(token):
+        checks.append(token)
+        return _Cached(Principal("service_account", "s"), "service_account", "s", now[0], 10_000, "k", now[0] + 30)
+
+    verifier._check_api_key = check
+    key = "idp_" + "0" * 32 + "_secret"
+    await verifier.verify(key)
+    now[0] += 10
+    await verifier.verify(key)
+    now[0] += 30
+    assert (await verifier.verify(key)).id == "s" and len(checks) == 2
