@@ -216,7 +216,7 @@ class PostgresScimStorage(AsyncScimStorage):
             if resource_type.name == "User":
                 body, attributes = _user_body(doc)
                 created = await service.insert_user(conn, _actor(), body, source="scim", attributes=attributes)
-                return await self._get(conn, "User", created.id)
+                return self._user(created, {})  # a new user is in no group yet
             group = await service.insert_group(conn, _actor(), await self._group_body(conn, doc), source="scim")
             await self._set_members(conn, group, doc.get("members") or [])
             return await self._get(conn, "Group", group.id)

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextvars
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from contextlib import asynccontextmanager
 from typing import Any, TypeVar
 
 import asyncpg
@@ -40,7 +42,7 @@ from shared.db import transaction
 from shared.errors import ConflictError, FieldError, InputError, NotFoundError
 from shared.etag import check_if_match
 from shared.events import DEFAULT_SCOPE, Actor, Event, ResourceRef, new_event, utc_now
-from shared.outbox import write_event
+from shared.outbox import write_event, write_events
 from shared.scopes import check_scope
 
 SOURCE = "identity_sync"
@@ -50,20 +52,35 @@ ACCOUNT_FIELDS = ("display_name", "description", "active")
 T = TypeVar("T")
 
 
+_BATCH: contextvars.ContextVar[list[Event] | None] = contextvars.ContextVar("identity_event_batch", default=None)
+"""Events of the bulk change in progress, written together when it ends (see `batched_events`)."""
+
+
+@asynccontextmanager
+async def batched_events(conn: asyncpg.Connection) -> AsyncIterator[None]:
+    """Within the block, events are collected and written to the outbox in one statement at its end, in
+    order and in the same transaction: a sync of thousands of principals is not a round trip per event."""
+    batch: list[Event] = []
+    token = _BATCH.set(batch)
+    try:
+        yield
+    finally:
+        _BATCH.reset(token)
+    if batch:
+        await write_events(conn, batch)
+
+
 async def _emit(
     conn: asyncpg.Connection, type_: str, actor: Actor, kind: str, id_: str, data: dict[str, Any], scope: str
 ) -> Event:
-    return await write_event(
-        conn,
-        new_event(
-            f"identity.{kind}.{type_}",
-            source=SOURCE,
-            actor=actor,
-            scope=scope,
-            resource=ResourceRef(kind, id_),
-            data=data,
-        ),
+    event = new_event(
+        f"identity.{kind}.{type_}", source=SOURCE, actor=actor, scope=scope, resource=ResourceRef(kind, id_), data=data
     )
+    batch = _BATCH.get()
+    if batch is None:
+        return await write_event(conn, event)
+    batch.append(event)
+    return event
 
 
 def decode_cursor(raw: str) -> tuple[str, str]:
@@ -135,29 +152,40 @@ async def create_user(pool: asyncpg.Pool, actor: Actor, body: UserCreate, *, sou
 async def insert_user(
     conn: asyncpg.Connection, actor: Actor, body: UserCreate, *, source: str, attributes: dict[str, Any] | None = None
 ) -> User:
+    return (await insert_users(conn, actor, [(body, attributes or {})], source=source))[0]
+
+
+async def insert_users(
+    conn: asyncpg.Connection, actor: Actor, bodies: Sequence[tuple[UserCreate, dict[str, Any]]], *, source: str
+) -> list[User]:
+    """Create users (with their SCIM attributes) in one statement, each with its `identity.user.created`."""
     now = utc_now()
-    user = User(
-        id=str(uuid.uuid4()),
-        username=body.username,
-        display_name=body.display_name,
-        emails=list(body.emails),
-        active=body.active,
-        external_id=body.external_id,
-        source=source,
-        groups=[],
-        attributes=attributes or {},
-        version=1,
-        created_at=now,
-        updated_at=now,
-        deactivated_at=None if body.active else now,
-        last_seen=None,
-    )
+    users = [
+        User(
+            id=str(uuid.uuid4()),
+            username=body.username,
+            display_name=body.display_name,
+            emails=list(body.emails),
+            active=body.active,
+            external_id=body.external_id,
+            source=source,
+            groups=[],
+            attributes=attributes,
+            version=1,
+            created_at=now,
+            updated_at=now,
+            deactivated_at=None if body.active else now,
+            last_seen=None,
+        )
+        for body, attributes in bodies
+    ]
     try:
-        await store.insert_user(conn, user)
+        await store.insert_users(conn, users)
     except asyncpg.UniqueViolationError:
-        raise _username_taken(body.username) from None
-    await _emit(conn, "created", actor, "user", user.id, user_state(user), DEFAULT_SCOPE)
-    return user
+        raise _username_taken(bodies[0][0].username if len(bodies) == 1 else "of one of these users") from None
+    for user in users:
+        await _emit(conn, "created", actor, "user", user.id, user_state(user), DEFAULT_SCOPE)
+    return users
 
 
 def _username_taken(username: str) -> ConflictError:
@@ -376,9 +404,21 @@ async def set_membership(pool: asyncpg.Pool, actor: Actor, group_id: str, user_i
 async def change_membership(conn: asyncpg.Connection, actor: Actor, group: Group, user: User, member: bool) -> bool:
     changed = await (store.add_member if member else store.remove_member)(conn, group.id, user.id)
     if changed:
-        data = {"group_id": group.id, "group_name": group.name, "user_id": user.id, "username": user.username}
-        await _emit(conn, "member_added" if member else "member_removed", actor, "group", group.id, data, group.scope)
+        await _membership_event(conn, actor, group, user, member)
     return changed
+
+
+async def change_memberships(conn: asyncpg.Connection, actor: Actor, changes: list[tuple[Group, User, bool]]) -> None:
+    """Apply known membership changes (additions that are new, removals that exist) in two statements."""
+    await store.add_members(conn, [(g.id, u.id) for g, u, member in changes if member])
+    await store.remove_members(conn, [(g.id, u.id) for g, u, member in changes if not member])
+    for group, user, member in changes:
+        await _membership_event(conn, actor, group, user, member)
+
+
+async def _membership_event(conn: asyncpg.Connection, actor: Actor, group: Group, user: User, member: bool) -> None:
+    data = {"group_id": group.id, "group_name": group.name, "user_id": user.id, "username": user.username}
+    await _emit(conn, "member_added" if member else "member_removed", actor, "group", group.id, data, group.scope)
 
 
 # --- service accounts --------------------------------------------------------------------------------

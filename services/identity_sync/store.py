@@ -79,23 +79,28 @@ async def get_user_by_username(conn: asyncpg.Connection, username: str) -> User 
     return _user(row) if row else None
 
 
-async def insert_user(conn: asyncpg.Connection, user: User) -> None:
-    await conn.execute(
+async def insert_users(conn: asyncpg.Connection, users: list[User]) -> None:
+    await conn.executemany(
         """INSERT INTO users (id, username, display_name, emails, active, external_id, source, version,
                               created_at, updated_at, deactivated_at, attributes)
            VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)""",
-        user.id,
-        user.username,
-        user.display_name,
-        user.emails,
-        user.active,
-        user.external_id,
-        user.source,
-        user.version,
-        user.created_at,
-        user.updated_at,
-        user.deactivated_at,
-        user.attributes,
+        [
+            (
+                u.id,
+                u.username,
+                u.display_name,
+                u.emails,
+                u.active,
+                u.external_id,
+                u.source,
+                u.version,
+                u.created_at,
+                u.updated_at,
+                u.deactivated_at,
+                u.attributes,
+            )
+            for u in users
+        ],
     )
 
 
@@ -194,7 +199,10 @@ async def get_group(conn: asyncpg.Connection, group_id: str, *, lock: bool = Fal
 
 
 async def group_names(conn: asyncpg.Connection, ids: Iterable[str]) -> dict[str, str]:
-    rows = await conn.fetch("SELECT id::text AS id, name FROM groups WHERE id = ANY($1::uuid[])", list(ids))
+    ids = list(ids)
+    if not ids:
+        return {}
+    rows = await conn.fetch("SELECT id::text AS id, name FROM groups WHERE id = ANY($1::uuid[])", ids)
     return {r["id"]: r["name"] for r in rows}
 
 
@@ -287,6 +295,27 @@ async def add_member(conn: asyncpg.Connection, group_id: str, user_id: str) -> b
         user_id,
     )
     return status.endswith(" 1")
+
+
+async def add_members(conn: asyncpg.Connection, pairs: list[tuple[str, str]]) -> None:
+    """(group id, user id) memberships, in one statement."""
+    if pairs:
+        await conn.execute(
+            """INSERT INTO group_members (group_id, user_id) SELECT * FROM unnest($1::uuid[], $2::uuid[])
+               ON CONFLICT DO NOTHING""",
+            [g for g, _ in pairs],
+            [u for _, u in pairs],
+        )
+
+
+async def remove_members(conn: asyncpg.Connection, pairs: list[tuple[str, str]]) -> None:
+    if pairs:
+        await conn.execute(
+            """DELETE FROM group_members m USING unnest($1::uuid[], $2::uuid[]) AS p(g, u)
+               WHERE m.group_id = p.g AND m.user_id = p.u""",
+            [g for g, _ in pairs],
+            [u for _, u in pairs],
+        )
 
 
 async def remove_member(conn: asyncpg.Connection, group_id: str, user_id: str) -> bool:
@@ -602,6 +631,8 @@ async def get_groups(conn: asyncpg.Connection, ids: list[str]) -> list[Group]:
 
 
 async def child_ids(conn: asyncpg.Connection, group_ids: list[str]) -> dict[str, list[str]]:
+    if not group_ids:
+        return {}
     rows = await conn.fetch(
         "SELECT parent_id::text AS p, id::text AS c FROM groups WHERE parent_id = ANY($1::uuid[]) ORDER BY id",
         group_ids,

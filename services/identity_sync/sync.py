@@ -49,9 +49,10 @@ async def run_sync(
     tally.issues += snapshot.issues
     async with transaction(pool) as conn:
         await store.lock_source(conn, source)
-        users = await _sync_users(conn, actor, source, snapshot, strategy, tally)
-        groups = await _sync_groups(conn, actor, source, snapshot, scope, strategy, tally)
-        await _sync_memberships(conn, actor, snapshot, users, groups, tally)
+        async with service.batched_events(conn):
+            users = await _sync_users(conn, actor, source, snapshot, strategy, tally)
+            groups = await _sync_groups(conn, actor, source, snapshot, scope, strategy, tally)
+            await _sync_memberships(conn, actor, snapshot, users, groups, tally)
         run = SyncRun(
             id=str(uuid.uuid4()),
             source=source,
@@ -87,6 +88,7 @@ async def _sync_users(
     """Create or update the snapshot's users; returns every user by lower-case username."""
     existing = {u.username.lower(): u for u in await store.all_users(conn)}
     seen = set()
+    new: list[tuple[UserCreate, dict]] = []
     for wanted in snapshot.users:
         key = wanted.username.lower()
         if key in seen:
@@ -102,8 +104,7 @@ async def _sync_users(
                 active=wanted.active,
                 external_id=wanted.external_id,
             )
-            existing[key] = await service.insert_user(conn, actor, body, source=source)
-            tally.created += 1
+            new.append((body, {}))
             continue
         patch = UserPatch(
             username=wanted.username,
@@ -118,6 +119,9 @@ async def _sync_users(
             tally.unchanged += 1
         else:
             tally.updated += 1
+    for user in await service.insert_users(conn, actor, new, source=source):
+        existing[user.username.lower()] = user
+    tally.created += len(new)
     for key, user in list(existing.items()):
         if user.source != source or key in seen or strategy == "keep":
             continue
@@ -192,18 +196,19 @@ async def _sync_memberships(
     targets = [groups[g.name.lower()] for g in snapshot.groups]
     current = await store.member_ids(conn, [g.id for g in targets])
     by_id = {u.id: u for u in users.values()}
+    changes = []
     for wanted, group in zip(snapshot.groups, targets, strict=True):
-        member_ids = set()
-        for username in wanted.members:
-            user = users.get(username.lower())
-            if user is None:
-                tally.issues.append(Issue(f"group {wanted.name}", f"member {username} does not exist"))
-            else:
-                member_ids.add(user.id)
+        member_ids = {users[u.lower()].id for u in wanted.members if u.lower() in users}
+        tally.issues += [
+            Issue(f"group {wanted.name}", f"member {u} does not exist")
+            for u in wanted.members
+            if u.lower() not in users
+        ]
         for user_id in sorted(member_ids ^ current[group.id]):
             user = by_id.get(user_id) or await store.get_user(conn, user_id)
             if user is not None:
-                await service.change_membership(conn, actor, group, user, user_id in member_ids)
+                changes.append((group, user, user_id in member_ids))
+    await service.change_memberships(conn, actor, changes)
 
 
 async def sync_ldap(pool: asyncpg.Pool, actor: Actor, config: ldap.LdapSettings) -> SyncRun:
