@@ -143,14 +143,15 @@ async def verification_rates(nats_url: str, tokens: list[str], seconds: float = 
         await nc.close()
 
 
-async def wait_mirrored(session: aiohttp.ClientSession, catalog: str, name: str, timeout: float = 1800) -> float:
+async def wait_mirrored(session: aiohttp.ClientSession, catalog: str, group: str, members: int) -> float:
+    """Seconds until the catalog shows the last SCIM group with all its members: the mirror has caught up."""
     started = time.perf_counter()
-    while time.perf_counter() - started < timeout:
-        async with session.get(f"{catalog}/api/catalog/entities/by-name/user/default/{name}", headers=AUTH) as r:
-            if r.status == 200:
+    while time.perf_counter() - started < 1800:
+        async with session.get(f"{catalog}/api/catalog/entities/by-name/group/default/{group}", headers=AUTH) as r:
+            if r.status == 200 and len((await r.json())["spec"].get("members", [])) == members:
                 return time.perf_counter() - started
         await asyncio.sleep(0.5)
-    raise TimeoutError(f"the catalog did not mirror {name}")
+    raise TimeoutError(f"the catalog did not mirror {group}")
 
 
 async def offboarding(session, identity: str, catalog: str, key: str, user_id: str, name: str) -> tuple[float, float]:
@@ -217,7 +218,9 @@ async def one_run(args: argparse.Namespace, data_dir: Path) -> dict[str, float]:
                     tokens = [await user_token(session, identity.url, i) for i in ids[:200]]
                     full, cached = await verification_rates(servers.nats_url, tokens)
                     print(f"  verify/s: {full:,.0f} full, {cached:,.0f} cached", flush=True)
-                    drained = await wait_mirrored(session, catalog.url, f"scim{args.users - 1}_example.org")
+                    last = args.groups - 1
+                    members = len(range(last, args.users, args.groups))
+                    drained = await wait_mirrored(session, catalog.url, f"scim-group-{last}", members)
                     print(f"  catalog mirrored everything {drained:.1f} s after the SCIM sync", flush=True)
                     lags = [
                         await offboarding(session, identity.url, catalog.url, key, ids[j], f"scim{j}_example.org")
