@@ -184,6 +184,10 @@ def name_for(text: str) -> str:
     return _NAME_UNSAFE.sub("-", text.strip().lower()).strip("-._")[:63] or "group"
 
 
+class CycleError(ConflictError):
+    """A group would become its own ancestor."""
+
+
 def check_no_cycle(group_id: str, new_parent: str | None, parents: dict[str, str | None]) -> None:
     """Refuse a parent that is the group itself or one of its descendants.
 
@@ -193,7 +197,7 @@ def check_no_cycle(group_id: str, new_parent: str | None, parents: dict[str, str
     current = new_parent
     while current is not None:
         if current == group_id:
-            raise ConflictError("the parent would make the group its own ancestor (a cycle)")
+            raise CycleError("the parent would make the group its own ancestor (a cycle)")
         if current in seen:
             break
         seen.add(current)

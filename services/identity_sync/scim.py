@@ -47,7 +47,16 @@ from scim2_server.storage import AsyncScimStorage, SearchPage
 from scim2_server.utils import load_default_resource_types, load_json_resource
 
 from services.identity_sync import service, store
-from services.identity_sync.model import Group, GroupCreate, GroupPatch, User, UserCreate, UserPatch, name_for
+from services.identity_sync.model import (
+    CycleError,
+    Group,
+    GroupCreate,
+    GroupPatch,
+    User,
+    UserCreate,
+    UserPatch,
+    name_for,
+)
 from shared.db import transaction
 from shared.errors import ConflictError, InputError, NotFoundError, PreconditionFailedError
 from shared.events import Actor
@@ -379,9 +388,9 @@ async def _domain_errors() -> AsyncIterator[None]:
     """Identity-sync's errors in SCIM's vocabulary (RFC 7644 §3.12)."""
     try:
         yield
+    except CycleError as exc:
+        raise InvalidValueException(detail=exc.detail) from None
     except ConflictError as exc:
-        if "cycle" in exc.detail:
-            raise InvalidValueException(detail=exc.detail) from None
         raise UniquenessException(detail=exc.detail) from None
     except InputError as exc:
         raise InvalidValueException(detail=exc.detail) from None

@@ -171,3 +171,20 @@ async def test_service_accounts_at_scopes(identity, http):
 async def test_routes_need_a_token(identity, anonymous_http):
     async with anonymous_http.get(f"{identity.url}{API}/users") as r:
         assert r.status == 401 and r.content_type == "application/problem+json"
+
+
+async def test_openapi_declares_every_route_with_an_identity_permission(identity, anonymous_http):
+    async with anonymous_http.get(f"{identity.url}/openapi.json") as r:
+        document = await r.json()
+    operations = [op for path in document["paths"].values() for op in path.values()]
+    permissions = {op["x-permission"] for op in operations if "x-permission" in op}
+    assert all(p.startswith("identity_") for p in permissions), permissions
+    assert {"identity_user_view", "identity_scim_edit", "identity_api_key_create"} <= permissions
+    public = {op["operationId"] for op in operations if "x-permission" not in op}
+    assert public == {
+        "exchange_api_key",
+        "jwks",
+        "sso_login",
+        "sso_callback",
+        "scim_service_provider_config",
+    }
