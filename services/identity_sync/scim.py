@@ -221,7 +221,7 @@ class PostgresScimStorage(AsyncScimStorage):
 
     async def create(self, resource_type: ResourceType, resource: Resource) -> Resource:
         doc = resource.model_dump()
-        async with _domain_errors(), transaction(self.pool) as conn:
+        async with _domain_errors(), transaction(self.pool) as conn, service.batched_events(conn):
             if resource_type.name == "User":
                 body, attributes = _user_body(doc)
                 created = await service.insert_user(conn, _actor(), body, source="scim", attributes=attributes)
@@ -234,7 +234,7 @@ class PostgresScimStorage(AsyncScimStorage):
         self, resource_type: ResourceType, resource: Resource, *, expected_version: str | None = None
     ) -> Resource:
         doc = resource.model_dump()
-        async with _domain_errors(), transaction(self.pool) as conn:
+        async with _domain_errors(), transaction(self.pool) as conn, service.batched_events(conn):
             if resource_type.name == "User":
                 user = await store.get_user(conn, resource.id, lock=True) if _id_or_none(resource.id or "") else None
                 if user is None:
@@ -263,7 +263,7 @@ class PostgresScimStorage(AsyncScimStorage):
         self, resource_type: ResourceType, resource_id: str, *, expected_version: str | None = None
     ) -> None:
         id_ = _id_or_none(resource_id)
-        async with _domain_errors(), transaction(self.pool) as conn:
+        async with _domain_errors(), transaction(self.pool) as conn, service.batched_events(conn):
             if resource_type.name == "User":
                 user = await store.get_user(conn, id_, lock=True) if id_ else None
                 if user is None:
@@ -301,13 +301,13 @@ class PostgresScimStorage(AsyncScimStorage):
                 raise InvalidValueException(detail=f"member {member.get('value')!r} is not a user or group id")
             (wanted_groups if member.get("type") == "Group" else wanted_users).add(member_id)
         current_users = (await store.member_ids(conn, [group.id]))[group.id]
-        for user_id in sorted(wanted_users ^ current_users):
-            user = await store.get_user(conn, user_id)
-            if user is None:
-                if user_id in wanted_users:
-                    raise InvalidValueException(detail=f"no user {user_id}")
-                continue
-            await service.change_membership(conn, _actor(), group, user, user_id in wanted_users)
+        changed = sorted(wanted_users ^ current_users)
+        users = {u.id: u for u in await store.get_users(conn, changed)}
+        missing = [user_id for user_id in changed if user_id in wanted_users and user_id not in users]
+        if missing:
+            raise InvalidValueException(detail=f"no user {missing[0]}")
+        changes = [(group, users[i], i in wanted_users) for i in changed if i in users]
+        await service.change_memberships(conn, _actor(), changes)
         current_groups = set((await store.child_ids(conn, [group.id])).get(group.id, []))
         for child_id in sorted(wanted_groups ^ current_groups):
             child = await store.get_group(conn, child_id, lock=True)
