@@ -196,8 +196,8 @@ class TokenVerifier:
                 try:
                     await self._load_revocations()
                     await self._load_keys()
-                except ProblemError as exc:
-                    log.warning("token verifier refresh failed: %s", exc.detail)
+                except (ProblemError, nats.errors.Error) as exc:  # NATS or identity-sync away: next time
+                    log.warning("token verifier refresh failed: %s", exc)
 
     async def authenticate(self, request: web.Request) -> Principal | None:
         token = bearer_token(request)
@@ -349,8 +349,8 @@ class TokenVerifier:
         elif event.type == KEY_ROTATED_EVENT:
             try:
                 await self._load_keys()
-            except ProblemError as exc:
-                log.warning("could not fetch the rotated keys: %s", exc.detail)
+            except (ProblemError, nats.errors.Error) as exc:
+                log.warning("could not fetch the rotated keys: %s", exc)
 
     async def flush_seen(self) -> None:
         """Report the principals seen since the last flush; kept for the next one if identity-sync is away."""
@@ -360,8 +360,8 @@ class TokenVerifier:
         self._seen = {"user": {}, "service_account": {}}
         try:
             await request_rpc(self._nc, IDENTITY_SERVICE, "seen", batch, Empty, timeout=2.0)
-        except ProblemError as exc:
-            log.warning("could not report last-seen times: %s", exc.detail)
+        except (ProblemError, nats.errors.Error) as exc:
+            log.warning("could not report last-seen times: %s", exc)
             for kind, seen in (("user", batch.users), ("service_account", batch.service_accounts)):
                 for id_, at in seen.items():
                     self._seen[kind][id_] = max(at, self._seen[kind].get(id_, at))

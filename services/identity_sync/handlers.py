@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import logging
 
+import asyncpg
 import nats.errors
 
 from services.identity_sync import sync, tokens
@@ -68,6 +69,6 @@ async def sync_ldap_periodically(deps: Deps) -> None:
                 run.deleted,
                 len(run.issues),
             )
-        except ProblemError as exc:
-            log.warning("ldap sync failed: %s", exc.detail)
+        except (ProblemError, asyncpg.PostgresError, OSError) as exc:  # tried again at the next interval
+            log.warning("ldap sync failed: %s", exc)
         await asyncio.sleep(config.sync_interval_seconds)
