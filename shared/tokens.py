@@ -25,7 +25,7 @@ import logging
 import time
 from collections import OrderedDict
 from collections.abc import Callable
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import jwt
 import msgspec
@@ -36,10 +36,11 @@ from nats.aio.msg import Msg
 
 from shared.auth import Principal, bearer_token
 from shared.bus import request_rpc
-from shared.errors import AuthenticationError, ProblemError
+from shared.errors import AuthenticationError, ProblemError, ServiceUnavailableError
 from shared.events import decode_event
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 IDENTITY_SERVICE = "identity_sync"
 ISSUER = "seed-idp"
@@ -278,7 +279,7 @@ class TokenVerifier:
         if parse_api_key(token) is None:
             raise AuthenticationError("the API key is malformed")
         await self._ensure_revocations()
-        found = await request_rpc(self._nc, IDENTITY_SERVICE, "verify_api_key", ApiKeyCheck(token), ApiKeyPrincipal)
+        found = await self._ask("verify_api_key", ApiKeyCheck(token), ApiKeyPrincipal)
         now = self._clock()
         return _Cached(
             principal=Principal(kind=found.kind, id=found.id, permissions=frozenset(found.permissions)),
@@ -290,6 +291,13 @@ class TokenVerifier:
             # Cached briefly: identity-sync checks the key again (expiry, revocation, account) after that.
             recheck_at=now + self._api_key_cache_seconds,
         )
+
+    async def _ask(self, method: str, request: Any, response_type: type[T], timeout: float = 5.0) -> T:
+        """Identity-sync's answer; a NATS connection that is down or reconnecting is a 503, not a crash."""
+        try:
+            return await request_rpc(self._nc, IDENTITY_SERVICE, method, request, response_type, timeout=timeout)
+        except nats.errors.Error as exc:
+            raise ServiceUnavailableError(f"identity-sync is unreachable: {type(exc).__name__}") from None
 
     async def _key_after_refresh(self, kid: str) -> Any:
         """The key `kid` after fetching the key set again: a token may be signed by a key rotated in just now.
@@ -307,7 +315,7 @@ class TokenVerifier:
             await self._fetch_keys()
 
     async def _fetch_keys(self) -> None:
-        jwks = await request_rpc(self._nc, IDENTITY_SERVICE, "jwks", Empty(), Jwks)
+        jwks = await self._ask("jwks", Empty(), Jwks)
         keys = {}
         for jwk in jwks.keys:
             try:
@@ -324,7 +332,7 @@ class TokenVerifier:
 
     async def _load_revocations(self) -> None:
         since = self._clock() - self._revocation_horizon
-        found = await request_rpc(self._nc, IDENTITY_SERVICE, "revocations", RevocationsRequest(since), RevocationList)
+        found = await self._ask("revocations", RevocationsRequest(since), RevocationList)
         for item in found.items:
             self._revoke(item.kind, item.id, item.revoked_at)
         self._revocations_loaded = True
@@ -359,7 +367,7 @@ class TokenVerifier:
         batch = SeenBatch(users=self._seen["user"], service_accounts=self._seen["service_account"])
         self._seen = {"user": {}, "service_account": {}}
         try:
-            await request_rpc(self._nc, IDENTITY_SERVICE, "seen", batch, Empty, timeout=2.0)
+            await self._ask("seen", batch, Empty, timeout=2.0)
         except (ProblemError, nats.errors.Error) as exc:
             log.warning("could not report last-seen times: %s", exc)
             for kind, seen in (("user", batch.users), ("service_account", batch.service_accounts)):
