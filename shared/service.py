@@ -131,6 +131,8 @@ async def running_service(
         coroutines = [relay.run(), verifier.run(), *(task(deps) for task in definition.background)]
         tasks = [asyncio.create_task(c, name=f"{definition.name}-task-{i}") for i, c in enumerate(coroutines)]
         stack.push_async_callback(_cancel, tasks)
+        # First thing at shutdown, while identity-sync (perhaps this very process) still answers.
+        stack.push_async_callback(verifier.flush_seen)
         log.info("%s listening on http://%s:%s", definition.name, host, port)
         yield RunningService(deps=deps, url=f"http://{host}:{port}", tasks=tasks, verifier=verifier)
 
