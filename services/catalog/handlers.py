@@ -5,16 +5,19 @@ from __future__ import annotations
 import logging
 import uuid
 from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
 
 import asyncpg
 
 from services.catalog import identity_mirror, service, store
 from services.catalog.entity_ref import ref_of
+from services.catalog.identity_mirror import MirrorTarget
 from services.catalog.model import StoredEntity, document_etag
 from shared.bus import ConsumerSpec, run_consumer
 from shared.db import transaction
 from shared.errors import InputError
-from shared.events import Event
+from shared.events import Actor, Event
 from shared.processed import mark_processed
 from shared.service import Deps
 
@@ -28,37 +31,65 @@ async def mirror_identity(deps: Deps) -> None:
 
     async def handle(events: Sequence[Event]) -> None:
         async with transaction(deps.pool) as conn:
-            for event in await mark_processed(conn, IDENTITY_MIRROR.durable, list(events)):
-                await apply_identity_event(conn, event)
+            await apply_identity_events(conn, await mark_processed(conn, IDENTITY_MIRROR.durable, list(events)))
 
     await run_consumer(deps.nc, IDENTITY_MIRROR, handle)
 
 
-async def apply_identity_event(conn: asyncpg.Connection, event: Event) -> None:
-    """Write the entities the event changes through the catalog's own use cases, so catalog events follow."""
-    targets = identity_mirror.targets_of(event)
-    if not targets:
+@dataclass
+class _Mirrored:
+    stored: StoredEntity | None
+    document: dict[str, Any] | None
+    orphan: bool
+    actor: Actor | None = None
+    """Who caused the last change; None while the batch changed nothing."""
+
+
+async def apply_identity_events(conn: asyncpg.Connection, events: Sequence[Event]) -> None:
+    """Mirror a batch in order. Each entity is read once, changed in memory by every event that concerns it
+    (a sync adds many members to one group), then written once through the catalog's own use cases, so
+    catalog events follow."""
+    mirrored: dict[MirrorTarget, _Mirrored] = {}
+    for event in events:
+        targets = identity_mirror.targets_of(event)
+        for target in targets:
+            if target not in mirrored:
+                stored = await store.get_by_ref(conn, target.scope, target.ref, lock=True)
+                mirrored[target] = _Mirrored(
+                    stored, stored.document if stored else None, bool(stored and stored.orphan)
+                )
+        for write in identity_mirror.writes_for(event, {t: mirrored[t].document for t in targets}):
+            entry = mirrored[write.target]
+            entry.document, entry.orphan, entry.actor = write.document, write.orphan, event.actor
+    for target, entry in mirrored.items():
+        if entry.actor is not None and entry.document is not None:
+            await _write(conn, target, entry.stored, entry.document, entry.orphan, entry.actor)
+
+
+async def _write(
+    conn: asyncpg.Connection,
+    target: MirrorTarget,
+    current: StoredEntity | None,
+    raw: dict[str, Any],
+    orphan: bool,
+    actor: Actor,
+) -> None:
+    try:
+        document, relations = service.prepare_document(raw)
+    except InputError as exc:  # one unmirrorable principal must not hold back the others
+        log.error("cannot mirror %s: %s", target.ref, exc.detail)
         return
-    current = {t: await store.get_by_ref(conn, t.scope, t.ref, lock=True) for t in targets}
-    documents = {t: e.document if e else None for t, e in current.items()}
-    for write in identity_mirror.writes_for(event, documents):
-        try:
-            document, relations = service.prepare_document(write.document)
-        except InputError as exc:  # one unmirrorable principal must not hold back the others
-            log.error("cannot mirror %s as %s: %s", event.type, write.target.ref, exc.detail)
-            continue
-        entity = current.get(write.target)
-        if entity is None:
-            created = StoredEntity(
-                str(uuid.uuid4()),
-                write.target.scope,
-                str(ref_of(document)),
-                document,
-                document_etag(document),
-                1,
-                orphan=write.orphan,
-            )
-            await service.insert_entity(conn, event.actor, created, relations)
-        elif entity.document != document or entity.orphan != write.orphan:
-            updated = service.revised(entity, document, orphan=write.orphan)
-            await service.update_entity(conn, event.actor, entity, updated, service.served_relations(updated))
+    if current is None:
+        created = StoredEntity(
+            str(uuid.uuid4()),
+            target.scope,
+            str(ref_of(document)),
+            document,
+            document_etag(document),
+            1,
+            orphan=orphan,
+        )
+        await service.insert_entity(conn, actor, created, relations)
+    elif current.document != document or current.orphan != orphan:
+        updated = service.revised(current, document, orphan=orphan)
+        await service.update_entity(conn, actor, current, updated, service.served_relations(updated))

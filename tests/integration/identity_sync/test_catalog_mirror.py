@@ -111,3 +111,27 @@ async def test_reassign_needs_a_group_and_the_catalog(make_settings, http):
             assert r.status == 400 and (await r.json())["errors"][0]["field"] == "$.owner"
         async with http.get(f"{identity.url}{API}/orphans") as r:
             assert r.status == 503 and r.content_type == "application/problem+json"
+
+
+async def test_a_batch_writes_each_mirrored_entity_once(make_settings, http):
+    """A sync's burst of membership events becomes one write per group, not one per member."""
+    from services.catalog.handlers import apply_identity_events
+    from shared.db import transaction
+    from shared.events import Actor, ResourceRef, new_event
+
+    def event(type_, **data):
+        return new_event(
+            type_, source="identity_sync", actor=Actor("system", "sync"), resource=ResourceRef("g", "1"), data=data
+        )
+
+    group = {"id": "g1", "name": "ops", "display_name": "Ops", "parent_name": None}
+    events = [event("identity.group.created", **group)] + [
+        event("identity.group.member_added", group_name="ops", username=f"user{i}") for i in range(3)
+    ]
+    async with running_service(CATALOG, make_settings(CatalogSettings)) as catalog:
+        async with transaction(catalog.deps.pool) as conn:
+            await apply_identity_events(conn, events)
+        assert (await entity(http, catalog, "group", "ops"))["spec"]["members"] == ["user0", "user1", "user2"]
+        async with catalog.deps.pool.acquire() as conn:
+            subjects = [r["subject"] for r in await conn.fetch("SELECT subject FROM outbox")]
+        assert subjects == ["idp.evt.catalog.entity.created"]
