@@ -25,7 +25,7 @@ from nats.js import JetStreamContext
 
 from shared import bus, db
 from shared.access import AccessReplica
-from shared.auth import Authenticator, Principal, dev_token_authenticator
+from shared.auth import Authenticator, Principal, dev_token_authenticator, first_of
 from shared.authz import SCOPE
 from shared.config import BaseSettings, ConfigError, load_settings
 from shared.errors import NotAllowedError
@@ -33,6 +33,7 @@ from shared.events import DEFAULT_SCOPE, ResourceRef, new_event
 from shared.http import ReadinessCheck, Routes, create_app
 from shared.outbox import OutboxRelay, write_event
 from shared.telemetry import setup_telemetry
+from shared.tokens import TokenVerifier
 
 log = logging.getLogger(__name__)
 VERSION = "0.1.0"
@@ -81,6 +82,8 @@ class RunningService:
     deps: Deps
     url: str
     tasks: list[asyncio.Task]
+    verifier: TokenVerifier | None = None
+    """This process's token verifier (tests flush its last-seen batch)."""
 
 
 def build_app(definition: ServiceDefinition, deps: Deps) -> web.Application:
@@ -150,13 +153,16 @@ async def running_service(
         stack.push_async_callback(_close_nats, nc)
         js = nc.jetstream()
         await bus.ensure_streams(js, settings.stream_replicas)
+        verifier = TokenVerifier(nc)
+        await verifier.start()
+        stack.push_async_callback(verifier.stop)
         deps = Deps(
             service=definition.name,
             settings=settings,
             pool=pool,
             nc=nc,
             js=js,
-            authenticate=authenticate or dev_token_authenticator(settings.dev_token),
+            authenticate=authenticate or first_of(dev_token_authenticator(settings.dev_token), verifier.authenticate),
             access=AccessReplica(),
         )
         if definition.open_context is not None:
@@ -168,11 +174,13 @@ async def running_service(
         await site.start()
         host, port = runner.addresses[0][:2]
         relay = OutboxRelay(pool, js, definition.name)
-        coroutines = [relay.run(), deps.access.run(nc), *(task(deps) for task in definition.background)]
+        coroutines = [relay.run(), verifier.run(), deps.access.run(nc), *(task(deps) for task in definition.background)]
         tasks = [asyncio.create_task(c, name=f"{definition.name}-task-{i}") for i, c in enumerate(coroutines)]
         stack.push_async_callback(_cancel, tasks)
+        # First thing at shutdown, while identity-sync (perhaps this very process) still answers.
+        stack.push_async_callback(verifier.flush_seen)
         log.info("%s listening on http://%s:%s", definition.name, host, port)
-        yield RunningService(deps=deps, url=f"http://{host}:{port}", tasks=tasks)
+        yield RunningService(deps=deps, url=f"http://{host}:{port}", tasks=tasks, verifier=verifier)
 
 
 async def _close_pool(pool: asyncpg.Pool, timeout: float = 10.0) -> None:

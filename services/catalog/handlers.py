@@ -1,0 +1,99 @@
+"""Catalog's bus consumers: identity-sync's users and groups mirrored as `User` and `Group` entities."""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import asyncpg
+
+from services.catalog import identity_mirror, service, store
+from services.catalog import kinds as kinds_module
+from services.catalog.entity_ref import ref_of
+from services.catalog.identity_mirror import MirrorTarget
+from services.catalog.kinds import Kinds
+from services.catalog.model import StoredEntity, document_etag
+from shared.bus import ConsumerSpec, run_consumer
+from shared.db import transaction
+from shared.errors import InputError
+from shared.events import Actor, Event
+from shared.processed import mark_processed
+from shared.service import Deps
+
+log = logging.getLogger(__name__)
+
+IDENTITY_MIRROR = ConsumerSpec(durable="catalog-identity-mirror", filter_subject="idp.evt.identity.>")
+
+
+async def mirror_identity(deps: Deps) -> None:
+    """Keep User and Group entities in step with identity-sync, each batch in one transaction."""
+
+    async def handle(events: Sequence[Event]) -> None:
+        async with transaction(deps.pool) as conn:
+            await apply_identity_events(conn, await mark_processed(conn, IDENTITY_MIRROR.durable, list(events)))
+
+    await run_consumer(deps.nc, IDENTITY_MIRROR, handle)
+
+
+@dataclass
+class _Mirrored:
+    stored: StoredEntity | None
+    document: dict[str, Any] | None
+    orphan: bool
+    actor: Actor | None = None
+    """Who caused the last change; None while the batch changed nothing."""
+
+
+async def apply_identity_events(conn: asyncpg.Connection, events: Sequence[Event]) -> None:
+    """Mirror a batch in order. Each entity is read once, changed in memory by every event that concerns it
+    (a sync adds many members to one group), then written once through the catalog's own use cases, so
+    catalog events follow."""
+    mirrored: dict[MirrorTarget, _Mirrored] = {}
+    for event in events:
+        targets = identity_mirror.targets_of(event)
+        for target in targets:
+            if target not in mirrored:
+                stored = await store.get_by_ref(conn, target.scope, target.ref, lock=True)
+                mirrored[target] = _Mirrored(
+                    stored, stored.document if stored else None, bool(stored and stored.orphan)
+                )
+        for write in identity_mirror.writes_for(event, {t: mirrored[t].document for t in targets}):
+            entry = mirrored[write.target]
+            entry.document, entry.orphan, entry.actor = write.document, write.orphan, event.actor
+    kinds = await kinds_module.load(conn)
+    for target, entry in mirrored.items():
+        if entry.actor is not None and entry.document is not None:
+            await _write(conn, kinds, target, entry.stored, entry.document, entry.orphan, entry.actor)
+
+
+async def _write(
+    conn: asyncpg.Connection,
+    kinds: Kinds,
+    target: MirrorTarget,
+    current: StoredEntity | None,
+    raw: dict[str, Any],
+    orphan: bool,
+    actor: Actor,
+) -> None:
+    try:
+        document, relations = service.prepare_document(raw, kinds)
+    except InputError as exc:  # one unmirrorable principal must not hold back the others
+        log.error("cannot mirror %s: %s", target.ref, exc.detail)
+        return
+    if current is None:
+        created = StoredEntity(
+            str(uuid.uuid4()),
+            target.scope,
+            str(ref_of(document)),
+            document,
+            document_etag(document),
+            1,
+            orphan=orphan,
+        )
+        await service.insert_entity(conn, actor, created, relations)
+    elif current.document != document or current.orphan != orphan:
+        updated = service.revised(current, document, orphan=orphan)
+        await service.update_entity(conn, actor, current, updated, service.served_relations(updated, kinds))
