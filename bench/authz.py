@@ -227,7 +227,8 @@ async def propagation(changes: int) -> dict[str, float]:
                 resource = Resource("catalog_entity", "account.acme.pay", "component:default/web")
                 samples = []
                 for change in range(changes):
-                    subject = f"user:u{change}"
+                    async with http.post(f"{identity}/api/identity/users", json={"username": f"u{change}"}) as r:
+                        subject = f"user:{(await r.json())['id']}"
                     started = time.perf_counter()
                     async with http.post(
                         f"{identity}/api/identity/role-bindings",

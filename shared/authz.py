@@ -377,10 +377,9 @@ class AccessControl:
         return Decision(False, f"no role binding grants {permission} on this resource")
 
     def holds(self, subject: str, permission: str) -> bool:
-        """Some grant includes `permission`, at some scope (or the owner rule may grant it)."""
-        return bool(self._compile(subject)[1].get(permission)) or (
-            self.owners_may_edit and permission.endswith("_edit")
-        )
+        """Some grant includes `permission`, at some scope. (The owner rule is decided per resource by
+        `check`, where a service knows the resource's owners.)"""
+        return bool(self._compile(subject)[1].get(permission))
 
     def may(self, subject: str, permission: str, resource: Resource) -> bool:
         return self.check(subject, permission, resource).allowed

@@ -67,6 +67,8 @@ async def _checked(conn: asyncpg.Connection, kind: Kind, document: Any) -> None:
     if isinstance(document, Policy):
         compile_policy(document)
     elif isinstance(document, RoleBinding):
+        if not await store.subject_exists(conn, document.subject):
+            raise InputError.for_field("subject", f"no principal {document.subject}")
         role: Role | None = _BUILTIN_ROLES.get(document.role_id)
         if role is None:
             stored = await store.get_object(conn, "role", document.role_id, lock=True)
@@ -183,6 +185,14 @@ async def delete_object(
         await _event(conn, actor, kind, "deleted", deleted)
 
 
+async def remove_bindings_of(conn: asyncpg.Connection, actor: Actor, subject: str) -> None:
+    """A principal being deleted takes its role bindings with it (in the caller's transaction)."""
+    for binding in await store.bindings_of(conn, subject):
+        await store.delete_object(conn, "role_binding", binding.id)
+        deleted = msgspec.structs.replace(binding, version=await store.next_version(conn))
+        await _event(conn, actor, "role_binding", "deleted", deleted)
+
+
 def _decode_cursor(cursor: str) -> str:
     try:
         return base64.urlsafe_b64decode(cursor.encode()).decode()
@@ -219,6 +229,7 @@ async def state_version(pool: asyncpg.Pool) -> int:
 async def snapshot(pool: asyncpg.Pool) -> AccessSnapshot:
     async with pool.acquire() as conn, conn.transaction(isolation="repeatable_read", readonly=True):
         version, documents = await store.all_documents(conn)
+        memberships, group_parents = await store.principal_graph(conn)
     return msgspec.convert(
         {
             "version": version,
@@ -227,6 +238,8 @@ async def snapshot(pool: asyncpg.Pool) -> AccessSnapshot:
             "role_bindings": documents.get("role_binding", []),
             "policies": documents.get("policy", []),
             "policy_sets": documents.get("policy_set", []),
+            "memberships": memberships,
+            "group_parents": group_parents,
         },
         AccessSnapshot,
     )

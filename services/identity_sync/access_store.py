@@ -146,3 +146,28 @@ async def all_documents(conn: asyncpg.Connection) -> tuple[int, dict[str, list[A
     for row in rows:
         documents.setdefault(row["kind"], []).append(row["document"])
     return version, documents
+
+
+async def bindings_of(conn: asyncpg.Connection, subject: str) -> list[AccessObject]:
+    rows = await conn.fetch(
+        f"""SELECT {_COLUMNS} FROM access_objects
+            WHERE kind = 'role_binding' AND document ->> 'subject' = $1 ORDER BY id FOR UPDATE""",
+        subject,
+    )
+    return [_object(r) for r in rows]
+
+
+async def subject_exists(conn: asyncpg.Connection, subject: str) -> bool:
+    """Whether `user:<id>`, `group:<id>` or `service_account:<id>` names a principal (locked until commit)."""
+    kind, _, principal_id = subject.partition(":")
+    table = {"user": "users", "group": "groups", "service_account": "service_accounts"}[kind]
+    return bool(await conn.fetchval(f"SELECT 1 FROM {table} WHERE id::text = $1 FOR SHARE", principal_id))
+
+
+async def principal_graph(conn: asyncpg.Connection) -> tuple[dict[str, list[str]], dict[str, list[str]]]:
+    """(`user:<id>` → ids of the groups it is directly in, group id → id of its parent) for a snapshot."""
+    memberships: dict[str, list[str]] = {}
+    for row in await conn.fetch("SELECT user_id::text AS user_id, group_id::text AS group_id FROM group_members"):
+        memberships.setdefault(f"user:{row['user_id']}", []).append(row["group_id"])
+    rows = await conn.fetch("SELECT id::text AS id, parent_id::text AS parent FROM groups WHERE parent_id IS NOT NULL")
+    return memberships, {row["id"]: [row["parent"]] for row in rows}

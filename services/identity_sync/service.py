@@ -14,7 +14,7 @@ from typing import Any, TypeVar
 import asyncpg
 import msgspec
 
-from services.identity_sync import store
+from services.identity_sync import access_service, access_store, store
 from services.identity_sync.model import (
     Group,
     GroupCreate,
@@ -38,6 +38,7 @@ from services.identity_sync.model import (
     service_account_state,
     user_state,
 )
+from shared.access import ACCESS_EVENTS, VERSION_FIELD
 from shared.db import transaction
 from shared.errors import ConflictError, FieldError, InputError, NotFoundError
 from shared.etag import check_if_match
@@ -73,6 +74,12 @@ async def batched_events(conn: asyncpg.Connection) -> AsyncIterator[None]:
 async def _emit(
     conn: asyncpg.Connection, type_: str, actor: Actor, kind: str, id_: str, data: dict[str, Any], scope: str
 ) -> Event:
+    if f"identity.{kind}.{type_}" in ACCESS_EVENTS:
+        # Memberships, nesting and deletions change what principals may do: they take their place in the
+        # access-control order, and a deleted principal's role bindings go with it.
+        if type_ == "deleted":
+            await access_service.remove_bindings_of(conn, actor, f"{kind}:{id_}")
+        data = {**data, VERSION_FIELD: await access_store.next_version(conn)}
     event = new_event(
         f"identity.{kind}.{type_}", source=SOURCE, actor=actor, scope=scope, resource=ResourceRef(kind, id_), data=data
     )

@@ -11,13 +11,11 @@ import pytest_asyncio
 from services.audit.app import DEFINITION as AUDIT
 from services.audit.app import Settings as AuditSettings
 from services.identity_sync.app import DEFINITION as IDENTITY
-from shared.access import subject_of
 from shared.auth import Principal
 from shared.authz import Resource
 from shared.service import RunningService, running_service
 from tests.helpers import eventually
 
-ANN = Principal(kind="user", id="ann")
 OWNERSHIP_POLICY = """package idp.ownership
 import rego.v1
 deny contains msg if { input.entity.kind == "Component"; not input.entity.spec.owner; msg := "owner required" }
@@ -35,6 +33,11 @@ async def call(http, method: str, url: str, status: int, **kwargs) -> Any:
         body = await r.json() if r.content_type.endswith("json") else None
         assert r.status == status, body
         return body
+
+
+async def user_subject(http, base: str, username: str) -> str:
+    user = await call(http, "POST", f"{base}/api/identity/users", 201, json={"username": username})
+    return f"user:{user['id']}"
 
 
 async def org_setup(http, base: str) -> tuple[dict, dict]:
@@ -106,12 +109,26 @@ async def test_roles_are_versioned_validated_and_builtins_are_read_only(identity
 async def test_bindings_check_their_references_and_references_block_deletes(identity, http):
     base = identity.url
     role, group = await org_setup(http, base)
+    ann_subject = await user_subject(http, base, "ann")
+    nobody = await call(
+        http,
+        "POST",
+        f"{base}/api/identity/role-bindings",
+        400,
+        json={
+            "scope": "account.acme",
+            "subject": "user:nobody",
+            "role_id": role["id"],
+            "resource_group_id": group["id"],
+        },
+    )
+    assert nobody["errors"][0]["field"] == "subject"
     missing = await call(
         http,
         "POST",
         f"{base}/api/identity/role-bindings",
         400,
-        json={"scope": "account.acme", "subject": "user:ann", "role_id": "nope", "resource_group_id": group["id"]},
+        json={"scope": "account.acme", "subject": ann_subject, "role_id": "nope", "resource_group_id": group["id"]},
     )
     assert missing["errors"][0]["field"] == "role_id"
     # A resource group of the org cannot serve a binding made at a project, nor the other way round.
@@ -122,7 +139,7 @@ async def test_bindings_check_their_references_and_references_block_deletes(iden
         400,
         json={
             "scope": "account.acme.pay",
-            "subject": "user:ann",
+            "subject": ann_subject,
             "role_id": role["id"],
             "resource_group_id": group["id"],
         },
@@ -141,12 +158,12 @@ async def test_bindings_check_their_references_and_references_block_deletes(iden
         "POST",
         f"{base}/api/identity/role-bindings",
         201,
-        json={"scope": "account.acme", "subject": "user:ann", "role_id": role["id"], "resource_group_id": group["id"]},
+        json={"scope": "account.acme", "subject": ann_subject, "role_id": role["id"], "resource_group_id": group["id"]},
     )
     in_use = await call(http, "DELETE", f"{base}/api/identity/roles/{role['id']}", 409)
     assert binding["id"] in in_use["detail"]
     await call(http, "DELETE", f"{base}/api/identity/resource-groups/{group['id']}", 409)
-    mine = await call(http, "GET", f"{base}/api/identity/role-bindings", 200, params={"subject": "user:ann"})
+    mine = await call(http, "GET", f"{base}/api/identity/role-bindings", 200, params={"subject": ann_subject})
     assert [item["id"] for item in mine["items"]] == [binding["id"]]
     await call(http, "DELETE", f"{base}/api/identity/role-bindings/{binding['id']}", 204)
     await call(http, "DELETE", f"{base}/api/identity/roles/{role['id']}", 204)
@@ -225,8 +242,10 @@ async def test_changes_reach_every_replica_and_the_audit_trail(identity, make_se
         replica = audit.deps.access
         await eventually(lambda: _true(replica.loaded))
         role, group = await org_setup(http, base)
+        ann_subject = await user_subject(http, base, "ann")
+        ann = Principal(kind="user", id=ann_subject.partition(":")[2])
         resource = Resource("catalog_entity", "account.acme.pay", "component:default/web")
-        assert not replica.check(ANN, "catalog_entity_edit", resource).allowed
+        assert not replica.check(ann, "catalog_entity_edit", resource).allowed
         binding = await call(
             http,
             "POST",
@@ -234,19 +253,19 @@ async def test_changes_reach_every_replica_and_the_audit_trail(identity, make_se
             201,
             json={
                 "scope": "account.acme",
-                "subject": subject_of(ANN),
+                "subject": ann_subject,
                 "role_id": role["id"],
                 "resource_group_id": group["id"],
             },
         )
-        decision = await eventually(lambda: _true(replica.check(ANN, "catalog_entity_edit", resource).allowed))
+        decision = await eventually(lambda: _true(replica.check(ann, "catalog_entity_edit", resource).allowed))
         assert decision
         explained = await call(
             http,
             "GET",
             f"{base}/api/identity/access/explain",
             200,
-            params={"principal": "user:ann", "permission": "catalog_entity_edit", "scope": "account.acme.pay"},
+            params={"principal": ann_subject, "permission": "catalog_entity_edit", "scope": "account.acme.pay"},
         )
         assert explained["allowed"] and explained["binding_id"] == binding["id"]
         denied = await call(
@@ -254,23 +273,24 @@ async def test_changes_reach_every_replica_and_the_audit_trail(identity, make_se
             "GET",
             f"{base}/api/identity/access/explain",
             200,
-            params={"principal": "user:ann", "permission": "catalog_entity_edit", "scope": "account.other"},
+            params={"principal": ann_subject, "permission": "catalog_entity_edit", "scope": "account.other"},
         )
         assert not denied["allowed"] and "no role binding" in denied["reason"]
 
         await call(http, "DELETE", f"{base}/api/identity/role-bindings/{binding['id']}", 204)
-        await eventually(lambda: _true(not replica.check(ANN, "catalog_entity_edit", resource).allowed))
+        await eventually(lambda: _true(not replica.check(ann, "catalog_entity_edit", resource).allowed))
 
         async def recorded() -> list[str]:
             async with http.get(f"{audit.url}/api/audit/events", params={"type": "identity."}) as r:
                 return sorted(item["type"] for item in (await r.json())["items"])
 
-        types = await eventually(lambda: _len(recorded(), 4))
+        types = await eventually(lambda: _len(recorded(), 5))
         assert types == [
             "identity.resource_group.created",
             "identity.role.created",
             "identity.role_binding.created",
             "identity.role_binding.deleted",
+            "identity.user.created",
         ]
 
 
@@ -281,3 +301,19 @@ async def _true(value: Any) -> Any:
 async def _len(items, n: int) -> Any:
     found = await items
     return found if len(found) >= n else None
+
+
+async def test_deleting_a_principal_deletes_its_bindings(identity, http):
+    base = identity.url
+    role, group = await org_setup(http, base)
+    ann_subject = await user_subject(http, base, "ann")
+    binding = await call(
+        http,
+        "POST",
+        f"{base}/api/identity/role-bindings",
+        201,
+        json={"scope": "account.acme", "subject": ann_subject, "role_id": role["id"], "resource_group_id": group["id"]},
+    )
+    await call(http, "DELETE", f"{base}/api/identity/users/{ann_subject.partition(':')[2]}", 204)
+    await call(http, "GET", f"{base}/api/identity/role-bindings/{binding['id']}", 404)
+    await call(http, "DELETE", f"{base}/api/identity/roles/{role['id']}", 204)  # no longer in use
