@@ -8,7 +8,7 @@ from typing import Annotated, Literal
 
 import msgspec
 
-from services.catalog import api, ingestion
+from services.catalog import api, handlers, ingestion
 from shared.config import BaseSettings
 from shared.service import Deps, ServiceDefinition, run_service
 
@@ -37,7 +37,7 @@ DEFINITION = ServiceDefinition(
     settings_type=Settings,
     routes=api.routes,
     migrations=Path(__file__).parent / "migrations",
-    background=(refresh_locations,),
+    background=(refresh_locations, handlers.serve_entity_reads),
 )
 
 

@@ -311,3 +311,13 @@ async def analyze(conn: asyncpg.Connection) -> None:
     """Refresh planner statistics; after a bulk load the planner otherwise expects a handful of search rows
     and picks nested loops that rescan them (seen: 200 ms instead of 2 ms for a two-key filter)."""
     await conn.execute("ANALYZE entities, relations, search")
+
+
+async def entities_after(conn: asyncpg.Connection, after_uid: str | None, limit: int) -> list[StoredEntity]:
+    """A page of entities of every scope in uid order, after `after_uid` (keyset paging for full scans)."""
+    rows = await conn.fetch(
+        f"SELECT {_COLUMNS} FROM entities WHERE $1::uuid IS NULL OR uid > $1::uuid ORDER BY uid LIMIT $2",
+        after_uid,
+        limit,
+    )
+    return [StoredEntity(**dict(r)) for r in rows]
