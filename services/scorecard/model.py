@@ -1,10 +1,24 @@
-"""Scorecard structs (the scoring model arrives with its own issue)."""
+"""Scorecards, checks, levels and results: structs and pure logic (no I/O)."""
 
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
+import re
+from dataclasses import dataclass
+from typing import Annotated, Any, Literal
 
 import msgspec
+
+from services.scorecard.rules import PASS, Compiled, Context, Outcome, Rule, compile_rule
+from shared.errors import InputError
+
+SCOPE_ANNOTATION = "seed-idp.dev/scope"
+_SCOPE = re.compile(r"^account(\.[A-Za-z_][A-Za-z0-9_]{0,127}){0,2}$")
+Slug = Annotated[str, msgspec.Meta(pattern=r"^[a-z0-9][a-z0-9-]{0,62}$")]
+Name = Annotated[str, msgspec.Meta(min_length=1, max_length=200)]
+Values = Annotated[list[str], msgspec.Meta(max_length=100)]
+_canonical = msgspec.json.Encoder(order="sorted")
 
 
 class ConsumerProgress(msgspec.Struct, frozen=True):
@@ -16,3 +30,250 @@ class ConsumerProgress(msgspec.Struct, frozen=True):
     last_event_time: dt.datetime
     events_seen: int
     updated_at: dt.datetime
+
+
+# --- scorecard definitions (the API's bodies, stored as they are) ----------------------------------------
+
+
+class EntityFilter(msgspec.Struct, frozen=True, forbid_unknown_fields=True, omit_defaults=True):
+    """Which entities a scorecard applies to: every list given must match (any of its values), and `where`
+    must pass. Empty means every entity in the scorecard's scope."""
+
+    kinds: Values = []
+    types: Values = []
+    lifecycles: Values = []
+    owners: Values = []
+    """Group refs or names (`team-a`, `group:default/team-a`)."""
+    tags: Values = []
+    scopes: Values = []
+    """Scopes the entity must be in (each contains the scopes below it)."""
+    where: Rule | None = None
+    """Any rule over the entity's fields."""
+
+
+class CheckSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True, omit_defaults=True):
+    id: Slug
+    name: Name
+    rule: Rule
+    description: Annotated[str, msgspec.Meta(max_length=2000)] = ""
+    weight: Annotated[float, msgspec.Meta(gt=0, le=1000)] = 1.0
+    level: str | None = None
+    """One of the scorecard's levels; required when it has levels."""
+
+
+class ScorecardSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True, omit_defaults=True):
+    """A scorecard as written (JSON or YAML)."""
+
+    id: Slug
+    name: Name
+    owner: Annotated[str, msgspec.Meta(min_length=1, max_length=200)]
+    checks: Annotated[list[CheckSpec], msgspec.Meta(min_length=1, max_length=200)]
+    description: Annotated[str, msgspec.Meta(max_length=2000)] = ""
+    scope: str = "account"
+    filter: EntityFilter = EntityFilter()
+    levels: Annotated[list[Name], msgspec.Meta(max_length=20)] = []
+    """Ordered, lowest first (e.g. Basic, Bronze, Silver, Gold)."""
+
+
+class ScorecardView(msgspec.Struct, frozen=True):
+    spec: ScorecardSpec
+    etag: str
+    created_at: dt.datetime
+    updated_at: dt.datetime
+
+
+class ScorecardList(msgspec.Struct, frozen=True):
+    items: list[ScorecardView]
+
+
+def check_scope(scope: str, field: str) -> str:
+    if not _SCOPE.match(scope):
+        raise InputError.for_field(field, f"{scope!r} is not a scope (account, account.<org>, account.<org>.<project>)")
+    return scope
+
+
+def spec_etag(spec: ScorecardSpec) -> str:
+    return hashlib.sha256(_canonical.encode(spec)).hexdigest()[:32]
+
+
+# --- compiled scorecards ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CompiledCheck:
+    spec: CheckSpec
+    compiled: Compiled
+    level_index: int
+    """Position of its level in the ladder (0 without levels)."""
+
+    @property
+    def id(self) -> str:
+        return self.spec.id
+
+
+@dataclass(frozen=True)
+class CompiledScorecard:
+    spec: ScorecardSpec
+    checks: tuple[CompiledCheck, ...]
+    applies: Any
+    """`(entity) -> bool`."""
+    filter_paths: frozenset[str]
+    """Entity paths the filter reads: a change there can add or remove the entity."""
+
+    @property
+    def id(self) -> str:
+        return self.spec.id
+
+    def check(self, check_id: str) -> CompiledCheck | None:
+        return next((c for c in self.checks if c.id == check_id), None)
+
+
+def compile_scorecard(spec: ScorecardSpec) -> CompiledScorecard:
+    """Validate what the struct types cannot (scopes, level names, unique ids, rules) and compile."""
+    check_scope(spec.scope, "$.scope")
+    for i, scope in enumerate(spec.filter.scopes):
+        check_scope(scope, f"$.filter.scopes[{i}]")
+    if len(set(spec.levels)) != len(spec.levels):
+        raise InputError.for_field("$.levels", "level names must be unique")
+    seen: set[str] = set()
+    checks = []
+    for i, check in enumerate(spec.checks):
+        at = f"$.checks[{i}]"
+        if check.id in seen:
+            raise InputError.for_field(f"{at}.id", f"check id {check.id!r} is used twice")
+        seen.add(check.id)
+        if spec.levels and check.level not in spec.levels:
+            raise InputError.for_field(f"{at}.level", f"must be one of the scorecard's levels {spec.levels}")
+        if not spec.levels and check.level is not None:
+            raise InputError.for_field(f"{at}.level", "the scorecard has no levels")
+        level_index = spec.levels.index(check.level) if check.level is not None else 0
+        checks.append(CompiledCheck(check, compile_rule(check.rule, f"{at}.rule"), level_index))
+    applies, filter_paths = _compile_filter(spec)
+    return CompiledScorecard(spec, tuple(checks), applies, filter_paths)
+
+
+def entity_scope(entity: dict[str, Any]) -> str:
+    return ((entity.get("metadata") or {}).get("annotations") or {}).get(SCOPE_ANNOTATION, "account")
+
+
+def in_scope(scope: str, container: str) -> bool:
+    return scope == container or scope.startswith(container + ".")
+
+
+def owner_refs(entity: dict[str, Any]) -> set[str]:
+    return {r["targetRef"] for r in entity.get("relations") or () if r.get("type") == "ownedBy"}
+
+
+def _group_ref(owner: str) -> str:
+    owner = owner.lower()
+    if ":" not in owner:
+        owner = "group:" + owner
+    kind, _, rest = owner.partition(":")
+    return f"{kind}:{rest if '/' in rest else 'default/' + rest}"
+
+
+def _compile_filter(spec: ScorecardSpec) -> tuple[Any, frozenset[str]]:
+    f = spec.filter
+    kinds = {k.lower() for k in f.kinds}
+    types = {t.lower() for t in f.types}
+    lifecycles = {t.lower() for t in f.lifecycles}
+    owners = {_group_ref(o) for o in f.owners}
+    tags = {t.lower() for t in f.tags}
+    where = compile_rule(f.where, "$.filter.where") if f.where is not None else None
+    paths = {"metadata.annotations"}
+    paths |= {"kind"} if kinds else set()
+    paths |= {"spec.type"} if types else set()
+    paths |= {"spec.lifecycle"} if lifecycles else set()
+    paths |= {"spec.owner", "relations"} if owners else set()
+    paths |= {"metadata.tags"} if tags else set()
+    paths |= where.reads.entity_paths if where else set()
+
+    def applies(entity: dict[str, Any]) -> bool:
+        scope = entity_scope(entity)
+        if not in_scope(scope, spec.scope) or (f.scopes and not any(in_scope(scope, s) for s in f.scopes)):
+            return False
+        spec_ = entity.get("spec") or {}
+        if kinds and str(entity.get("kind", "")).lower() not in kinds:
+            return False
+        if types and str(spec_.get("type", "")).lower() not in types:
+            return False
+        if lifecycles and str(spec_.get("lifecycle", "")).lower() not in lifecycles:
+            return False
+        if owners and not (owner_refs(entity) & owners):
+            return False
+        if tags and not ({str(t).lower() for t in (entity.get("metadata") or {}).get("tags") or ()} & tags):
+            return False
+        return where is None or where.evaluate(Context(entity)).status == PASS
+
+    return applies, frozenset(paths)
+
+
+# --- results and scores ----------------------------------------------------------------------------------
+
+Status = Literal["pass", "fail", "unknown"]
+
+
+class CheckResult(msgspec.Struct, frozen=True):
+    """One check's outcome for one entity."""
+
+    scorecard: str
+    check: str
+    status: Status
+    found: Any
+    expected: str
+    reason: str | None = None
+
+
+def result_of(scorecard: CompiledScorecard, check: CompiledCheck, outcome: Outcome) -> CheckResult:
+    return CheckResult(
+        scorecard.id, check.id, outcome.status, _jsonable(outcome.found), check.compiled.expected, outcome.reason
+    )
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, dt.datetime | dt.date):
+        return value.isoformat()
+    if isinstance(value, str) and len(value) > 500:
+        return value[:500] + "…"
+    if isinstance(value, list) and len(value) > 50:
+        return value[:50]
+    return value
+
+
+class Score(msgspec.Struct, frozen=True):
+    score: float
+    """Weighted pass rate, 0 to 100; `unknown` counts as not passed."""
+    level: str | None
+    """Highest level whose checks, and those of every level below, all pass."""
+    passed: int
+    total: int
+
+
+def score_of(scorecard: CompiledScorecard, statuses: dict[str, str]) -> Score:
+    """Score and level from each check's status (checks without a status count as not passed)."""
+    total_weight = passed_weight = 0.0
+    passed = 0
+    failing_levels = set()
+    for check in scorecard.checks:
+        total_weight += check.spec.weight
+        if statuses.get(check.id) == PASS:
+            passed_weight += check.spec.weight
+            passed += 1
+        else:
+            failing_levels.add(check.level_index)
+    level = None
+    for index, name in enumerate(scorecard.spec.levels):
+        if index in failing_levels:
+            break
+        level = name
+    score = round(100.0 * passed_weight / total_weight, 2) if total_weight else 0.0
+    return Score(score, level, passed, len(scorecard.checks))
+
+
+def changed_checks(before: ScorecardSpec | None, after: ScorecardSpec) -> list[str] | None:
+    """Checks of `after` whose outcome may differ from `before`'s: all (None) when the filter, scope or
+    levels changed, else the new or edited ones."""
+    if before is None or (before.scope, before.filter, before.levels) != (after.scope, after.filter, after.levels):
+        return None
+    old = {c.id: c for c in before.checks}
+    return [c.id for c in after.checks if old.get(c.id) is None or old[c.id].rule != c.rule]
