@@ -1,19 +1,57 @@
-"""Scorecard's durable consumer of every event."""
+"""Scorecard's background work: the durable consumer of every event, the evaluation jobs, and the schedule."""
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from collections.abc import Sequence
 
 from services.scorecard import service
+from services.scorecard.rules import FileSource
 from shared.bus import ConsumerSpec, run_consumer
+from shared.errors import ServiceUnavailableError
 from shared.events import Event
 from shared.service import Deps
+
+log = logging.getLogger(__name__)
 
 SCORECARD_CONSUMER = ConsumerSpec(durable=service.CONSUMER, filter_subject="idp.evt.>", batch_size=500)
 
 
-async def consume_events(deps: Deps) -> None:
+async def consume_events(deps: Deps, files: FileSource | None) -> None:
     async def handle(events: Sequence[Event]) -> None:
-        await service.observe_events(deps.pool, events)
+        await service.observe_events(deps.pool, deps.nc, events, files)
 
     await run_consumer(deps.nc, SCORECARD_CONSUMER, handle)
+
+
+async def run_jobs(deps: Deps, files: FileSource | None, idle_wait: float = 0.5) -> None:
+    """Run queued scorecard evaluations one after another; errors are logged and the job retried later."""
+    while True:
+        try:
+            if await service.run_next_job(deps.pool, files):
+                continue
+        except Exception:
+            log.exception("scorecard evaluation job failed; it will be retried")
+        await asyncio.sleep(idle_wait)
+
+
+async def sync_and_schedule(deps: Deps, files: FileSource | None, interval: float) -> None:
+    """At start, catch up with the catalog (entities it had before this service saw their events); then queue
+    the time- and file-dependent checks every `interval` seconds."""
+    while True:
+        try:
+            changed, gone = await service.sync_entities(deps.pool, deps.nc)
+            log.info("synced entities from the catalog: %d changed, %d gone", len(changed), gone)
+            if changed:
+                await service.evaluate_entities(deps.pool, files, uids=changed)
+            break
+        except ServiceUnavailableError as exc:
+            log.warning("catalog not reachable for the initial sync (%s); retrying", exc)
+            await asyncio.sleep(min(interval, 5.0))
+    while True:
+        await asyncio.sleep(interval)
+        try:
+            await service.schedule_clock_checks(deps.pool)
+        except Exception:
+            log.exception("scheduling time and file checks failed; retrying next interval")

@@ -277,3 +277,164 @@ def changed_checks(before: ScorecardSpec | None, after: ScorecardSpec) -> list[s
         return None
     old = {c.id: c for c in before.checks}
     return [c.id for c in after.checks if old.get(c.id) is None or old[c.id].rule != c.rule]
+
+
+def entity_ref(entity: dict[str, Any]) -> str:
+    """The canonical (lower-case) `kind:namespace/name` of a served entity, as the catalog keys it."""
+    metadata = entity.get("metadata") or {}
+    return f"{entity.get('kind', '')}:{metadata.get('namespace') or 'default'}/{metadata.get('name', '')}".lower()
+
+
+def projection_row(entity: dict[str, Any]) -> tuple[Any, ...]:
+    """(uid, scope, ref, document, relation targets, owner, system, domain) of a served entity."""
+    targets = sorted({r["targetRef"] for r in entity.get("relations") or () if r.get("targetRef")})
+    part_of = [r["targetRef"] for r in entity.get("relations") or () if r.get("type") == "partOf"]
+    owners = sorted(owner_refs(entity))
+    return (
+        entity["metadata"]["uid"],
+        entity_scope(entity),
+        entity_ref(entity),
+        entity,
+        targets,
+        owners[0] if owners else None,
+        next((t for t in part_of if t.startswith("system:")), None),
+        next((t for t in part_of if t.startswith("domain:")), None),
+    )
+
+
+class EntityEvaluation(msgspec.Struct, frozen=True):
+    """One entity under one scorecard: score, level and every check with what it found."""
+
+    entity: str
+    scorecard: str
+    name: str
+    score: float
+    level: str | None
+    checks: list[CheckResult]
+
+
+# --- request and response bodies -------------------------------------------------------------------------
+
+
+class DryRunRequest(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    scorecard: ScorecardSpec
+    entities: Annotated[
+        list[Annotated[str, msgspec.Meta(min_length=1, max_length=300)]], msgspec.Meta(min_length=1, max_length=100)
+    ]
+    """Entity refs (`kind:namespace/name`) at `scope`."""
+    scope: str = "account"
+
+
+class DryRunResult(msgspec.Struct, frozen=True):
+    evaluations: list[EntityEvaluation]
+    not_applicable: list[str]
+    """Entities the scorecard's filter leaves out."""
+    missing: list[str]
+    """Refs asked for that the catalog does not have."""
+
+
+class CustomDataItem(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    entity: Annotated[str, msgspec.Meta(min_length=3, max_length=300)]
+    """Entity ref, `kind:namespace/name`."""
+    values: Annotated[
+        dict[Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9_-]{1,64}$")], Any], msgspec.Meta(max_length=100)
+    ]
+    scope: str = "account"
+
+
+class CustomDataRequest(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """`POST /api/scorecard/data`: values for checks with `source: data`, e.g. {"coverage": 83.5}."""
+
+    items: Annotated[list[CustomDataItem], msgspec.Meta(min_length=1, max_length=1000)]
+
+
+class CustomDataResult(msgspec.Struct, frozen=True):
+    changed: int
+    """Entities whose values changed (the others were already up to date)."""
+
+
+class CheckView(msgspec.Struct, frozen=True):
+    """A stored result: what the check expected, what it found, and since when."""
+
+    check: str
+    status: Status
+    found: Any
+    expected: str
+    reason: str | None
+    changed_at: dt.datetime
+
+
+class EntityScorecard(msgspec.Struct, frozen=True):
+    scorecard: str
+    name: str
+    score: float | None
+    level: str | None
+    checks: list[CheckView]
+
+
+class EntityReport(msgspec.Struct, frozen=True):
+    """`GET /api/scorecard/entities/...`: every scorecard that applies to the entity."""
+
+    entity: str
+    scope: str
+    scorecards: list[EntityScorecard]
+
+
+class EntityRefQuery(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    scope: str = "account"
+
+
+class CheckSummary(msgspec.Struct, frozen=True):
+    check: str
+    name: str
+    passed: int
+    failed: int
+    unknown: int
+    pass_rate: float | None
+
+
+class GroupRollup(msgspec.Struct, frozen=True):
+    group: str | None
+    entities: int
+    average_score: float
+    pass_rate: float | None
+
+
+class ScorecardSummary(msgspec.Struct, frozen=True):
+    scorecard: str
+    entities: int
+    average_score: float | None
+    levels: dict[str, int]
+    """Entities per level; `none` holds those below the first level."""
+    checks: list[CheckSummary]
+    rollup: list[GroupRollup]
+    group_by: str
+
+
+class SummaryQuery(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    group_by: Literal["owner", "system", "domain", "scope"] = "owner"
+
+
+class TrendQuery(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """A daily series of one scorecard, for all its entities, one owner group, or one entity."""
+
+    scorecard: Slug
+    since: dt.date
+    until: dt.date
+    group: str | None = None
+    """Owner group ref, e.g. `group:default/team-a`."""
+    entity: str | None = None
+    """Entity ref, with `scope`."""
+    scope: str = "account"
+
+
+class TrendPoint(msgspec.Struct, frozen=True):
+    day: dt.date
+    entities: int
+    average_score: float | None
+    pass_rate: float | None
+
+
+class Trend(msgspec.Struct, frozen=True):
+    scorecard: str
+    points: list[TrendPoint]
