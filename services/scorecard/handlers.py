@@ -25,9 +25,17 @@ async def consume_events(deps: Deps, files: FileSource | None) -> None:
     await run_consumer(deps.nc, SCORECARD_CONSUMER, handle)
 
 
+def _honour_cancellation() -> None:
+    """Python 3.11's `asyncio.wait_for` (inside nats-py's request) can swallow a cancellation; re-raise it."""
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
+
+
 async def run_jobs(deps: Deps, files: FileSource | None, idle_wait: float = 0.5) -> None:
     """Run queued scorecard evaluations one after another; errors are logged and the job retried later."""
     while True:
+        _honour_cancellation()
         try:
             if await service.run_next_job(deps.pool, files):
                 continue
@@ -40,6 +48,7 @@ async def sync_and_schedule(deps: Deps, files: FileSource | None, interval: floa
     """At start, catch up with the catalog (entities it had before this service saw their events); then queue
     the time- and file-dependent checks every `interval` seconds."""
     while True:
+        _honour_cancellation()
         try:
             changed, gone = await service.sync_entities(deps.pool, deps.nc)
             log.info("synced entities from the catalog: %d changed, %d gone", len(changed), gone)
@@ -50,6 +59,7 @@ async def sync_and_schedule(deps: Deps, files: FileSource | None, interval: floa
             log.warning("catalog not reachable for the initial sync (%s); retrying", exc)
             await asyncio.sleep(min(interval, 5.0))
     while True:
+        _honour_cancellation()
         await asyncio.sleep(interval)
         try:
             await service.schedule_clock_checks(deps.pool)

@@ -508,8 +508,9 @@ _REPEATS = {"MAX_REPEAT", "MIN_REPEAT", "POSSESSIVE_REPEAT"}
 
 def _regex_problem(items: Any, inside: str | None, counter: list[int]) -> str | None:
     """`inside` is None outside any repeat, else "bounded" or "unbounded" for the innermost enclosing one.
-    A repeat inside an unbounded one, or an unbounded one inside any repeat, is rejected: bounded inside
-    bounded costs at most the product of the bounds."""
+    Rejected: any quantifier inside an unbounded one, an unbounded one inside any, and alternatives inside an
+    unbounded one that could match the same character (`(a|a?)+`). Bounded inside bounded costs at most the
+    product of the bounds."""
     for op, arg in items:
         name = str(op)
         if name in ("GROUPREF", "GROUPREF_EXISTS"):
@@ -517,7 +518,7 @@ def _regex_problem(items: Any, inside: str | None, counter: list[int]) -> str | 
         if name in _REPEATS:
             _, high, sub = arg
             unbounded = high == re._constants.MAXREPEAT  # type: ignore[attr-defined]
-            if high > 1 and (inside == "unbounded" or (inside and unbounded)):
+            if inside == "unbounded" or (inside and unbounded):
                 return "nested quantifiers are not allowed"
             if unbounded:
                 counter[0] += 1
@@ -528,6 +529,8 @@ def _regex_problem(items: Any, inside: str | None, counter: list[int]) -> str | 
         elif name == "SUBPATTERN":
             problem = _regex_problem(arg[-1], inside, counter)
         elif name == "BRANCH":
+            if inside == "unbounded" and not _distinct_first_literals(arg[1]):
+                return "alternatives inside a quantifier must start with distinct characters"
             problem = next((p for b in arg[1] if (p := _regex_problem(b, inside, counter))), None)
         elif name in ("ASSERT", "ASSERT_NOT"):
             problem = _regex_problem(arg[1], inside, counter)
@@ -536,6 +539,16 @@ def _regex_problem(items: Any, inside: str | None, counter: list[int]) -> str | 
         if problem:
             return problem
     return None
+
+
+def _distinct_first_literals(branches: list[Any]) -> bool:
+    firsts = []
+    for branch in branches:
+        items = list(branch)
+        if not items or str(items[0][0]) != "LITERAL":
+            return False
+        firsts.append(items[0][1])
+    return len(set(firsts)) == len(firsts)
 
 
 # --- comparisons: numbers, dates, semantic versions ------------------------------------------------------

@@ -388,6 +388,11 @@ async def dry_run(pool: asyncpg.Pool, nc: NatsClient, files: FileSource | None, 
     now = dt.datetime.now(dt.UTC)
     async with pool.acquire() as conn:
         inputs = await load_inputs(conn, [card], entities, now)
+    if any(check.compiled.reads.relation_types for check in card.checks):
+        # Relation targets come from the catalog too: the draft sees what the catalog has now.
+        targets = sorted({r["targetRef"] for e in entities for r in e.document.get("relations") or ()})
+        related = await catalog_client.get_entities(nc, refs=targets, scope=request.scope)
+        inputs.related = {(request.scope, projection_row(e)[2]): e for e in related}
     evaluations, not_applicable = [], []
     for entity in entities:
         if not card.applies(entity.document):

@@ -211,6 +211,8 @@ def test_a_very_long_line_is_unknown_for_a_regex():
         ("(x*y?)*", "nested quantifiers"),
         ("((ab)*c)+", "nested quantifiers"),
         ("(a)\\1", "backreferences"),
+        ("^(a|a?)+$", "distinct characters"),
+        ("^(a.|.b)+$", "distinct characters"),
         ("v(\\.\\d+){0,9}", "nested quantifiers"),
         ("a*b*c*d*e*", "more than 4"),
         ("[", "not a valid regular expression"),
@@ -223,7 +225,14 @@ def test_dangerous_or_invalid_regexes_are_rejected(pattern, problem):
 
 
 def test_ordinary_regexes_are_accepted():
-    for pattern in ("^FROM\\s+\\S+:latest", "(foo|bar)+baz", "^[a-z0-9-]{1,63}$", "v\\d{1,9}(\\.\\d{1,9}){0,2}"):
+    for pattern in (
+        "^FROM\\s+\\S+:latest",
+        "(foo|bar)+baz",
+        "^(ab|ac)+$",
+        "^(\\w|\\d)+$",
+        "^[a-z0-9-]{1,63}$",
+        "v\\d{1,9}(\\.\\d{1,9}){0,2}",
+    ):
         compile_safe_regex(pattern, "$")
 
 
