@@ -5,8 +5,11 @@ from __future__ import annotations
 import msgspec
 from aiohttp import web
 
-from services.scorecard import service
+from services.scorecard import alerts, service
 from services.scorecard.model import (
+    AlertRuleList,
+    AlertRuleSpec,
+    AlertRuleView,
     ConsumerProgress,
     CustomDataRequest,
     CustomDataResult,
@@ -31,6 +34,7 @@ from shared.yamlsafe import YamlError, load_yaml_documents
 
 YAML_TYPES = ("application/yaml", "application/x-yaml", "text/yaml")
 SCORECARD = "/api/scorecard/scorecards/{id}"
+ALERT_RULE = "/api/scorecard/alert-rules/{id}"
 
 
 async def read_scorecard(request: web.Request) -> ScorecardSpec:
@@ -184,6 +188,43 @@ def routes(deps: Deps, files: FileSource | None = None) -> Routes:
     )
     async def trends(request: web.Request) -> web.Response:
         return json_response(await service.trend(pool, parse_query(request, TrendQuery)))
+
+    @api.get(
+        "/api/scorecard/alert-rules",
+        summary="Every alert rule, with the subjects firing now",
+        permission="scorecard_alert_view",
+        response=AlertRuleList,
+    )
+    async def list_alert_rules(request: web.Request) -> web.Response:
+        return json_response(AlertRuleList(items=await alerts.list_rules(pool)))
+
+    @api.get(ALERT_RULE, summary="One alert rule", permission="scorecard_alert_view", response=AlertRuleView)
+    async def get_alert_rule(request: web.Request) -> web.Response:
+        view = await alerts.get_rule(pool, request.match_info["id"])
+        return json_response(view, headers={"ETag": quoted(view.etag)})
+
+    @api.put(
+        ALERT_RULE,
+        summary="Create or replace an alert rule (honours If-Match)",
+        permission="scorecard_alert_edit",
+        body=AlertRuleSpec,
+        response=AlertRuleView,
+    )
+    async def put_alert_rule(request: web.Request) -> web.Response:
+        body = await read_json(request, AlertRuleSpec)
+        view = await alerts.put_rule(
+            pool, principal_of(request).actor(), request.match_info["id"], body, request.headers.get("If-Match")
+        )
+        return json_response(view, headers={"ETag": quoted(view.etag)})
+
+    @api.delete(
+        ALERT_RULE, summary="Delete an alert rule (honours If-Match)", permission="scorecard_alert_edit", status=204
+    )
+    async def delete_alert_rule(request: web.Request) -> web.Response:
+        await alerts.delete_rule(
+            pool, principal_of(request).actor(), request.match_info["id"], request.headers.get("If-Match")
+        )
+        return web.Response(status=204)
 
     @api.get(
         "/api/scorecard/consumer-progress",

@@ -6,7 +6,7 @@ import asyncio
 import logging
 from collections.abc import Sequence
 
-from services.scorecard import service
+from services.scorecard import alerts, service
 from services.scorecard.rules import FileSource
 from shared.bus import ConsumerSpec, run_consumer
 from shared.errors import ServiceUnavailableError
@@ -65,3 +65,15 @@ async def sync_and_schedule(deps: Deps, files: FileSource | None, interval: floa
             await service.schedule_clock_checks(deps.pool)
         except Exception:
             log.exception("scheduling time and file checks failed; retrying next interval")
+
+
+async def evaluate_alerts_periodically(deps: Deps, webhook_url: str | None, interval: float) -> None:
+    while True:
+        _honour_cancellation()
+        await asyncio.sleep(interval)
+        try:
+            triggered = await alerts.evaluate_alerts(deps.pool, webhook_url)
+            if triggered:
+                log.info("%d scorecard alerts triggered", len(triggered))
+        except Exception:
+            log.exception("evaluating alert rules failed; retrying next interval")

@@ -438,3 +438,58 @@ class TrendPoint(msgspec.Struct, frozen=True):
 class Trend(msgspec.Struct, frozen=True):
     scorecard: str
     points: list[TrendPoint]
+
+
+# --- alerts -------------------------------------------------------------------------------------------------
+
+
+class _Condition(msgspec.Struct, frozen=True, forbid_unknown_fields=True, tag_field="kind"):
+    pass
+
+
+class GroupAverageBelow(_Condition, tag="group-average-below"):
+    """A group's average score is below `threshold`."""
+
+    threshold: Annotated[float, msgspec.Meta(ge=0, le=100)]
+    group_by: Literal["owner", "system", "domain", "scope"] = "owner"
+
+
+class CheckPassRateDrop(_Condition, tag="check-pass-rate-drop"):
+    """A check's pass rate fell by at least `points` percentage points over the last `days` days."""
+
+    check: Slug
+    points: Annotated[float, msgspec.Meta(gt=0, le=100)]
+    days: Annotated[int, msgspec.Meta(ge=1, le=90)] = 7
+
+
+class AlertRuleSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    id: Slug
+    name: Name
+    scorecard: Slug
+    condition: GroupAverageBelow | CheckPassRateDrop
+
+
+class AlertRuleView(msgspec.Struct, frozen=True):
+    spec: AlertRuleSpec
+    etag: str
+    firing: list[str]
+    """Subjects (groups, the check) whose condition holds now."""
+
+
+class AlertRuleList(msgspec.Struct, frozen=True):
+    items: list[AlertRuleView]
+
+
+class Alert(msgspec.Struct, frozen=True):
+    """One triggered alert, as emitted and sent to the webhook."""
+
+    rule: str
+    name: str
+    scorecard: str
+    subject: str
+    value: float
+    condition: GroupAverageBelow | CheckPassRateDrop
+
+
+def alert_etag(spec: AlertRuleSpec) -> str:
+    return hashlib.sha256(_canonical.encode(spec)).hexdigest()[:32]

@@ -529,3 +529,65 @@ async def daily_series(
         owner,
         uid,
     )
+
+
+# --- alerts ---------------------------------------------------------------------------------------------------
+
+
+async def get_alert_rule(conn: asyncpg.Connection, rule_id: str, *, lock: bool = False) -> asyncpg.Record | None:
+    suffix = " FOR UPDATE" if lock else ""
+    return await conn.fetchrow(f"SELECT id, spec, etag FROM alert_rules WHERE id = $1{suffix}", rule_id)
+
+
+async def list_alert_rules(conn: asyncpg.Connection) -> list[asyncpg.Record]:
+    return await conn.fetch("SELECT id, spec, etag FROM alert_rules ORDER BY id")
+
+
+async def upsert_alert_rule(conn: asyncpg.Connection, rule_id: str, spec: dict[str, Any], etag: str) -> None:
+    await conn.execute(
+        """INSERT INTO alert_rules (id, spec, etag) VALUES ($1, $2, $3)
+           ON CONFLICT (id) DO UPDATE SET spec = $2, etag = $3, updated_at = now()""",
+        rule_id,
+        spec,
+        etag,
+    )
+    # A changed rule starts over: what fires under the new condition triggers again.
+    await conn.execute("DELETE FROM alert_state WHERE rule_id = $1", rule_id)
+
+
+async def delete_alert_rule(conn: asyncpg.Connection, rule_id: str) -> None:
+    await conn.execute("DELETE FROM alert_rules WHERE id = $1", rule_id)
+
+
+async def firing_subjects(conn: asyncpg.Connection, rule_id: str) -> set[str]:
+    return {r["subject"] for r in await conn.fetch("SELECT subject FROM alert_state WHERE rule_id = $1", rule_id)}
+
+
+async def set_firing(conn: asyncpg.Connection, rule_id: str, firing: dict[str, float]) -> None:
+    """Make `firing` ({subject: value}) the rule's firing subjects."""
+    await conn.execute(
+        "DELETE FROM alert_state WHERE rule_id = $1 AND NOT (subject = ANY($2::text[]))", rule_id, list(firing)
+    )
+    await conn.executemany(
+        """INSERT INTO alert_state (rule_id, subject, value) VALUES ($1, $2, $3)
+           ON CONFLICT (rule_id, subject) DO UPDATE SET value = excluded.value""",
+        [(rule_id, subject, value) for subject, value in firing.items()],
+    )
+
+
+async def pass_rate(conn: asyncpg.Connection, scorecard_id: str, check_id: str, at: dt.datetime | None) -> float | None:
+    """A check's pass rate over the entities it has results for, now or (from the history) at `at`."""
+    status = (
+        "r.status"
+        if at is None
+        else """COALESCE((SELECT h.previous FROM result_history h
+                        WHERE h.entity_uid = r.entity_uid AND h.scorecard_id = r.scorecard_id
+                          AND h.check_id = r.check_id AND h.time > $3 ORDER BY h.time LIMIT 1), r.status)"""
+    )
+    return await conn.fetchval(
+        f"""SELECT count(*) FILTER (WHERE st = 'pass')::float8 / NULLIF(count(*), 0) FROM (
+                SELECT {status} AS st FROM results r WHERE r.scorecard_id = $1 AND r.check_id = $2) x""",
+        scorecard_id,
+        check_id,
+        *([] if at is None else [at]),
+    )
