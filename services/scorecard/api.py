@@ -13,6 +13,8 @@ from services.scorecard.model import (
     ConsumerProgress,
     CustomDataRequest,
     CustomDataResult,
+    DeadLetterPage,
+    DeadLetterQuery,
     DryRunRequest,
     DryRunResult,
     EntityRefQuery,
@@ -26,6 +28,7 @@ from services.scorecard.model import (
     TrendQuery,
 )
 from services.scorecard.rules import FileSource
+from shared.bus import read_dead_letters
 from shared.errors import InputError, input_error_from_validation
 from shared.etag import quoted
 from shared.http import Routes, json_response, parse_query, principal_of, read_json
@@ -225,6 +228,18 @@ def routes(deps: Deps, files: FileSource | None = None) -> Routes:
             pool, principal_of(request).actor(), request.match_info["id"], request.headers.get("If-Match")
         )
         return web.Response(status=204)
+
+    @api.get(
+        "/api/scorecard/dead-letters",
+        summary="Events the scorecard consumer gave up on (poison messages), oldest first",
+        permission="scorecard_consumer_view",
+        query=DeadLetterQuery,
+        response=DeadLetterPage,
+    )
+    async def dead_letters(request: web.Request) -> web.Response:
+        query = parse_query(request, DeadLetterQuery)
+        items = await read_dead_letters(deps.js, service.CONSUMER, query.after, query.limit)
+        return json_response(DeadLetterPage(items=items))
 
     @api.get(
         "/api/scorecard/consumer-progress",

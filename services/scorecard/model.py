@@ -11,6 +11,7 @@ from typing import Annotated, Any, Literal
 import msgspec
 
 from services.scorecard.rules import PASS, Compiled, Context, Outcome, Rule, compile_rule
+from shared.bus import DeadLetter
 from shared.errors import InputError
 
 SCOPE_ANNOTATION = "seed-idp.dev/scope"
@@ -30,6 +31,16 @@ class ConsumerProgress(msgspec.Struct, frozen=True):
     last_event_time: dt.datetime
     events_seen: int
     updated_at: dt.datetime
+
+
+class DeadLetterQuery(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    after: Annotated[int, msgspec.Meta(ge=0)] = 0
+    """Dead-letter stream sequence to start after (the last `sequence` of the previous page)."""
+    limit: Annotated[int, msgspec.Meta(ge=1, le=100)] = 50
+
+
+class DeadLetterPage(msgspec.Struct, frozen=True):
+    items: list[DeadLetter]
 
 
 # --- scorecard definitions (the API's bodies, stored as they are) ----------------------------------------

@@ -124,3 +124,22 @@ async def test_entities_created_before_the_service_started_are_synced(catalog, m
     async with running_service(DEFINITION, make_settings(Settings)) as scorecard:
         await create_scorecard(http, scorecard, readiness())
         await wait_for_status(http, scorecard, "early", "owner-group", "pass")
+
+
+async def test_poison_events_go_to_the_dead_letter_api_and_never_stall_the_stream(catalog, scorecard, http):
+    js = scorecard.deps.js
+    await js.publish("idp.evt.test.thing.created", b"{not an event")
+    await create_entity(http, catalog, GROUP)
+    await create_entity(http, catalog, component("petstore"))
+    await create_scorecard(http, scorecard, readiness())
+    await wait_for_status(http, scorecard, "petstore", "production", "fail")
+
+    async def dead_letters():
+        async with http.get(f"{scorecard.url}/api/scorecard/dead-letters") as r:
+            return (await r.json())["items"]
+
+    [letter] = await eventually(dead_letters)
+    assert letter["original_subject"] == "idp.evt.test.thing.created"
+    assert letter["reason"].startswith("undecodable") and letter["payload"] == "{not an event"
+    async with http.get(f"{scorecard.url}/api/scorecard/dead-letters", params={"after": letter["sequence"]}) as r:
+        assert (await r.json())["items"] == []
