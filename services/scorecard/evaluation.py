@@ -12,7 +12,7 @@ from typing import Any
 import asyncpg
 
 from services.scorecard import store
-from services.scorecard.model import CompiledScorecard, result_of, score_of
+from services.scorecard.model import CompiledScorecard, found_value, score_of
 from services.scorecard.rules import UNKNOWN, Context, FileSource, Outcome
 from services.scorecard.store import EntityKey, ProjectedEntity
 from shared.events import SYSTEM, ResourceRef, new_event
@@ -132,8 +132,7 @@ async def evaluate(
     stored = await store.results_for(conn, sorted(used), uids)
     changed, history = [], []
     for card, entity, check, outcome in outcomes:
-        result = result_of(card, check, outcome)
-        new = (result.status, result.found, result.expected, result.reason)
+        new = (outcome.status, found_value(outcome.found), check.expected, outcome.reason)
         results = stored.setdefault((card.id, entity.uid), {})
         old = results.get(check.id)
         if old == new:

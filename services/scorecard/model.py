@@ -116,10 +116,8 @@ class CompiledCheck:
     compiled: Compiled
     level_index: int
     """Position of its level in the ladder (0 without levels)."""
-
-    @property
-    def id(self) -> str:
-        return self.spec.id
+    id: str
+    expected: str
 
 
 @dataclass(frozen=True)
@@ -158,7 +156,8 @@ def compile_scorecard(spec: ScorecardSpec) -> CompiledScorecard:
         if not spec.levels and check.level is not None:
             raise InputError.for_field(f"{at}.level", "the scorecard has no levels")
         level_index = spec.levels.index(check.level) if check.level is not None else 0
-        checks.append(CompiledCheck(check, compile_rule(check.rule, f"{at}.rule"), level_index))
+        rule = compile_rule(check.rule, f"{at}.rule")
+        checks.append(CompiledCheck(check, rule, level_index, check.id, rule.expected))
     applies, filter_paths = _compile_filter(spec)
     return CompiledScorecard(spec, tuple(checks), applies, filter_paths)
 
@@ -236,18 +235,19 @@ class CheckResult(msgspec.Struct, frozen=True):
 
 
 def result_of(scorecard: CompiledScorecard, check: CompiledCheck, outcome: Outcome) -> CheckResult:
-    return CheckResult(
-        scorecard.id, check.id, outcome.status, _jsonable(outcome.found), check.compiled.expected, outcome.reason
-    )
+    found = found_value(outcome.found)
+    return CheckResult(scorecard.id, check.id, outcome.status, found, check.expected, outcome.reason)
 
 
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, dt.datetime | dt.date):
+def found_value(value: Any) -> Any:
+    """What a result keeps of the value found: JSON, and short (a found file or list is cut)."""
+    kind = type(value)
+    if kind is str:
+        return value if len(value) <= 500 else value[:500] + "…"
+    if kind is list:
+        return value if len(value) <= 50 else value[:50]
+    if kind is dt.datetime or kind is dt.date:
         return value.isoformat()
-    if isinstance(value, str) and len(value) > 500:
-        return value[:500] + "…"
-    if isinstance(value, list) and len(value) > 50:
-        return value[:50]
     return value
 
 

@@ -11,7 +11,6 @@ too long for a regex) and the value found, so a failing check can say what it sa
 
 from __future__ import annotations
 
-import dataclasses
 import datetime as dt
 import json
 import re
@@ -56,7 +55,7 @@ class Unreadable(NamedTuple):
     """The file does not exist (as opposed to: cannot be reached, too large)."""
 
 
-@dataclass
+@dataclass(slots=True)
 class Context:
     """What one entity's rules may read."""
 
@@ -68,6 +67,10 @@ class Context:
     """Times of this entity's events of a type (that changed `path`, when given)."""
     files: FileSource | None = None
     now: dt.datetime = field(default_factory=lambda: dt.datetime.now(dt.UTC))
+
+    def about(self, entity: Any, data: Any) -> Context:
+        """The same sources with paths starting at another value (a list item, a related entity, a file)."""
+        return Context(entity, self.related, data, self.event_times, self.files, self.now)
 
 
 # --- rule structs -----------------------------------------------------------------------------------------
@@ -405,7 +408,7 @@ def _over_items(get: _Subject, inner: Evaluate, every: bool) -> Evaluate:
             return Outcome(PASS if every and items is None else FAIL, items)
         unknown = None
         for item in items:
-            outcome = inner(dataclasses.replace(ctx, entity=item, data=item))
+            outcome = inner(ctx.about(item, item))
             if outcome.status == (FAIL if every else PASS):
                 return Outcome(outcome.status, item)
             if outcome.status == UNKNOWN and unknown is None:
@@ -670,7 +673,7 @@ def _relation(rule: Relation, at: str, reads: Reads) -> Evaluate:
             target = ctx.related(relation.get("targetRef", ""))
             if target is None:
                 continue
-            if where is None or where(dataclasses.replace(ctx, entity=target, data={})).status == PASS:
+            if where is None or where(ctx.about(target, {})).status == PASS:
                 matching.append(relation["targetRef"])
         n = len(matching)
         return Outcome(PASS if n >= low and (high is None or n <= high) else FAIL, matching)
@@ -716,7 +719,7 @@ def _file(rule: File, at: str, reads: Reads) -> Evaluate:
             parsed = parse(content)
         except (ValueError, YamlError, tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
             return Outcome(UNKNOWN, None, f"{path} is not valid {rule.format}: {str(exc).splitlines()[0][:200]}")
-        return inner(dataclasses.replace(ctx, entity=parsed, data=parsed))
+        return inner(ctx.about(parsed, parsed))
 
     return evaluate
 
