@@ -257,14 +257,15 @@ async def update_latency(args, servers, http, catalog_url: str, documents: list[
     components = [d for d in documents if d["kind"] == "Component"]
     chosen = random.Random(7).sample(components, min(len(components), int(args.updates_per_second * args.seconds)))
     sent: dict[str, float] = {}
-    latencies: dict[str, float] = {}
+    committed: dict[str, float] = {}
+    scored: dict[str, float] = {}
     nc = await nats.connect(servers.nats_url)
 
     async def on_score(msg) -> None:
         event = decode_event(msg.data)
         ref = event.resource.id
-        if ref in sent and ref not in latencies:
-            latencies[ref] = time.perf_counter() - sent[ref]
+        if ref in sent and ref not in scored:
+            scored[ref] = time.perf_counter()
 
     await nc.subscribe("idp.evt.scorecard.score.changed", cb=on_score)
 
@@ -274,9 +275,11 @@ async def update_latency(args, servers, http, catalog_url: str, documents: list[
             "experimental" if document["spec"].get("lifecycle") == "production" else "production"
         )
         name = document["metadata"]["name"]
-        sent[f"component:default/{name}"] = time.perf_counter()
+        ref = f"component:default/{name}"
+        sent[ref] = time.perf_counter()
         async with http.put(f"{catalog_url}/api/catalog/entities/by-name/component/default/{name}", json=flipped) as r:
             assert r.status == 200, await r.text()
+        committed[ref] = time.perf_counter()
 
     interval = 1 / args.updates_per_second
     started = time.perf_counter()
@@ -288,14 +291,24 @@ async def update_latency(args, servers, http, catalog_url: str, documents: list[
     offered_s = time.perf_counter() - started
     await asyncio.sleep(10)
     await nc.close()
-    values = sorted(latencies.values())
     return {
         "updates": len(chosen),
         "achieved_updates_per_s": round(len(chosen) / offered_s, 1),
-        "scored": len(values),
-        "p50_ms": round(statistics.median(values) * 1000) if values else None,
-        "p99_ms": round(values[max(0, int(len(values) * 0.99) - 1)] * 1000) if values else None,
-        "max_ms": round(values[-1] * 1000) if values else None,
+        "scored": len(scored),
+        "request_to_score": percentiles([scored[r] - sent[r] for r in scored]),
+        "catalog_response_to_score": percentiles([scored[r] - committed[r] for r in scored]),
+        "catalog_put": percentiles([committed[r] - sent[r] for r in committed]),
+    }
+
+
+def percentiles(seconds: list[float]) -> dict[str, int | None]:
+    values = sorted(seconds)
+    if not values:
+        return {"p50_ms": None, "p99_ms": None, "max_ms": None}
+    return {
+        "p50_ms": round(statistics.median(values) * 1000),
+        "p99_ms": round(values[max(0, int(len(values) * 0.99) - 1)] * 1000),
+        "max_ms": round(values[-1] * 1000),
     }
 
 
@@ -304,6 +317,7 @@ def main() -> None:
     parser.add_argument("--entities", type=int, default=10_000)
     parser.add_argument("--updates-per-second", type=float, default=100)
     parser.add_argument("--seconds", type=float, default=30)
+    parser.add_argument("--keep-logs", help="a directory to copy the services' logs to")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="idp-bench-scorecard-") as tmp:
         data = Path(tmp) / "entities"
@@ -313,6 +327,9 @@ def main() -> None:
         documents = [d for d in read_documents(data) if d.get("kind") != "Location"]
         with stack.servers(Path(tmp)) as servers:
             result = asyncio.run(measure(args, servers, Path(tmp), documents))
+        if args.keep_logs:
+            for log in Path(tmp).glob("*.log"):
+                (Path(args.keep_logs) / log.name).write_bytes(log.read_bytes())
     print(json.dumps(result, indent=2))
 
 

@@ -54,8 +54,14 @@ async def load_inputs(
     reads = [check.compiled.reads for card in cards for check in card.checks]
     inputs = _Inputs()
     keys = [e.key for e in entities]
-    if any(r.relation_types for r in reads):
-        targets = {(e.scope, rel["targetRef"]) for e in entities for rel in e.document.get("relations") or ()}
+    relation_types = {t for r in reads for t in r.relation_types}
+    if relation_types:
+        targets = {
+            (e.scope, rel["targetRef"])
+            for e in entities
+            for rel in e.document.get("relations") or ()
+            if str(rel.get("type", "")).lower() in relation_types
+        }
         inputs.related = {e.key: e.document for e in await store.entities_by_keys(conn, targets)}
     if any(r.data_keys for r in reads):
         inputs.data = await store.custom_data_for(conn, keys)
@@ -110,20 +116,29 @@ async def evaluate(
     if not work or not used:
         return summary
     entities = [entity for entity, _ in work.values()]
-    inputs = await load_inputs(conn, (cards[c] for c in used), entities, now)
-    outcomes: list[tuple[CompiledScorecard, ProjectedEntity, Any, Outcome]] = []
-    evaluated: set[tuple[str, str]] = set()
+    # Which scorecards apply first: inputs are loaded only for the entities and checks that will run.
+    applicable: list[tuple[ProjectedEntity, list[tuple[CompiledScorecard, frozenset[str] | None]]]] = []
     leaving: list[tuple[str, str]] = []
     for entity, selection in work.values():
-        ctx = context_for(entity, inputs, files, now)
+        cards_here = []
         for card_id, check_ids in selection.items():
             card = cards.get(card_id)
             if card is None:
                 continue
-            if not card.applies(entity.document):
+            if card.applies(entity.document):
+                cards_here.append((card, check_ids))
+            else:
                 leaving.append((card_id, entity.uid))
-                continue
-            evaluated.add((card_id, entity.uid))
+        if cards_here:
+            applicable.append((entity, cards_here))
+    used_cards = {card.id: card for _, cards_here in applicable for card, _ in cards_here}
+    inputs = await load_inputs(conn, used_cards.values(), [e for e, _ in applicable], now)
+    outcomes: list[tuple[CompiledScorecard, ProjectedEntity, Any, Outcome]] = []
+    evaluated: set[tuple[str, str]] = set()
+    for entity, cards_here in applicable:
+        ctx = context_for(entity, inputs, files, now)
+        for card, check_ids in cards_here:
+            evaluated.add((card.id, entity.uid))
             for check in card.checks:
                 if check_ids is None or check.id in check_ids:
                     outcomes.append((card, entity, check, run_check(check, ctx)))

@@ -37,7 +37,7 @@ async def run_jobs(deps: Deps, files: FileSource | None, idle_wait: float = 0.5)
     while True:
         _honour_cancellation()
         try:
-            if await service.run_next_job(deps.pool, files):
+            if await service.run_pending_jobs(deps.pool, files):
                 continue
         except Exception:
             log.exception("scorecard evaluation job failed; it will be retried")

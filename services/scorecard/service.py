@@ -347,17 +347,24 @@ async def evaluate_entities(
         after = entities[-1].uid
 
 
-async def run_next_job(pool: asyncpg.Pool, files: FileSource | None, stale_after: float = 600.0) -> bool:
-    """Claim and run one pending scorecard evaluation; False when there was none."""
+async def run_pending_jobs(pool: asyncpg.Pool, files: FileSource | None, stale_after: float = 600.0) -> bool:
+    """Claim the pending scorecard evaluations and run them in one pass over the entities (five new
+    scorecards cost one scan, not five); False when there was nothing to do."""
     async with transaction(pool) as conn:
-        job = await store.claim_job(conn, stale_after)
-    if job is None:
+        jobs = await store.claim_jobs(conn, stale_after)
+    if not jobs:
         return False
-    check_ids = job["check_ids"]
-    log.info("evaluating scorecard %s (%s)", job["scorecard_id"], job["reason"])
-    await evaluate_entities(pool, files, {job["scorecard_id"]: None if check_ids is None else frozenset(check_ids)})
+    selection: Selection = {}
+    for job in jobs:
+        card_id, checks = job["scorecard_id"], job["check_ids"]
+        if checks is None or selection.get(card_id, frozenset()) is None:
+            selection[card_id] = None
+        else:
+            selection[card_id] = frozenset(selection.get(card_id, frozenset()) | set(checks))
+    log.info("evaluating scorecards %s", ", ".join(sorted(selection)))
+    await evaluate_entities(pool, files, selection)
     async with transaction(pool) as conn:
-        await store.finish_job(conn, job["id"])
+        await store.finish_jobs(conn, [job["id"] for job in jobs])
     return True
 
 

@@ -421,20 +421,21 @@ async def enqueue_job(conn: asyncpg.Connection, scorecard_id: str, check_ids: li
     )
 
 
-async def claim_job(conn: asyncpg.Connection, stale_after: float) -> asyncpg.Record | None:
-    """The oldest job nobody works on (or whose worker vanished `stale_after` seconds ago), now claimed."""
-    return await conn.fetchrow(
-        """UPDATE evaluation_jobs SET claimed_at = now() WHERE id = (
+async def claim_jobs(conn: asyncpg.Connection, stale_after: float, limit: int = 100) -> list[asyncpg.Record]:
+    """The oldest jobs nobody works on (or whose worker vanished `stale_after` seconds ago), now claimed."""
+    return await conn.fetch(
+        """UPDATE evaluation_jobs SET claimed_at = now() WHERE id IN (
                SELECT id FROM evaluation_jobs
                WHERE claimed_at IS NULL OR claimed_at < now() - make_interval(secs => $1)
-               ORDER BY id FOR UPDATE SKIP LOCKED LIMIT 1)
+               ORDER BY id FOR UPDATE SKIP LOCKED LIMIT $2)
            RETURNING id, scorecard_id, check_ids, reason""",
         stale_after,
+        limit,
     )
 
 
-async def finish_job(conn: asyncpg.Connection, job_id: int) -> None:
-    await conn.execute("DELETE FROM evaluation_jobs WHERE id = $1", job_id)
+async def finish_jobs(conn: asyncpg.Connection, job_ids: list[int]) -> None:
+    await conn.execute("DELETE FROM evaluation_jobs WHERE id = ANY($1::bigint[])", job_ids)
 
 
 async def pending_jobs(conn: asyncpg.Connection) -> int:
