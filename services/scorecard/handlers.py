@@ -44,9 +44,11 @@ async def run_jobs(deps: Deps, files: FileSource | None, idle_wait: float = 0.5)
         await asyncio.sleep(idle_wait)
 
 
-async def sync_and_schedule(deps: Deps, files: FileSource | None, interval: float) -> None:
-    """At start, catch up with the catalog (entities it had before this service saw their events); then queue
-    the time- and file-dependent checks every `interval` seconds."""
+async def sync_and_schedule(deps: Deps, files: FileSource | None, interval: float, stale_wait: float = 5.0) -> None:
+    """At start, catch up with the catalog (entities it had before this service saw their events). Then read
+    again entities whose change came while the catalog was away, and queue the time- and file-dependent
+    checks every `interval` seconds."""
+    loop = asyncio.get_running_loop()
     while True:
         _honour_cancellation()
         try:
@@ -57,14 +59,21 @@ async def sync_and_schedule(deps: Deps, files: FileSource | None, interval: floa
             break
         except ServiceUnavailableError as exc:
             log.warning("catalog not reachable for the initial sync (%s); retrying", exc)
-            await asyncio.sleep(min(interval, 5.0))
+            await asyncio.sleep(stale_wait)
+    scheduled = loop.time()
     while True:
         _honour_cancellation()
-        await asyncio.sleep(interval)
+        await asyncio.sleep(stale_wait)
         try:
-            await service.schedule_clock_checks(deps.pool)
+            while await service.refresh_stale(deps.pool, deps.nc, files):
+                pass
+            if loop.time() - scheduled >= interval:
+                scheduled = loop.time()
+                await service.schedule_clock_checks(deps.pool)
+        except ServiceUnavailableError as exc:
+            log.warning("catalog not reachable (%s); stale entities wait", exc)
         except Exception:
-            log.exception("scheduling time and file checks failed; retrying next interval")
+            log.exception("refreshing stale entities or scheduling checks failed; retrying")
 
 
 async def evaluate_alerts_periodically(deps: Deps, webhook_url: str | None, interval: float) -> None:

@@ -47,7 +47,7 @@ from services.scorecard.rules import FileSource
 from services.scorecard.store import EntityKey, ProjectedEntity
 from shared import catalog_client
 from shared.db import transaction
-from shared.errors import ConflictError, InputError, NotFoundError
+from shared.errors import ConflictError, InputError, NotFoundError, ServiceUnavailableError
 from shared.etag import check_if_match
 from shared.events import Actor, Event, ResourceRef, diff_fields, new_event
 from shared.outbox import write_event
@@ -229,8 +229,15 @@ async def observe_events(
                 event_types.setdefault(key, set()).add(event.type)
         if entity_events:
             await store.insert_entity_events(conn, entity_events)
-        served = await catalog_client.get_entities(nc, uids=sorted(changed_paths)) if changed_paths else []
-        deleted |= set(changed_paths) - {e["metadata"]["uid"] for e in served}
+        served: list[dict[str, Any]] = []
+        if changed_paths:
+            try:
+                served = await catalog_client.get_entities(nc, uids=sorted(changed_paths))
+                deleted |= set(changed_paths) - {e["metadata"]["uid"] for e in served}
+            except ServiceUnavailableError as exc:
+                # Retrying the batch would send it to the dead letters during an outage: note what to read.
+                log.warning("catalog unreachable (%s); %d entities will be read again later", exc, len(changed_paths))
+                await store.mark_stale(conn, sorted(changed_paths))
         await store.upsert_entities(conn, [projection_row(e) for e in served])
         removed = await store.delete_entities(conn, sorted(deleted)) if deleted else []
         cards = await load_scorecards(conn)
@@ -314,6 +321,25 @@ async def sync_entities(pool: asyncpg.Pool, nc: NatsClient, page_size: int = 500
         if gone:
             await store.delete_entities(conn, gone)
     return changed, len(gone)
+
+
+async def refresh_stale(pool: asyncpg.Pool, nc: NatsClient, files: FileSource | None, limit: int = 500) -> int:
+    """Read again the entities whose change arrived while the catalog was unreachable, and evaluate them;
+    returns how many were refreshed (the catalog still being away raises ServiceUnavailableError)."""
+    async with pool.acquire() as conn:
+        uids = await store.stale_uids(conn, limit)
+    if not uids:
+        return 0
+    served = await catalog_client.get_entities(nc, uids=uids)
+    found = {e["metadata"]["uid"] for e in served}
+    async with transaction(pool) as conn:
+        await store.upsert_entities(conn, [projection_row(e) for e in served])
+        removed = await store.delete_entities(conn, sorted(set(uids) - found))
+        cards = await load_scorecards(conn)
+        work = await _plan(conn, cards, served, dict.fromkeys(found), removed, {}, {})
+        await evaluate(conn, cards, work, files=files)
+        await store.clear_stale(conn, uids)
+    return len(uids)
 
 
 async def evaluate_entities(

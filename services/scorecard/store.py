@@ -205,6 +205,19 @@ async def entity_page(conn: asyncpg.Connection, after: str | None, limit: int) -
     )
 
 
+async def mark_stale(conn: asyncpg.Connection, uids: list[str]) -> None:
+    await conn.execute("INSERT INTO stale_entities (uid) SELECT unnest($1::uuid[]) ON CONFLICT DO NOTHING", uids)
+
+
+async def stale_uids(conn: asyncpg.Connection, limit: int) -> list[str]:
+    rows = await conn.fetch("SELECT uid::text AS uid FROM stale_entities ORDER BY since LIMIT $1", limit)
+    return [r["uid"] for r in rows]
+
+
+async def clear_stale(conn: asyncpg.Connection, uids: list[str]) -> None:
+    await conn.execute("DELETE FROM stale_entities WHERE uid = ANY($1::uuid[])", uids)
+
+
 async def entity_uids(conn: asyncpg.Connection) -> set[str]:
     return {r["uid"] for r in await conn.fetch("SELECT uid::text AS uid FROM entities")}
 

@@ -143,3 +143,44 @@ async def test_poison_events_go_to_the_dead_letter_api_and_never_stall_the_strea
     assert letter["reason"].startswith("undecodable") and letter["payload"] == "{not an event"
     async with http.get(f"{scorecard.url}/api/scorecard/dead-letters", params={"after": letter["sequence"]}) as r:
         assert (await r.json())["items"] == []
+
+
+async def test_changes_during_a_catalog_outage_are_read_again_when_it_is_back(make_settings, http):
+    from services.catalog.app import DEFINITION as CATALOG
+    from services.catalog.app import Settings as CatalogSettings
+    from services.scorecard.app import DEFINITION, Settings
+    from shared.bus import publish_event
+    from shared.events import SYSTEM, ResourceRef, new_event
+    from shared.service import running_service
+
+    async with running_service(DEFINITION, make_settings(Settings)) as scorecard:
+        async with running_service(CATALOG, make_settings(CatalogSettings)) as catalog:
+            await create_entity(http, catalog, GROUP)
+            created = await create_entity(http, catalog, component("petstore"))
+            await create_scorecard(http, scorecard, readiness())
+            await wait_for_status(http, scorecard, "petstore", "production", "fail")
+        uid = created["metadata"]["uid"]
+        update = new_event(
+            "catalog.entity.updated",
+            source="catalog",
+            actor=SYSTEM,
+            resource=ResourceRef("entity", "component:default/petstore"),
+            data={"uid": uid, "changes": {"spec.lifecycle": {"before": "experimental", "after": "production"}}},
+        )
+        await publish_event(scorecard.deps.js, update)
+        pool = scorecard.deps.pool
+
+        async def stale() -> bool:
+            return await pool.fetchval("SELECT count(*) FROM stale_entities WHERE uid = $1", uid) == 1
+
+        await eventually(stale)
+        async with running_service(CATALOG, make_settings(CatalogSettings)) as catalog:
+            await replace_entity(http, catalog, component("petstore", lifecycle="production"))
+            await wait_for_status(http, scorecard, "petstore", "production", "pass")
+
+            async def refreshed() -> bool:
+                return await pool.fetchval("SELECT count(*) FROM stale_entities") == 0
+
+            await eventually(refreshed)
+        async with http.get(f"{scorecard.url}/api/scorecard/dead-letters") as r:
+            assert (await r.json())["items"] == []
