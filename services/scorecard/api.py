@@ -10,6 +10,7 @@ from services.scorecard.model import (
     AlertRuleList,
     AlertRuleSpec,
     AlertRuleView,
+    CheckSpec,
     ConsumerProgress,
     CustomDataRequest,
     CustomDataResult,
@@ -115,6 +116,38 @@ def routes(deps: Deps, files: FileSource | None = None) -> Routes:
             pool, principal_of(request).actor(), request.match_info["id"], request.headers.get("If-Match")
         )
         return web.Response(status=204)
+
+    @api.put(
+        SCORECARD + "/checks/{check}",
+        summary="Add or replace one check (If-Match: the scorecard's etag); it is evaluated again",
+        permission="scorecard_scorecard_edit",
+        body=CheckSpec,
+        response=ScorecardView,
+    )
+    async def put_check(request: web.Request) -> web.Response:
+        check = await read_json(request, CheckSpec)
+        if check.id != request.match_info["check"]:
+            raise InputError.for_field("$.id", f"must be {request.match_info['check']!r} as in the path")
+        view = await service.put_check(
+            pool, principal_of(request).actor(), request.match_info["id"], check, request.headers.get("If-Match")
+        )
+        return _scorecard_response(view)
+
+    @api.delete(
+        SCORECARD + "/checks/{check}",
+        summary="Remove one check (If-Match: the scorecard's etag); its results go with it",
+        permission="scorecard_scorecard_edit",
+        response=ScorecardView,
+    )
+    async def delete_check(request: web.Request) -> web.Response:
+        view = await service.delete_check(
+            pool,
+            principal_of(request).actor(),
+            request.match_info["id"],
+            request.match_info["check"],
+            request.headers.get("If-Match"),
+        )
+        return _scorecard_response(view)
 
     @api.post(
         "/api/scorecard/dry-run",

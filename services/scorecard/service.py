@@ -17,6 +17,7 @@ from nats.aio.client import Client as NatsClient
 from services.scorecard import store
 from services.scorecard.evaluation import Selection, Summary, context_for, evaluate, load_inputs, run_check
 from services.scorecard.model import (
+    CheckSpec,
     CheckSummary,
     CheckView,
     CompiledScorecard,
@@ -129,6 +130,31 @@ async def replace_scorecard(
             conn, _scorecard_event("updated", actor, spec, {"changes": changes, "changed_checks": checks})
         )
         return view
+
+
+async def put_check(
+    pool: asyncpg.Pool, actor: Actor, scorecard_id: str, check: CheckSpec, if_match: str | None
+) -> ScorecardView:
+    """Add or replace one check of a scorecard (`If-Match` is the scorecard's etag)."""
+    current = await get_scorecard(pool, scorecard_id)
+    checks = [c for c in current.spec.checks if c.id != check.id]
+    position = next((i for i, c in enumerate(current.spec.checks) if c.id == check.id), len(checks))
+    checks.insert(position, check)
+    spec = msgspec.structs.replace(current.spec, checks=checks)
+    return await replace_scorecard(pool, actor, scorecard_id, spec, if_match or f'"{current.etag}"')
+
+
+async def delete_check(
+    pool: asyncpg.Pool, actor: Actor, scorecard_id: str, check_id: str, if_match: str | None
+) -> ScorecardView:
+    current = await get_scorecard(pool, scorecard_id)
+    checks = [c for c in current.spec.checks if c.id != check_id]
+    if len(checks) == len(current.spec.checks):
+        raise NotFoundError(f"scorecard {scorecard_id} has no check {check_id}")
+    if not checks:
+        raise ConflictError("a scorecard keeps at least one check; delete the scorecard instead")
+    spec = msgspec.structs.replace(current.spec, checks=checks)
+    return await replace_scorecard(pool, actor, scorecard_id, spec, if_match or f'"{current.etag}"')
 
 
 async def delete_scorecard(pool: asyncpg.Pool, actor: Actor, scorecard_id: str, if_match: str | None) -> None:

@@ -16,6 +16,7 @@ from tests.integration.scorecard.helpers import (
     create_entity,
     create_scorecard,
     readiness,
+    report,
     wait_for_status,
 )
 
@@ -193,3 +194,39 @@ def test_rules_round_trip_through_yaml():
     text = yaml.safe_dump(readiness())
     assert msgspec.convert(yaml.safe_load(text), dict) == readiness()
     assert eventually
+
+
+async def test_checks_are_added_replaced_and_removed_one_at_a_time(catalog, scorecard, http):
+    await create_entity(http, catalog, GROUP)
+    await create_entity(http, catalog, component("petstore"))
+    created = await create_scorecard(http, scorecard, readiness())
+    url = f"{scorecard.url}/api/scorecard/scorecards/readiness/checks"
+    tagged = {
+        "id": "tagged",
+        "name": "Tagged",
+        "level": "Bronze",
+        "rule": {"op": "count", "path": "metadata.tags", "min": 1},
+    }
+    async with http.put(f"{url}/tagged", json=tagged, headers={"If-Match": '"stale"'}) as r:
+        assert r.status == 412
+    async with http.put(f"{url}/other", json=tagged) as r:
+        assert r.status == 400 and (await problem(r))["errors"][0]["field"] == "$.id"
+    async with http.put(f"{url}/tagged", json=tagged, headers={"If-Match": f'"{created["etag"]}"'}) as r:
+        assert r.status == 200 and [c["id"] for c in (await r.json())["spec"]["checks"]][-1] == "tagged"
+    await wait_for_status(http, scorecard, "petstore", "tagged", "pass")
+    async with http.delete(f"{url}/coverage") as r:
+        assert r.status == 200 and "coverage" not in [c["id"] for c in (await r.json())["spec"]["checks"]]
+    async with http.delete(f"{url}/coverage") as r:
+        assert r.status == 404
+    pool = scorecard.deps.pool
+
+    async def coverage_gone() -> bool:
+        return await pool.fetchval("SELECT count(*) FROM results WHERE check_id = 'coverage'") == 0
+
+    await eventually(coverage_gone)
+
+    async def rescored() -> bool:
+        body = await report(http, scorecard, "petstore")
+        return body["scorecards"][0]["score"] == 80.0  # owner-group 2 + no-deprecated 1 + tagged 1 of 5
+
+    await eventually(rescored)
