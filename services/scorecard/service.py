@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import csv
 import datetime as dt
 import io
@@ -374,29 +375,30 @@ async def evaluate_entities(
     selection: Selection | None = None,
     uids: list[str] | None = None,
     batch: int = BATCH,
+    workers: int = 2,
 ) -> Summary:
     """Evaluate every entity of the projection (or those of `uids`) against `selection` (default: every
-    check of every scorecard), one transaction per batch."""
+    check of every scorecard), one transaction per batch. Two batches run at once so that one is evaluated
+    in Python while PostgreSQL writes the other."""
     summary = Summary()
     async with pool.acquire() as conn:
         cards = await load_scorecards(conn)
+        if uids is None:
+            uids = await store.all_entity_uids(conn)
     selection = {card_id: None for card_id in cards} if selection is None else selection
     if not cards or not selection:
         return summary
-    after: str | None = None
-    position = 0
-    while True:
-        async with transaction(pool) as conn:
-            if uids is None:
-                entities = await store.entity_page(conn, after, batch)
-            else:
-                entities = await store.get_entities(conn, uids[position : position + batch])
-                position += batch
-            if not entities:
-                return summary
-            work = {e.uid: (e, dict(selection)) for e in entities}
-            summary.add(await evaluate(conn, cards, work, files=files))
-        after = entities[-1].uid
+    batches = iter(range(0, len(uids), batch))
+
+    async def work_through() -> None:
+        for start in batches:
+            async with transaction(pool) as conn:
+                entities = await store.get_entities(conn, uids[start : start + batch])
+                work = {e.uid: (e, dict(selection)) for e in entities}
+                summary.add(await evaluate(conn, cards, work, files=files))
+
+    await asyncio.gather(*(work_through() for _ in range(workers)))
+    return summary
 
 
 async def run_pending_jobs(pool: asyncpg.Pool, files: FileSource | None, stale_after: float = 600.0) -> bool:

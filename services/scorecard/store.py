@@ -194,15 +194,8 @@ async def dependents(conn: asyncpg.Connection, keys: Iterable[EntityKey]) -> lis
     return found
 
 
-async def entity_page(conn: asyncpg.Connection, after: str | None, limit: int) -> list[ProjectedEntity]:
-    return _projected(
-        await conn.fetch(
-            f"""SELECT {_ENTITY_COLUMNS} FROM entities WHERE $1::uuid IS NULL OR uid > $1::uuid
-                ORDER BY uid LIMIT $2""",
-            after,
-            limit,
-        )
-    )
+async def all_entity_uids(conn: asyncpg.Connection) -> list[str]:
+    return [r["uid"] for r in await conn.fetch("SELECT uid::text AS uid FROM entities ORDER BY uid")]
 
 
 async def mark_stale(conn: asyncpg.Connection, uids: list[str]) -> None:
