@@ -444,10 +444,6 @@ async def finish_jobs(conn: asyncpg.Connection, job_ids: list[int]) -> None:
     await conn.execute("DELETE FROM evaluation_jobs WHERE id = ANY($1::bigint[])", job_ids)
 
 
-async def pending_jobs(conn: asyncpg.Connection) -> int:
-    return await conn.fetchval("SELECT count(*) FROM evaluation_jobs")
-
-
 # --- reads ------------------------------------------------------------------------------------------------
 
 
