@@ -174,11 +174,13 @@ def owner_refs(entity: dict[str, Any]) -> set[str]:
     return {r["targetRef"] for r in entity.get("relations") or () if r.get("type") == "ownedBy"}
 
 
-def _group_ref(owner: str) -> str:
-    owner = owner.lower()
-    if ":" not in owner:
-        owner = "group:" + owner
-    kind, _, rest = owner.partition(":")
+def canonical_ref(ref: str, default_kind: str = "") -> str:
+    """`kind:namespace/name` in lower case, the namespace defaulting to `default` (and the kind to
+    `default_kind`, for owners written as a bare name)."""
+    ref = ref.lower()
+    if ":" not in ref and default_kind:
+        ref = f"{default_kind}:{ref}"
+    kind, _, rest = ref.partition(":")
     return f"{kind}:{rest if '/' in rest else 'default/' + rest}"
 
 
@@ -187,7 +189,7 @@ def _compile_filter(spec: ScorecardSpec) -> tuple[Any, frozenset[str]]:
     kinds = {k.lower() for k in f.kinds}
     types = {t.lower() for t in f.types}
     lifecycles = {t.lower() for t in f.lifecycles}
-    owners = {_group_ref(o) for o in f.owners}
+    owners = {canonical_ref(o, "group") for o in f.owners}
     tags = {t.lower() for t in f.tags}
     where = compile_rule(f.where, "$.filter.where") if f.where is not None else None
     paths = {"metadata.annotations"}

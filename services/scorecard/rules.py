@@ -255,10 +255,11 @@ class Reads:
         """Whether an entity change of `changed_paths` (None: everything) can change the outcome."""
         if changed_paths is None or self.relation_types or self.files:
             return True
-        return any(_overlaps(mine, theirs) for mine in self.entity_paths for theirs in changed_paths)
+        return any(paths_overlap(mine, theirs) for mine in self.entity_paths for theirs in changed_paths)
 
 
-def _overlaps(a: str, b: str) -> bool:
+def paths_overlap(a: str, b: str) -> bool:
+    """One path is the other or lies under it; the empty path (the whole value) overlaps everything."""
     return a == b or a.startswith(b + ".") or b.startswith(a + ".") or not a or not b
 
 

@@ -37,6 +37,7 @@ from services.scorecard.model import (
     Trend,
     TrendPoint,
     TrendQuery,
+    canonical_ref,
     changed_checks,
     check_scope,
     compile_scorecard,
@@ -45,7 +46,7 @@ from services.scorecard.model import (
     score_of,
     spec_etag,
 )
-from services.scorecard.rules import FileSource
+from services.scorecard.rules import FileSource, paths_overlap
 from services.scorecard.store import EntityKey, ProjectedEntity
 from shared import catalog_client
 from shared.db import transaction
@@ -190,9 +191,9 @@ async def push_custom_data(pool: asyncpg.Pool, actor: Actor, request: CustomData
     rows = []
     for i, item in enumerate(request.items):
         check_scope(item.scope, f"$.items[{i}].scope")
-        ref = item.entity.lower()
-        if ":" not in ref or "/" not in ref:
-            raise InputError.for_field(f"$.items[{i}].entity", "an entity ref is kind:namespace/name")
+        if ":" not in item.entity:
+            raise InputError.for_field(f"$.items[{i}].entity", "an entity ref is kind:[namespace/]name")
+        ref = canonical_ref(item.entity)
         rows += [(item.scope, ref, key, value) for key, value in item.values.items()]
     if not rows:
         return CustomDataResult(changed=0)
@@ -298,7 +299,7 @@ async def _plan(
     for entity in changed_entities:
         paths = changed_paths.get(entity.uid)
         for card in cards.values():
-            if paths is None or any(_overlaps(p, f) for p in paths for f in card.filter_paths):
+            if paths is None or any(paths_overlap(p, f) for p in paths for f in card.filter_paths):
                 want(entity, card, None)
             else:
                 want(entity, card, {c.id for c in card.checks if c.compiled.reads.touched_by(paths)})
@@ -321,10 +322,6 @@ async def _plan(
                 {cid for cid, r in reads_of.items() if (r.data_keys & keys) or (r.event_types & types)},
             )
     return {uid: item for uid, item in work.items() if item[1]}
-
-
-def _overlaps(a: str, b: str) -> bool:
-    return a == b or a.startswith(b + ".") or b.startswith(a + ".")
 
 
 # --- whole-catalog work: sync, jobs, schedules -------------------------------------------------------------
@@ -473,13 +470,8 @@ async def dry_run(pool: asyncpg.Pool, nc: NatsClient, files: FileSource | None, 
             )
         )
     found = {e.ref for e in entities}
-    missing = [ref for ref in request.entities if _canonical_ref(ref) not in found]
+    missing = [ref for ref in request.entities if canonical_ref(ref) not in found]
     return DryRunResult(evaluations=evaluations, not_applicable=not_applicable, missing=missing)
-
-
-def _canonical_ref(ref: str) -> str:
-    kind, _, rest = ref.lower().partition(":")
-    return f"{kind}:{rest if '/' in rest else 'default/' + rest}"
 
 
 async def consumer_progress(pool: asyncpg.Pool) -> ConsumerProgress:
@@ -496,7 +488,7 @@ async def consumer_progress(pool: asyncpg.Pool) -> ConsumerProgress:
 async def entity_report(pool: asyncpg.Pool, scope: str, ref: str) -> EntityReport:
     """Every scorecard of an entity: score, level, and each check with what it found against what it expects."""
     check_scope(scope, "query.scope")
-    canonical = _canonical_ref(ref)
+    canonical = canonical_ref(ref)
     async with pool.acquire() as conn:
         entity = await store.find_entity(conn, scope, canonical)
         if entity is None:
@@ -597,11 +589,11 @@ async def trend(pool: asyncpg.Pool, query: TrendQuery) -> Trend:
             raise NotFoundError(f"no scorecard {query.scorecard}")
         uid = None
         if query.entity is not None:
-            entity = await store.find_entity(conn, query.scope, _canonical_ref(query.entity))
+            entity = await store.find_entity(conn, query.scope, canonical_ref(query.entity))
             if entity is None:
                 raise NotFoundError(f"no entity {query.entity} at scope {query.scope}")
             uid = entity.uid
-        owner = _canonical_ref(query.group) if query.group else None
+        owner = canonical_ref(query.group, "group") if query.group else None
         rows = await store.daily_series(conn, query.scorecard, query.since, query.until, owner=owner, uid=uid)
     return Trend(
         scorecard=query.scorecard,
