@@ -133,6 +133,10 @@ async def test_summary_rollups_csv_and_trends(catalog, scorecard, http):
     assert trend["points"][-1]["average_score"] == 70.0
     async with http.get(f"{scorecard.url}/api/scorecard/trends", params={**params, "entity": "component:a"}) as r:
         assert (await r.json())["points"][-1]["average_score"] == 80.0
+    async with http.get(f"{scorecard.url}/api/scorecard/trends", params={**params, "group": "team-a"}) as r:
+        assert (await r.json())["points"][-1]["entities"] == 2
+    async with http.get(f"{scorecard.url}/api/scorecard/trends", params={**params, "group": "team-b"}) as r:
+        assert (await r.json())["points"][-1]["entities"] == 0
     async with http.get(f"{scorecard.url}/api/scorecard/trends", params={**params, "until": "2020-01-01"}) as r:
         assert r.status == 400 and (await problem(r))["errors"][0]["field"] == "query.until"
 
