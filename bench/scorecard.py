@@ -1,11 +1,12 @@
 """Scorecard benchmark: full evaluation of 5 scorecards of 10 checks, and catalog update → new score latency.
 
-    python bench/scorecard.py --entities 100000 [--updates-per-second 100] [--seconds 30]
+    python bench/scorecard.py --entities 100000 [--updates-per-second 100] [--seconds 30] [--runs 3]
 
 Generates the shared organisation (../shared/bench/gen_entities.py) and writes it into the catalog's tables with
 the catalog's own validation, relation and store functions (its file ingestion runs at about 100 entities/s on
 this machine, too slow to load 100,000 for every run; the search rows only the catalog's queries need are not
-built). Then, with NATS, PostgreSQL, the catalog and the scorecard each their own process:
+built). Then, with NATS, PostgreSQL, the catalog and the scorecard each their own process, `--runs` times on a
+fresh scorecard schema (medians reported):
 
 1. sync: time until the scorecard service has read every entity from the catalog over `idp.rpc.catalog.page`;
 2. full evaluation: the 5 scorecards are created through the API and the time until every evaluation job is
@@ -211,11 +212,39 @@ async def measure(args: argparse.Namespace, servers: stack.Servers, tmp: Path, d
     loaded = await load_catalog(servers.database_url, documents)
     load_s = time.perf_counter() - started
     catalog = stack.start_service("catalog", servers, tmp / "catalog.log", IDP_REFRESH_INTERVAL_SECONDS="86400")
+    components = {d["metadata"]["name"]: d for d in documents if d["kind"] == "Component"}
+    runs = []
+    try:
+        for run in range(args.runs):
+            runs.append(await measure_run(args, servers, tmp, catalog.url, loaded, components, run))
+    finally:
+        catalog.stop()
+    summary = {
+        key: statistics.median(r[key] for r in runs)
+        for key in ("sync_s", "full_evaluation_s", "check_evaluations_per_s")
+    }
+    for key in ("request_to_score", "catalog_response_to_score", "catalog_put"):
+        for quantile in ("p50_ms", "p99_ms"):
+            summary[f"{key}_{quantile}"] = statistics.median(r["update_to_score"][key][quantile] for r in runs)
+    return {"entities": loaded, "catalog_load_s": round(load_s, 1), "median": summary, "runs": runs}
+
+
+async def measure_run(
+    args: argparse.Namespace,
+    servers: stack.Servers,
+    tmp: Path,
+    catalog_url: str,
+    loaded: int,
+    components: dict[str, dict],
+    run: int,
+) -> dict[str, Any]:
+    """One run on a fresh scorecard schema: sync, full evaluation, update latency."""
+    db_conn = await asyncpg.connect(servers.database_url)
+    await db_conn.execute("DROP SCHEMA IF EXISTS scorecard CASCADE")
     started = time.perf_counter()
     scorecard = stack.start_service(
         "scorecard", servers, tmp / "scorecard.log", IDP_DB_POOL_SIZE="4", IDP_SCHEDULE_INTERVAL_SECONDS="86400"
     )
-    db_conn = await asyncpg.connect(servers.database_url)
     try:
 
         async def synced() -> bool:
@@ -235,14 +264,11 @@ async def measure(args: argparse.Namespace, servers: stack.Servers, tmp: Path, d
             evaluation_s = await wait_until(evaluated, 3600, interval=0.5)
             pairs = await db_conn.fetchval("SELECT count(*) FROM scorecard.results")
             scores = await db_conn.fetchval("SELECT count(*) FROM scorecard.scores")
-            latency = await update_latency(args, servers, http, catalog.url, documents)
+            latency = await update_latency(args, servers, http, catalog_url, components, seed=run)
     finally:
         await db_conn.close()
         scorecard.stop()
-        catalog.stop()
     return {
-        "entities": loaded,
-        "catalog_load_s": round(load_s, 1),
         "sync_s": round(sync_s, 1),
         "full_evaluation_s": round(evaluation_s, 1),
         "results": pairs,
@@ -252,10 +278,13 @@ async def measure(args: argparse.Namespace, servers: stack.Servers, tmp: Path, d
     }
 
 
-async def update_latency(args, servers, http, catalog_url: str, documents: list[dict]) -> dict[str, Any]:
-    """Flip components' lifecycle at a steady rate; time each until its `scorecard.score.changed` arrives."""
-    components = [d for d in documents if d["kind"] == "Component"]
-    chosen = random.Random(7).sample(components, min(len(components), int(args.updates_per_second * args.seconds)))
+async def update_latency(
+    args, servers, http, catalog_url: str, components: dict[str, dict], seed: int
+) -> dict[str, Any]:
+    """Flip components' lifecycle at a steady rate; time each until its `scorecard.score.changed` arrives.
+    `components` holds their current documents and is updated."""
+    count = min(len(components), int(args.updates_per_second * args.seconds))
+    chosen = random.Random(seed).sample(sorted(components), count)
     sent: dict[str, float] = {}
     committed: dict[str, float] = {}
     scored: dict[str, float] = {}
@@ -269,24 +298,25 @@ async def update_latency(args, servers, http, catalog_url: str, documents: list[
 
     await nc.subscribe("idp.evt.scorecard.score.changed", cb=on_score)
 
-    async def update(document: dict) -> None:
+    async def update(name: str) -> None:
+        document = components[name]
         flipped = {**document, "spec": {**document["spec"]}}
         flipped["spec"]["lifecycle"] = (
             "experimental" if document["spec"].get("lifecycle") == "production" else "production"
         )
-        name = document["metadata"]["name"]
         ref = f"component:default/{name}"
         sent[ref] = time.perf_counter()
         async with http.put(f"{catalog_url}/api/catalog/entities/by-name/component/default/{name}", json=flipped) as r:
             assert r.status == 200, await r.text()
         committed[ref] = time.perf_counter()
+        components[name] = flipped
 
     interval = 1 / args.updates_per_second
     started = time.perf_counter()
     tasks = []
-    for i, document in enumerate(chosen):
+    for i, name in enumerate(chosen):
         await asyncio.sleep(max(0.0, started + i * interval - time.perf_counter()))
-        tasks.append(asyncio.create_task(update(document)))
+        tasks.append(asyncio.create_task(update(name)))
     await asyncio.gather(*tasks)
     offered_s = time.perf_counter() - started
     await asyncio.sleep(10)
@@ -317,6 +347,7 @@ def main() -> None:
     parser.add_argument("--entities", type=int, default=10_000)
     parser.add_argument("--updates-per-second", type=float, default=100)
     parser.add_argument("--seconds", type=float, default=30)
+    parser.add_argument("--runs", type=int, default=3, help="runs on the same catalog; medians are reported")
     parser.add_argument("--keep-logs", help="a directory to copy the services' logs to")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="idp-bench-scorecard-") as tmp:
