@@ -53,12 +53,13 @@ async def get_entities(
     refs: Sequence[str] = (),
     scope: str = "account",
     timeout: float = 10.0,
+    chunk: int = CHUNK,
 ) -> list[dict[str, Any]]:
-    """Entities by uid and ref, asked in chunks small enough for one reply message."""
+    """Entities by uid and ref, asked `chunk` at a time so that each reply fits in one message."""
     found: list[dict[str, Any]] = []
     uids, refs = list(uids), list(refs)
-    for start in range(0, max(len(uids), len(refs)), CHUNK):
-        request = EntitiesRequest(uids=uids[start : start + CHUNK], refs=refs[start : start + CHUNK], scope=scope)
+    for start in range(0, max(len(uids), len(refs)), chunk):
+        request = EntitiesRequest(uids=uids[start : start + chunk], refs=refs[start : start + chunk], scope=scope)
         reply = await request_rpc(nc, SERVICE, "entities", request, EntitiesReply, timeout=timeout)
         found += reply.items
     return found

@@ -41,6 +41,8 @@ from services.scorecard.model import (
     changed_checks,
     check_scope,
     compile_scorecard,
+    entity_ref,
+    entity_scope,
     projection_row,
     result_of,
     score_of,
@@ -63,6 +65,8 @@ BATCH = 1000
 ENTITY_CHANGED = ("catalog.entity.created", "catalog.entity.updated", "catalog.entity.orphaned")
 ENTITY_DELETED = "catalog.entity.deleted"
 DATA_UPDATED = "scorecard.data.updated"
+NEIGHBOUR_CHUNK = 20
+"""Relation targets asked per request: groups and systems carry many relations, and a reply is one message."""
 
 _UID = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
 _compiled: dict[str, CompiledScorecard] = {}
@@ -260,8 +264,8 @@ async def observe_events(
         served: list[dict[str, Any]] = []
         if changed_paths:
             try:
-                served = await catalog_client.get_entities(nc, uids=sorted(changed_paths))
-                deleted |= set(changed_paths) - {e["metadata"]["uid"] for e in served}
+                served, vanished = await _read_changes(conn, nc, changed_paths)
+                deleted |= vanished
             except ServiceUnavailableError as exc:
                 # Retrying the batch would send it to the dead letters during an outage: note what to read.
                 log.warning("catalog unreachable (%s); %d entities will be read again later", exc, len(changed_paths))
@@ -274,6 +278,31 @@ async def observe_events(
         work = await _plan(conn, cards, served, changed_paths, removed, data_keys, event_types)
         summary = await evaluate(conn, cards, work, files=files)
     return summary
+
+
+async def _read_changes(
+    conn: asyncpg.Connection, nc: NatsClient, changed_paths: dict[str, set[str] | None]
+) -> tuple[list[dict[str, Any]], set[str]]:
+    """The changed entities as the catalog serves them now, and the uids it no longer has. The entities their
+    relations point at, before or after the change, are read again too (and added to `changed_paths` as
+    `relations`): the catalog keeps relations both ways, so a target's served `ownerOf`, `hasPart`, … change
+    with the entity, without an event of their own."""
+    served = await catalog_client.get_entities(nc, uids=sorted(changed_paths))
+    vanished = set(changed_paths) - {e["metadata"]["uid"] for e in served}
+    documents = [e.document for e in await store.get_entities(conn, sorted(changed_paths))] + served
+    own = {(entity_scope(d), entity_ref(d)) for d in documents}
+    targets: dict[str, set[str]] = {}
+    for document in documents:
+        for relation in document.get("relations") or ():
+            key = (entity_scope(document), str(relation.get("targetRef", "")))
+            if key not in own:
+                targets.setdefault(key[0], set()).add(key[1])
+    for scope, refs in targets.items():
+        neighbours = await catalog_client.get_entities(nc, refs=sorted(refs), scope=scope, chunk=NEIGHBOUR_CHUNK)
+        for neighbour in neighbours:
+            changed_paths.setdefault(neighbour["metadata"]["uid"], {"relations"})
+        served += neighbours
+    return served, vanished
 
 
 async def _plan(

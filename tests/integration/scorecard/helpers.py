@@ -102,9 +102,9 @@ def checks_of(body: dict[str, Any] | None, card: str = "readiness") -> dict[str,
     return {}
 
 
-async def wait_for_status(http, scorecard, name, check, status, card="readiness") -> dict[str, Any]:
+async def wait_for_status(http, scorecard, name, check, status, card="readiness", kind="component") -> dict[str, Any]:
     async def reached():
-        body = await report(http, scorecard, name)
+        body = await report(http, scorecard, name, kind=kind)
         found = checks_of(body, card).get(check)
         return body if found and found["status"] == status else None
 

@@ -184,3 +184,19 @@ async def test_changes_during_a_catalog_outage_are_read_again_when_it_is_back(ma
             await eventually(refreshed)
         async with http.get(f"{scorecard.url}/api/scorecard/dead-letters") as r:
             assert (await r.json())["items"] == []
+
+
+async def test_relations_a_target_gains_without_an_event_of_its_own_are_evaluated(catalog, scorecard, http):
+    await create_entity(http, catalog, GROUP)
+    teams = {
+        "id": "teams",
+        "name": "Teams own software",
+        "owner": "group:default/platform",
+        "filter": {"kinds": ["Group"]},
+        "checks": [{"id": "owns", "name": "Owns a component", "rule": {"op": "relation", "type": "ownerOf"}}],
+    }
+    await create_scorecard(http, scorecard, teams)
+    await wait_for_status(http, scorecard, "team-a", "owns", "fail", card="teams", kind="group")
+    await create_entity(http, catalog, component("petstore"))
+    body = await wait_for_status(http, scorecard, "team-a", "owns", "pass", card="teams", kind="group")
+    assert body["scorecards"][0]["checks"][0]["found"] == ["component:default/petstore"]
