@@ -20,6 +20,7 @@ Slug = Annotated[str, msgspec.Meta(pattern=r"^[a-z0-9][a-z0-9-]{0,62}$")]
 Name = Annotated[str, msgspec.Meta(min_length=1, max_length=200)]
 Values = Annotated[list[str], msgspec.Meta(max_length=100)]
 _canonical = msgspec.json.Encoder(order="sorted")
+_json = msgspec.json.Encoder()
 
 
 class ConsumerProgress(msgspec.Struct, frozen=True):
@@ -234,11 +235,22 @@ class CheckResult(msgspec.Struct, frozen=True):
     found: Any
     expected: str
     reason: str | None = None
+    explanation: str = ""
+
+
+def explain(status: str, found: Any, expected: str, reason: str | None) -> str:
+    """One line for people: what was expected, and what was found when it failed."""
+    if status == PASS:
+        return f"passed: {expected}"
+    if status == "unknown":
+        return f"could not be evaluated: {reason}"
+    return f"expected {expected}; found {_json.encode(found).decode()}"
 
 
 def result_of(scorecard: CompiledScorecard, check: CompiledCheck, outcome: Outcome) -> CheckResult:
     found = found_value(outcome.found)
-    return CheckResult(scorecard.id, check.id, outcome.status, found, check.expected, outcome.reason)
+    explanation = explain(outcome.status, found, check.expected, outcome.reason)
+    return CheckResult(scorecard.id, check.id, outcome.status, found, check.expected, outcome.reason, explanation)
 
 
 def found_value(value: Any) -> Any:
@@ -375,6 +387,7 @@ class CheckView(msgspec.Struct, frozen=True):
     expected: str
     reason: str | None
     changed_at: dt.datetime
+    explanation: str
 
 
 class EntityScorecard(msgspec.Struct, frozen=True):

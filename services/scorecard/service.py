@@ -43,6 +43,7 @@ from services.scorecard.model import (
     compile_scorecard,
     entity_ref,
     entity_scope,
+    explain,
     projection_row,
     result_of,
     score_of,
@@ -537,7 +538,15 @@ async def entity_report(pool: asyncpg.Pool, scope: str, ref: str) -> EntityRepor
                 score=card_rows[0]["score"],
                 level=card_rows[0]["level"],
                 checks=[
-                    CheckView(r["check_id"], r["status"], r["found"], r["expected"], r["reason"], r["changed_at"])
+                    CheckView(
+                        r["check_id"],
+                        r["status"],
+                        r["found"],
+                        r["expected"],
+                        r["reason"],
+                        r["changed_at"],
+                        explain(r["status"], r["found"], r["expected"], r["reason"]),
+                    )
                     for r in card_rows
                 ],
             )

@@ -33,6 +33,7 @@ async def test_entity_changes_update_results_scores_and_history(catalog, scoreca
     checks = {c["check"]: c for c in card["checks"]}
     assert checks["production"]["found"] == "experimental"
     assert checks["production"]["expected"] == 'spec.lifecycle equals "production"'
+    assert checks["production"]["explanation"] == 'expected spec.lifecycle equals "production"; found "experimental"'
     assert checks["owner-group"]["status"] == "pass" and checks["owner-group"]["found"] == ["group:default/team-a"]
     assert checks["coverage"]["status"] == "fail" and checks["coverage"]["found"] is None
     assert (card["score"], card["level"]) == (60.0, "Bronze")
