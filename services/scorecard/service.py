@@ -41,7 +41,6 @@ from services.scorecard.model import (
     changed_checks,
     check_scope,
     compile_scorecard,
-    entity_ref,
     entity_scope,
     explain,
     projection_row,
@@ -263,9 +262,10 @@ async def observe_events(
         if entity_events:
             await store.insert_entity_events(conn, entity_events)
         served: list[dict[str, Any]] = []
-        if changed_paths:
+        neighbours: set[str] = set()
+        if changed_paths or deleted:
             try:
-                served, vanished = await _read_changes(conn, nc, changed_paths)
+                served, vanished, neighbours = await _read_changes(conn, nc, changed_paths, deleted)
                 deleted |= vanished
             except ServiceUnavailableError as exc:
                 # Retrying the batch would send it to the dead letters during an outage: note what to read.
@@ -276,34 +276,41 @@ async def observe_events(
         cards = await load_scorecards(conn)
         if not cards:
             return summary
-        work = await _plan(conn, cards, served, changed_paths, removed, data_keys, event_types)
+        work = await _plan(conn, cards, served, changed_paths, removed, data_keys, event_types, neighbours)
         summary = await evaluate(conn, cards, work, files=files)
     return summary
 
 
 async def _read_changes(
-    conn: asyncpg.Connection, nc: NatsClient, changed_paths: dict[str, set[str] | None]
-) -> tuple[list[dict[str, Any]], set[str]]:
-    """The changed entities as the catalog serves them now, and the uids it no longer has. The entities their
-    relations point at, before or after the change, are read again too (and added to `changed_paths` as
-    `relations`): the catalog keeps relations both ways, so a target's served `ownerOf`, `hasPart`, … change
-    with the entity, without an event of their own."""
-    served = await catalog_client.get_entities(nc, uids=sorted(changed_paths))
+    conn: asyncpg.Connection, nc: NatsClient, changed_paths: dict[str, set[str] | None], deleted: set[str]
+) -> tuple[list[dict[str, Any]], set[str], set[str]]:
+    """The changed entities as the catalog serves them now, the uids it no longer has, and the uids of
+    relation targets read again. The catalog keeps relations both ways, so an entity that gains or loses a
+    relation changes its target's served `ownerOf`, `hasPart`, … without an event of the target's own: those
+    targets are read too and added to `changed_paths` as `relations`."""
+    served = await catalog_client.get_entities(nc, uids=sorted(changed_paths)) if changed_paths else []
     vanished = set(changed_paths) - {e["metadata"]["uid"] for e in served}
-    documents = [e.document for e in await store.get_entities(conn, sorted(changed_paths))] + served
-    own = {(entity_scope(d), entity_ref(d)) for d in documents}
+    before = {e.uid: e.document for e in await store.get_entities(conn, sorted(set(changed_paths) | deleted))}
     targets: dict[str, set[str]] = {}
-    for document in documents:
-        for relation in document.get("relations") or ():
-            key = (entity_scope(document), str(relation.get("targetRef", "")))
-            if key not in own:
-                targets.setdefault(key[0], set()).add(key[1])
+    gone = [before[uid] for uid in vanished | deleted if uid in before]
+    for document in served:
+        moved = _relation_pairs(document) ^ _relation_pairs(before.get(document["metadata"]["uid"], {}))
+        targets.setdefault(entity_scope(document), set()).update(target for _, target in moved)
+    for document in gone:
+        targets.setdefault(entity_scope(document), set()).update(t for _, t in _relation_pairs(document))
+    neighbours: set[str] = set()
     for scope, refs in targets.items():
-        neighbours = await catalog_client.get_entities(nc, refs=sorted(refs), scope=scope, chunk=NEIGHBOUR_CHUNK)
-        for neighbour in neighbours:
-            changed_paths.setdefault(neighbour["metadata"]["uid"], {"relations"})
-        served += neighbours
-    return served, vanished
+        for neighbour in await catalog_client.get_entities(nc, refs=sorted(refs), scope=scope, chunk=NEIGHBOUR_CHUNK):
+            uid = neighbour["metadata"]["uid"]
+            if uid not in changed_paths:
+                changed_paths[uid] = {"relations"}
+                neighbours.add(uid)
+                served.append(neighbour)
+    return served, vanished, neighbours
+
+
+def _relation_pairs(document: dict[str, Any]) -> set[tuple[str, str]]:
+    return {(str(r.get("type")), str(r.get("targetRef"))) for r in document.get("relations") or ()}
 
 
 async def _plan(
@@ -314,8 +321,10 @@ async def _plan(
     removed: list[ProjectedEntity],
     data_keys: dict[EntityKey, set[str]],
     event_types: dict[EntityKey, set[str]],
+    neighbours: set[str] = frozenset(),
 ) -> dict[str, tuple[ProjectedEntity, Selection]]:
-    """Which checks of which entities a batch of changes can affect."""
+    """Which checks of which entities a batch of changes can affect. Relation checks of the entities pointing
+    at a changed one run again; not for `neighbours`, whose only change is their list of relations."""
     work: dict[str, tuple[ProjectedEntity, Selection]] = {}
 
     def want(entity: ProjectedEntity, card: CompiledScorecard, checks: set[str] | None) -> None:
@@ -337,7 +346,7 @@ async def _plan(
         card.id: {c.id for c in card.checks if c.compiled.reads.relation_types} for card in cards.values()
     }
     if any(relation_checks.values()):
-        targets = [e.key for e in changed_entities] + [e.key for e in removed]
+        targets = [e.key for e in changed_entities if e.uid not in neighbours] + [e.key for e in removed]
         for entity in await store.dependents(conn, targets):
             for card in cards.values():
                 want(entity, card, relation_checks[card.id])
