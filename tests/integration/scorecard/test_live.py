@@ -198,6 +198,9 @@ async def test_relations_a_target_gains_without_an_event_of_its_own_are_evaluate
     }
     await create_scorecard(http, scorecard, teams)
     await wait_for_status(http, scorecard, "team-a", "owns", "fail", card="teams", kind="group")
-    await create_entity(http, catalog, component("petstore"))
+    created = await create_entity(http, catalog, component("petstore"))
     body = await wait_for_status(http, scorecard, "team-a", "owns", "pass", card="teams", kind="group")
     assert body["scorecards"][0]["checks"][0]["found"] == ["component:default/petstore"]
+    async with http.delete(f"{catalog.url}/api/catalog/entities/by-uid/{created['metadata']['uid']}") as r:
+        assert r.status == 204
+    await wait_for_status(http, scorecard, "team-a", "owns", "fail", card="teams", kind="group")
