@@ -16,7 +16,15 @@ import msgspec
 from nats.aio.client import Client as NatsClient
 
 from services.scorecard import store
-from services.scorecard.evaluation import Selection, Summary, context_for, evaluate, load_inputs, run_check
+from services.scorecard.evaluation import (
+    Selection,
+    Summary,
+    context_for,
+    evaluate,
+    fewer_collections,
+    load_inputs,
+    run_check,
+)
 from services.scorecard.model import (
     CheckSpec,
     CheckSummary,
@@ -433,7 +441,8 @@ async def evaluate_entities(
                 work = {e.uid: (e, dict(selection)) for e in entities}
                 summary.add(await evaluate(conn, cards, work, files=files))
 
-    await asyncio.gather(*(work_through() for _ in range(workers)))
+    with fewer_collections():
+        await asyncio.gather(*(work_through() for _ in range(workers)))
     return summary
 
 
