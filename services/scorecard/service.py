@@ -9,6 +9,7 @@ import io
 import logging
 import re
 from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import asyncpg
@@ -230,63 +231,79 @@ async def push_custom_data(pool: asyncpg.Pool, actor: Actor, request: CustomData
 # --- live evaluation from the event stream ---------------------------------------------------------------
 
 
+@dataclass
+class _BatchChanges:
+    """What a batch of events says changed."""
+
+    changed_paths: dict[str, set[str] | None] = field(default_factory=dict)
+    """Entity uid → fields changed (None: all, for a new entity)."""
+    deleted: set[str] = field(default_factory=set)
+    data_keys: dict[EntityKey, set[str]] = field(default_factory=dict)
+    event_types: dict[EntityKey, set[str]] = field(default_factory=dict)
+    entity_events: list[tuple[Any, ...]] = field(default_factory=list)
+    """Rows of the event projection."""
+
+
+def _changes_of(events: list[Event]) -> _BatchChanges:
+    changes = _BatchChanges()
+    for event in events:
+        uid = event.data.get("uid")
+        uid = uid if isinstance(uid, str) and _UID.match(uid) else None  # a malformed event changes nothing
+        if event.type in ENTITY_CHANGED and uid:
+            paths = None if event.type != "catalog.entity.updated" else set(event.data.get("changes") or {})
+            before = changes.changed_paths.get(uid, set())
+            changes.changed_paths[uid] = None if paths is None or before is None else before | paths
+            changes.deleted.discard(uid)
+        elif event.type == ENTITY_DELETED and uid:
+            changes.deleted.add(uid)
+            changes.changed_paths.pop(uid, None)
+        elif event.type == DATA_UPDATED and isinstance(event.data.get("keys"), list):
+            key = (event.scope, event.resource.id)
+            changes.data_keys.setdefault(key, set()).update(map(str, event.data["keys"]))
+        if event.resource.kind == "entity" and event.type != "scorecard.score.changed":
+            key = (event.scope, event.resource.id.lower())
+            fields = event.data.get("changes")
+            fields = sorted(fields) if isinstance(fields, dict) else []
+            changes.entity_events.append((event.id, *key, event.type, fields, event.time))
+            changes.event_types.setdefault(key, set()).add(event.type)
+    return changes
+
+
 async def observe_events(
     pool: asyncpg.Pool, nc: NatsClient, events: Sequence[Event], files: FileSource | None
 ) -> Summary:
     """Apply a batch of events once: keep the entity projection and the event projection, then evaluate
     exactly the (entity, check) pairs the batch can have changed."""
-    summary = Summary()
     async with transaction(pool) as conn:
         fresh = await store.mark_processed(conn, CONSUMER, list(events))
         if not fresh:
-            return summary
+            return Summary()
         await store.record_progress(conn, CONSUMER, fresh[-1], len(fresh))
-        changed_paths: dict[str, set[str] | None] = {}
-        deleted: set[str] = set()
-        data_keys: dict[EntityKey, set[str]] = {}
-        event_types: dict[EntityKey, set[str]] = {}
-        entity_events = []
-        for event in fresh:
-            uid = event.data.get("uid")
-            uid = uid if isinstance(uid, str) and _UID.match(uid) else None  # a malformed event changes nothing
-            if event.type in ENTITY_CHANGED and isinstance(uid, str):
-                paths = None if event.type != "catalog.entity.updated" else set(event.data.get("changes") or {})
-                before = changed_paths.get(uid, set())
-                changed_paths[uid] = None if paths is None or before is None else before | paths
-                deleted.discard(uid)
-            elif event.type == ENTITY_DELETED and isinstance(uid, str):
-                deleted.add(uid)
-                changed_paths.pop(uid, None)
-            elif event.type == DATA_UPDATED:
-                keys = event.data.get("keys")
-                if isinstance(keys, list):
-                    data_keys.setdefault((event.scope, event.resource.id), set()).update(map(str, keys))
-            if event.resource.kind == "entity" and event.type != "scorecard.score.changed":
-                key = (event.scope, event.resource.id.lower())
-                changes = event.data.get("changes")
-                fields = sorted(changes) if isinstance(changes, dict) else []
-                entity_events.append((event.id, *key, event.type, fields, event.time))
-                event_types.setdefault(key, set()).add(event.type)
-        if entity_events:
-            await store.insert_entity_events(conn, entity_events)
+        changes = _changes_of(fresh)
+        if changes.entity_events:
+            await store.insert_entity_events(conn, changes.entity_events)
         served: list[dict[str, Any]] = []
         neighbours: set[str] = set()
-        if changed_paths or deleted:
+        deleted = changes.deleted
+        if changes.changed_paths or deleted:
             try:
-                served, vanished, neighbours = await _read_changes(conn, nc, changed_paths, deleted)
+                served, vanished, neighbours = await _read_changes(conn, nc, changes.changed_paths, deleted)
                 deleted |= vanished
             except ServiceUnavailableError as exc:
                 # Retrying the batch would send it to the dead letters during an outage: note what to read.
-                log.warning("catalog unreachable (%s); %d entities will be read again later", exc, len(changed_paths))
-                await store.mark_stale(conn, sorted(changed_paths))
+                log.warning(
+                    "catalog unreachable (%s); %d entities to read again later", exc, len(changes.changed_paths)
+                )
+                await store.mark_stale(conn, sorted(changes.changed_paths))
         await store.upsert_entities(conn, [projection_row(e) for e in served])
         removed = await store.delete_entities(conn, sorted(deleted)) if deleted else []
         cards = await load_scorecards(conn)
         if not cards:
-            return summary
-        work = await _plan(conn, cards, served, changed_paths, removed, data_keys, event_types, neighbours)
-        summary = await evaluate(conn, cards, work, files=files)
-    return summary
+            return Summary()
+        work = await _plan(
+            conn, cards, served, changes.changed_paths, removed, changes.data_keys, changes.event_types, neighbours
+        )
+        return await evaluate(conn, cards, work, files=files)
 
 
 async def _read_changes(
