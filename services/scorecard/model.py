@@ -519,3 +519,58 @@ class Alert(msgspec.Struct, frozen=True):
 
 def alert_etag(spec: AlertRuleSpec) -> str:
     return hashlib.sha256(_canonical.encode(spec)).hexdigest()[:32]
+
+
+RELATION_FIELDS = frozenset(
+    {
+        "owner",
+        "system",
+        "dependsOn",
+        "dependencyOf",
+        "subcomponentOf",
+        "providesApis",
+        "consumesApis",
+        "domain",
+        "subdomainOf",
+        "memberOf",
+        "parent",
+        "children",
+        "members",
+    }
+)
+"""Spec fields Backstage's built-in kinds derive relations from: a change there changes relations too."""
+_WHOLE = frozenset({"orphan", "kind", "spec", "metadata", "metadata.name", "metadata.namespace"})
+
+
+def patchable(path: str) -> bool:
+    """Whether a changed field of a `catalog.entity.updated` event can be applied to the served entity as it
+    is: not identity, the orphan flag (served as an annotation) or a field relations come from."""
+    parts = path.split(".")
+    return path not in _WHOLE and not (parts[0] == "spec" and parts[1] in RELATION_FIELDS)
+
+
+def apply_changes(entity: dict[str, Any], changes: list[dict[str, Any]], generation: Any) -> dict[str, Any]:
+    """A served entity with the `changes` ({field: {before, after}}) of update events applied in order. Paths
+    are dotted; since a change is recorded at the first level where the two documents stop both being
+    mappings, the existing mappings are walked and the rest of the path is one key (`backstage.io/x`)."""
+    patched = msgspec.json.decode(_json.encode(entity))
+    for change in changes:
+        for path, values in change.items():
+            node, parts = patched, path.split(".")
+            i = 0
+            while i < len(parts) - 1:
+                for j in range(i + 1, len(parts)):
+                    key = ".".join(parts[i:j])
+                    if isinstance(node.get(key), dict):
+                        node, i = node[key], j
+                        break
+                else:
+                    break
+            key = ".".join(parts[i:])
+            if values.get("after") is None:
+                node.pop(key, None)
+            else:
+                node[key] = values["after"]
+    if isinstance(generation, int):
+        patched["metadata"]["generation"] = generation
+    return patched

@@ -46,12 +46,14 @@ from services.scorecard.model import (
     Trend,
     TrendPoint,
     TrendQuery,
+    apply_changes,
     canonical_ref,
     changed_checks,
     check_scope,
     compile_scorecard,
     entity_scope,
     explain,
+    patchable,
     projection_row,
     result_of,
     score_of,
@@ -242,6 +244,9 @@ class _BatchChanges:
     event_types: dict[EntityKey, set[str]] = field(default_factory=dict)
     entity_events: list[tuple[Any, ...]] = field(default_factory=list)
     """Rows of the event projection."""
+    updates: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    """Entity uid → the `changes` of its update events, in order (none after a create)."""
+    generations: dict[str, Any] = field(default_factory=dict)
 
 
 def _changes_of(events: list[Event]) -> _BatchChanges:
@@ -254,6 +259,11 @@ def _changes_of(events: list[Event]) -> _BatchChanges:
             before = changes.changed_paths.get(uid, set())
             changes.changed_paths[uid] = None if paths is None or before is None else before | paths
             changes.deleted.discard(uid)
+            if paths is None:
+                changes.updates.pop(uid, None)
+            else:
+                changes.updates.setdefault(uid, []).append(event.data.get("changes") or {})
+                changes.generations[uid] = event.data.get("generation")
         elif event.type == ENTITY_DELETED and uid:
             changes.deleted.add(uid)
             changes.changed_paths.pop(uid, None)
@@ -287,7 +297,7 @@ async def observe_events(
         deleted = changes.deleted
         if changes.changed_paths or deleted:
             try:
-                served, vanished, neighbours = await _read_changes(conn, nc, changes.changed_paths, deleted)
+                served, vanished, neighbours = await _read_changes(conn, nc, changes, deleted)
                 deleted |= vanished
             except ServiceUnavailableError as exc:
                 # Retrying the batch would send it to the dead letters during an outage: note what to read.
@@ -307,15 +317,27 @@ async def observe_events(
 
 
 async def _read_changes(
-    conn: asyncpg.Connection, nc: NatsClient, changed_paths: dict[str, set[str] | None], deleted: set[str]
+    conn: asyncpg.Connection, nc: NatsClient, changes: _BatchChanges, deleted: set[str]
 ) -> tuple[list[dict[str, Any]], set[str], set[str]]:
     """The changed entities as the catalog serves them now, the uids it no longer has, and the uids of
-    relation targets read again. The catalog keeps relations both ways, so an entity that gains or loses a
-    relation changes its target's served `ownerOf`, `hasPart`, … without an event of the target's own: those
-    targets are read too and added to `changed_paths` as `relations`."""
-    served = await catalog_client.get_entities(nc, uids=sorted(changed_paths)) if changed_paths else []
-    vanished = set(changed_paths) - {e["metadata"]["uid"] for e in served}
+    relation targets read again.
+
+    An update that changes no relation is applied to the projected entity from the event's `changes`; the others
+    (new entities, relation fields, entities not projected yet) are read from the catalog. The catalog keeps
+    relations both ways, so an entity that gains or loses a relation changes its target's served `ownerOf`,
+    `hasPart`, … without an event of the target's own: those targets are read too and added to
+    `changed_paths` as `relations`."""
+    changed_paths = changes.changed_paths
     before = {e.uid: e.document for e in await store.get_entities(conn, sorted(set(changed_paths) | deleted))}
+    served, to_read = [], []
+    for uid, paths in changed_paths.items():
+        if uid in before and paths is not None and uid in changes.updates and all(map(patchable, paths)):
+            served.append(apply_changes(before[uid], changes.updates[uid], changes.generations.get(uid)))
+        else:
+            to_read.append(uid)
+    if to_read:
+        served += await catalog_client.get_entities(nc, uids=sorted(to_read))
+    vanished = set(to_read) - {e["metadata"]["uid"] for e in served}
     targets: dict[str, set[str]] = {}
     gone = [before[uid] for uid in vanished | deleted if uid in before]
     for document in served:
@@ -325,6 +347,8 @@ async def _read_changes(
         targets.setdefault(entity_scope(document), set()).update(t for _, t in _relation_pairs(document))
     neighbours: set[str] = set()
     for scope, refs in targets.items():
+        if not refs:
+            continue
         for neighbour in await catalog_client.get_entities(nc, refs=sorted(refs), scope=scope, chunk=NEIGHBOUR_CHUNK):
             uid = neighbour["metadata"]["uid"]
             if uid not in changed_paths:

@@ -166,7 +166,8 @@ async def test_changes_during_a_catalog_outage_are_read_again_when_it_is_back(ma
             source="catalog",
             actor=SYSTEM,
             resource=ResourceRef("entity", "component:default/petstore"),
-            data={"uid": uid, "changes": {"spec.lifecycle": {"before": "experimental", "after": "production"}}},
+            # An owner change changes relations: only the catalog can say what the entity looks like now.
+            data={"uid": uid, "changes": {"spec.owner": {"before": "team-a", "after": "team-b"}}},
         )
         await publish_event(scorecard.deps.js, update)
         pool = scorecard.deps.pool

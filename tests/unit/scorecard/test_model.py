@@ -121,3 +121,35 @@ def test_changed_checks_are_the_new_and_edited_ones_unless_the_filter_changed():
     assert changed_checks(before, after) == ["docs", "new"]
     assert changed_checks(before, msgspec.structs.replace(after, scope="account.org1")) is None
     assert changed_checks(None, after) is None
+
+
+def test_update_changes_apply_to_a_served_entity_like_the_catalog_computes_them():
+    from services.scorecard.model import apply_changes, patchable
+    from shared.events import diff_fields
+
+    served = {
+        "kind": "Component",
+        "metadata": {
+            "name": "x",
+            "uid": "u",
+            "generation": 1,
+            "annotations": {"a.io/b": "1", "seed-idp.dev/scope": "account"},
+        },
+        "spec": {"type": "service", "lifecycle": "experimental", "owner": "team-a", "links": {"docs": "d"}},
+        "relations": [{"type": "ownedBy", "targetRef": "group:default/team-a"}],
+    }
+    after = {
+        "kind": "Component",
+        "metadata": {"name": "x", "annotations": {"a.io/b": "2", "c.io/d": "new", "seed-idp.dev/scope": "account"}},
+        "spec": {"type": "service", "lifecycle": "production", "owner": "team-a", "tier": {"level": 1}},
+    }
+    before = {k: v for k, v in served.items() if k != "relations"}
+    before["metadata"] = {k: v for k, v in served["metadata"].items() if k not in ("uid", "generation")}
+    changes = diff_fields(before, after)
+    assert all(map(patchable, changes))
+    patched = apply_changes(served, [changes], 2)
+    assert patched["metadata"]["annotations"] == after["metadata"]["annotations"]
+    assert patched["spec"] == after["spec"]
+    assert patched["relations"] == served["relations"] and patched["metadata"]["generation"] == 2
+    assert served["spec"]["lifecycle"] == "experimental"  # the input is not modified
+    assert not patchable("spec.owner") and not patchable("orphan") and not patchable("spec")
