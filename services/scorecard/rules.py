@@ -250,12 +250,25 @@ class Reads:
     files: bool = False
     now: bool = False
     """Depends on the clock (event windows, relative dates): re-run on a schedule."""
+    target_paths: set[str] = field(default_factory=set)
+    """Fields of related entities that relation rules read (`where`)."""
+    target_relations: bool = False
+    """A relation rule's `where` follows relations of its own: any change of a target may matter."""
 
     def touched_by(self, changed_paths: set[str] | None) -> bool:
         """Whether an entity change of `changed_paths` (None: everything) can change the outcome."""
         if changed_paths is None or self.relation_types or self.files:
             return True
         return any(paths_overlap(mine, theirs) for mine in self.entity_paths for theirs in changed_paths)
+
+    def touched_through_relations(self, target_changes: set[str] | None) -> bool:
+        """Whether a change of a related entity (`target_changes`; None: it appeared or went away) can
+        change the outcome."""
+        if not self.relation_types:
+            return False
+        if target_changes is None or self.target_relations:
+            return True
+        return any(paths_overlap(mine, theirs) for mine in self.target_paths for theirs in target_changes)
 
 
 def paths_overlap(a: str, b: str) -> bool:
@@ -664,7 +677,11 @@ def _relation(rule: Relation, at: str, reads: Reads) -> Evaluate:
     wanted = rule.type.lower()
     reads.relation_types.add(wanted)
     # The target's own fields are read through `related`; they are not paths of this entity.
-    where = compile_rule(rule.where, f"{at}.where").evaluate if rule.where is not None else None
+    compiled_where = compile_rule(rule.where, f"{at}.where") if rule.where is not None else None
+    where = compiled_where.evaluate if compiled_where is not None else None
+    if compiled_where is not None:
+        reads.target_paths |= compiled_where.reads.entity_paths
+        reads.target_relations |= bool(compiled_where.reads.relation_types or compiled_where.reads.files)
 
     def evaluate(ctx: Context) -> Outcome:
         matching = []

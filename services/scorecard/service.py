@@ -391,12 +391,20 @@ async def _plan(
                 want(entity, card, None)
             else:
                 want(entity, card, {c.id for c in card.checks if c.compiled.reads.touched_by(paths)})
+    targets = [e for e in changed_entities if e.uid not in neighbours]
+    # What changed on the targets, for all of them at once: None when one appeared or went away.
+    target_changes: set[str] | None = set()
+    for entity in targets:
+        paths = changed_paths.get(entity.uid)
+        target_changes = None if paths is None or target_changes is None else target_changes | paths
+    if removed:
+        target_changes = None
     relation_checks = {
-        card.id: {c.id for c in card.checks if c.compiled.reads.relation_types} for card in cards.values()
+        card.id: {c.id for c in card.checks if c.compiled.reads.touched_through_relations(target_changes)}
+        for card in cards.values()
     }
     if any(relation_checks.values()):
-        targets = [e.key for e in changed_entities if e.uid not in neighbours] + [e.key for e in removed]
-        for entity in await store.dependents(conn, targets):
+        for entity in await store.dependents(conn, [e.key for e in targets] + [e.key for e in removed]):
             for card in cards.values():
                 want(entity, card, relation_checks[card.id])
     others = set(data_keys) | set(event_types)

@@ -263,3 +263,15 @@ def test_resolve_walks_keys_with_dots_and_list_indexes():
     assert resolve(ENTITY, "metadata.annotations.pagerduty.com/service-id".split(".")) == "P123"
     assert resolve(ENTITY, ["metadata", "links", "1", "url"]) == "https://b"
     assert resolve(ENTITY, ["metadata", "links", "9"]) is None
+
+
+def test_relation_rules_say_which_target_changes_matter():
+    deprecated = compile_rule(
+        rule({"op": "relation", "type": "dependsOn", "where": {"op": "equals", "path": "spec.lifecycle", "value": "x"}})
+    ).reads
+    assert deprecated.touched_through_relations({"spec.lifecycle"})
+    assert not deprecated.touched_through_relations({"metadata.description"})
+    assert deprecated.touched_through_relations(None)
+    existing = compile_rule(rule({"op": "relation", "type": "ownedBy"})).reads
+    assert not existing.touched_through_relations({"spec.lifecycle"}) and existing.touched_through_relations(None)
+    assert not compile_rule(rule({"op": "exists", "path": "a"})).reads.touched_through_relations(None)
