@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import random
 import statistics
@@ -290,6 +291,7 @@ async def update_latency(
     committed: dict[str, float] = {}
     published: dict[str, float] = {}
     scored: dict[str, float] = {}
+    all_scored = asyncio.Event()
     nc = await nats.connect(servers.nats_url)
 
     async def on_score(msg) -> None:
@@ -297,6 +299,8 @@ async def update_latency(
         ref = event.resource.id
         if ref in sent and ref not in scored:
             scored[ref] = time.perf_counter()
+            if len(scored) == len(chosen):
+                all_scored.set()
 
     async def on_update(msg) -> None:
         ref = decode_event(msg.data).resource.id
@@ -327,7 +331,8 @@ async def update_latency(
         tasks.append(asyncio.create_task(update(name)))
     await asyncio.gather(*tasks)
     offered_s = time.perf_counter() - started
-    await asyncio.sleep(10)
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(all_scored.wait(), 60)
     await nc.close()
     return {
         "updates": len(chosen),
