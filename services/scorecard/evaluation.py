@@ -12,16 +12,21 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import asyncpg
+from prometheus_client import Counter
 
 from services.scorecard import store
 from services.scorecard.model import CompiledScorecard, found_value, score_of
-from services.scorecard.rules import UNKNOWN, Context, FileSource, Outcome
+from services.scorecard.rules import FAIL, PASS, UNKNOWN, Context, FileSource, Outcome
 from services.scorecard.store import EntityKey, ProjectedEntity
 from shared.events import SYSTEM, ResourceRef, new_event
 from shared.outbox import write_events
 
 log = logging.getLogger(__name__)
 SOURCE = "scorecard"
+
+CHECKS_EVALUATED = Counter("idp_scorecard_checks_evaluated", "(entity, check) pairs evaluated", ["status"])
+RESULTS_CHANGED = Counter("idp_scorecard_results_changed", "Stored results that changed")
+SCORES_CHANGED = Counter("idp_scorecard_scores_changed", "Scores or levels that changed (or appeared, or went)")
 
 Selection = dict[str, frozenset[str] | None]
 """Per scorecard id, the checks to evaluate (None: every check)."""
@@ -160,6 +165,8 @@ async def evaluate(
                 if check_ids is None or check.id in check_ids:
                     outcomes.append((card, entity, check, run_check(check, ctx)))
     summary.checks_evaluated = len(outcomes)
+    for status in (PASS, FAIL, UNKNOWN):
+        CHECKS_EVALUATED.labels(status).inc(sum(1 for o in outcomes if o[3].status == status))
     uids = sorted({entity.uid for entity in entities})
     stored = await store.results_for(conn, sorted(used), uids)
     changed, history = [], []
@@ -177,6 +184,8 @@ async def evaluate(
     await store.insert_result_history(conn, history)
     summary.results_changed = len(changed)
     summary.scores_changed = await _rescore(conn, cards, work, evaluated, leaving, stored)
+    RESULTS_CHANGED.inc(summary.results_changed)
+    SCORES_CHANGED.inc(summary.scores_changed)
     return summary
 
 

@@ -46,6 +46,8 @@ async def test_entity_changes_update_results_scores_and_history(catalog, scoreca
     assert [tuple(r) for r in history] == [("production", "fail", "pass")]
     events = await eventually(lambda: score_events(pool))
     assert b'"previous_score":60.0' in events[0] and b'"score":80.0' in events[0]
+    async with http.get(f"{scorecard.url}/metrics") as r:
+        assert 'idp_scorecard_checks_evaluated_total{status="pass"}' in await r.text()
 
 
 async def test_a_relation_target_change_re_evaluates_the_entities_that_depend_on_it(catalog, scorecard, http):
