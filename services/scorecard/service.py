@@ -270,13 +270,23 @@ def _changes_of(events: list[Event]) -> _BatchChanges:
         elif event.type == DATA_UPDATED and isinstance(event.data.get("keys"), list):
             key = (event.scope, event.resource.id)
             changes.data_keys.setdefault(key, set()).update(map(str, event.data["keys"]))
-        if event.resource.kind == "entity" and event.type != "scorecard.score.changed":
-            key = (event.scope, event.resource.id.lower())
+        about = _entity_of_event(event)
+        if about is not None and event.type != "scorecard.score.changed":
+            key = (event.scope, about)
             fields = event.data.get("changes")
             fields = sorted(fields) if isinstance(fields, dict) else []
             changes.entity_events.append((event.id, *key, event.type, fields, event.time))
             changes.event_types.setdefault(key, set()).add(event.type)
     return changes
+
+
+def _entity_of_event(event: Event) -> str | None:
+    """The entity an event is about: its resource, or the `entityRef` of an event about something else (a
+    workflow run started for an entity)."""
+    if event.resource.kind == "entity":
+        return event.resource.id.lower()
+    ref = event.data.get("entityRef")
+    return canonical_ref(ref) if isinstance(ref, str) and ":" in ref else None
 
 
 async def observe_events(

@@ -207,3 +207,35 @@ async def test_relations_a_target_gains_without_an_event_of_its_own_are_evaluate
     async with http.delete(f"{catalog.url}/api/catalog/entities/by-uid/{created['metadata']['uid']}") as r:
         assert r.status == 204
     await wait_for_status(http, scorecard, "team-a", "owns", "fail", card="teams", kind="group")
+
+
+async def test_event_window_checks_count_events_about_the_entity(catalog, scorecard, http):
+    from shared.bus import publish_event
+    from shared.events import SYSTEM, ResourceRef, new_event
+
+    await create_entity(http, catalog, GROUP)
+    await create_entity(http, catalog, component("petstore"))
+    runs = {
+        "id": "delivery",
+        "name": "Delivery",
+        "owner": "group:default/platform",
+        "checks": [
+            {
+                "id": "deployed",
+                "name": "A successful run in 30 days",
+                "rule": {"op": "events", "type": "workflow.run.succeeded", "within_days": 30},
+            }
+        ],
+    }
+    await create_scorecard(http, scorecard, runs)
+    await wait_for_status(http, scorecard, "petstore", "deployed", "fail", card="delivery")
+    run = new_event(
+        "workflow.run.succeeded",
+        source="workflow",
+        actor=SYSTEM,
+        resource=ResourceRef("run", "run-1"),
+        data={"entityRef": "component:petstore"},
+    )
+    await publish_event(scorecard.deps.js, run)
+    body = await wait_for_status(http, scorecard, "petstore", "deployed", "pass", card="delivery")
+    assert body["scorecards"][0]["checks"][0]["found"] == 1
