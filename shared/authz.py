@@ -61,6 +61,8 @@ PERMISSIONS: dict[str, tuple[str, ...]] = {
     "proxy_endpoint": ("view", "edit", "use"),
     "proxy_agent": ("view", "edit"),
     "scorecard_scorecard": ("view", "create", "edit", "delete"),
+    "scorecard_result": ("view",),
+    "scorecard_alert": ("view", "edit"),
     "scorecard_data": ("create",),
     "scorecard_consumer": ("view",),
     "workflow_template": ("view", "create", "edit", "delete"),

@@ -52,7 +52,7 @@ DEFINITION = ServiceDefinition(
     settings_type=Settings,
     routes=api.routes,
     migrations=Path(__file__).parent / "migrations",
-    background=(refresh_locations, handlers.mirror_identity),
+    background=(refresh_locations, handlers.mirror_identity, handlers.serve_entity_reads),
 )
 
 

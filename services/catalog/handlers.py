@@ -1,7 +1,9 @@
-"""Catalog's bus consumers: identity-sync's users and groups mirrored as `User` and `Group` entities."""
+"""Catalog's bus handlers: identity-sync's users and groups mirrored as `User` and `Group` entities, and
+request/reply reads of stitched entities for other services."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import uuid
 from collections.abc import Sequence
@@ -9,14 +11,16 @@ from dataclasses import dataclass
 from typing import Any
 
 import asyncpg
+import msgspec
 
 from services.catalog import identity_mirror, service, store
 from services.catalog import kinds as kinds_module
 from services.catalog.entity_ref import ref_of
 from services.catalog.identity_mirror import MirrorTarget
 from services.catalog.kinds import Kinds
-from services.catalog.model import StoredEntity, document_etag
-from shared.bus import ConsumerSpec, run_consumer
+from services.catalog.model import ByRefsQuery, ByRefsRequest, StoredEntity, document_etag
+from shared.bus import ConsumerSpec, run_consumer, serve_rpc
+from shared.catalog_client import SERVICE, EntitiesReply, EntitiesRequest, EntityPageReply, EntityPageRequest
 from shared.db import transaction
 from shared.errors import InputError
 from shared.events import Actor, Event
@@ -97,3 +101,51 @@ async def _write(
     elif current.document != document or current.orphan != orphan:
         updated = service.revised(current, document, orphan=orphan)
         await service.update_entity(conn, actor, current, updated, service.served_relations(updated, kinds))
+
+
+# --- request/reply reads ------------------------------------------------------------------------------
+
+_REPLY_OVERHEAD = 1024
+_encode = msgspec.json.encode
+
+
+def fit_reply(items: list[dict[str, Any]], max_bytes: int) -> list[dict[str, Any]]:
+    """The longest prefix of `items` whose JSON fits in a NATS message of `max_bytes` (at least one item)."""
+    budget = max_bytes - _REPLY_OVERHEAD
+    for index, item in enumerate(items):
+        budget -= len(_encode(item)) + 1
+        if budget < 0:
+            return items[: max(index, 1)]
+    return items
+
+
+async def serve_entity_reads(deps: Deps) -> None:
+    """Answer `idp.rpc.catalog.entities` and `idp.rpc.catalog.page` until cancelled."""
+    pool = deps.pool
+
+    async def entities(request: EntitiesRequest) -> EntitiesReply:
+        items = await service.get_by_uids(pool, request.uids) if request.uids else []
+        if request.refs:
+            by_refs = await service.get_by_refs(
+                pool, ByRefsQuery(scope=request.scope), ByRefsRequest(entityRefs=request.refs)
+            )
+            seen = {item["metadata"]["uid"] for item in items}
+            items += [i for i in by_refs.items if i is not None and i["metadata"]["uid"] not in seen]
+        return EntitiesReply(items=items)
+
+    async def page(request: EntityPageRequest) -> EntityPageReply:
+        fetched = await service.entity_page(pool, request.after, request.limit)
+        items = fit_reply(fetched, deps.nc.max_payload)
+        more = len(items) < len(fetched) or len(fetched) == request.limit
+        return EntityPageReply(items=items, next=items[-1]["metadata"]["uid"] if more else None)
+
+    subscriptions = [
+        await serve_rpc(deps.nc, SERVICE, "entities", EntitiesRequest, entities),
+        await serve_rpc(deps.nc, SERVICE, "page", EntityPageRequest, page),
+    ]
+    try:
+        await asyncio.Event().wait()
+    finally:
+        for subscription in subscriptions:
+            if not deps.nc.is_closed:
+                await subscription.unsubscribe()

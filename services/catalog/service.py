@@ -544,3 +544,25 @@ async def set_favorite(pool: asyncpg.Pool, actor: Actor, uid: str, starred: bool
 async def favorites(pool: asyncpg.Pool, actor: Actor) -> list[dict[str, Any]]:
     async with pool.acquire() as conn:
         return await _serve(conn, await store.favorite_entities(conn, f"{actor.kind}:{actor.id}"))
+
+
+async def get_by_uids(pool: asyncpg.Pool, uids: list[str]) -> list[dict[str, Any]]:
+    """The entities with these uids, stitched, in the order asked; unknown uids are left out."""
+    for index, uid in enumerate(uids):
+        try:
+            uuid.UUID(uid)
+        except ValueError:
+            raise InputError.for_field(f"$.uids[{index}]", f"{uid!r} is not a uid") from None
+    async with pool.acquire() as conn:
+        return await _serve(conn, await store.get_in_order(conn, uids))
+
+
+async def entity_page(pool: asyncpg.Pool, after_uid: str | None, limit: int) -> list[dict[str, Any]]:
+    """Entities of every scope in uid order after `after_uid`, stitched: one page of a full scan."""
+    if after_uid is not None:
+        try:
+            uuid.UUID(after_uid)
+        except ValueError:
+            raise InputError.for_field("$.after", f"{after_uid!r} is not a uid") from None
+    async with pool.acquire() as conn:
+        return await _serve(conn, await store.entities_after(conn, after_uid, limit))

@@ -428,3 +428,13 @@ async def get_nearest(conn: asyncpg.Connection, scopes: list[str], refs: list[st
         refs,
     )
     return {row["ref"]: StoredEntity(**dict(row)) for row in rows}
+
+
+async def entities_after(conn: asyncpg.Connection, after_uid: str | None, limit: int) -> list[StoredEntity]:
+    """A page of entities of every scope in uid order, after `after_uid` (keyset paging for full scans)."""
+    rows = await conn.fetch(
+        f"SELECT {_COLUMNS} FROM entities WHERE $1::uuid IS NULL OR uid > $1::uuid ORDER BY uid LIMIT $2",
+        after_uid,
+        limit,
+    )
+    return [StoredEntity(**dict(r)) for r in rows]

@@ -13,7 +13,6 @@ from services.audit.app import Settings as AuditSettings
 from services.scorecard.app import DEFINITION as SCORECARD
 from shared.authz import all_permissions
 from shared.bus import publish_event
-from shared.config import BaseSettings
 from shared.service import running_service
 from tests.helpers import eventually, sample_event
 
@@ -69,7 +68,7 @@ async def test_every_service_serves_the_standard_routes(module, make_settings, a
 
 
 async def test_readiness_fails_when_the_database_is_unreachable(make_settings, anonymous_http):
-    settings = make_settings(BaseSettings)
+    settings = make_settings(SCORECARD.settings_type)
     async with running_service(SCORECARD, settings) as svc:
         await svc.deps.pool.close()
         async with anonymous_http.get(svc.url + "/readyz") as r:
@@ -77,7 +76,7 @@ async def test_readiness_fails_when_the_database_is_unreachable(make_settings, a
 
 
 async def test_scorecard_consumer_records_the_last_event_processed(make_settings, http):
-    async with running_service(SCORECARD, make_settings(BaseSettings)) as scorecard:
+    async with running_service(SCORECARD, make_settings(SCORECARD.settings_type)) as scorecard:
         async with http.get(f"{scorecard.url}/api/scorecard/consumer-progress") as r:
             assert r.status == 404 and r.content_type == "application/problem+json"
         events = [sample_event(i) for i in range(5)]
