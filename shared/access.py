@@ -29,8 +29,9 @@ from shared.authz import (
 )
 from shared.bus import request_rpc
 from shared.errors import NotAllowedError, ProblemError
-from shared.events import decode_event
+from shared.events import DEFAULT_SCOPE, decode_event
 from shared.policy import Policy, PolicyDeniedError, PolicyEngine, PolicyOutcome, PolicySet
+from shared.scopes import contains
 
 log = logging.getLogger(__name__)
 
@@ -77,7 +78,8 @@ class Caller(Protocol):
     id: str
     is_admin: bool
     permissions: frozenset[str]
-    """Permissions written into the credential itself (an API key's), held account-wide."""
+    """Permissions written into the credential itself (an API key's), held at `scope` and below."""
+    scope: str
 
 
 def subject_of(caller: Caller) -> str:
@@ -102,8 +104,8 @@ class AccessReplica:
     def check(self, caller: Caller, permission: str, resource: Resource) -> Decision:
         if caller.is_admin:
             return Decision(True, "the caller is an administrator")
-        if permission in caller.permissions:
-            return Decision(True, "the credential carries the permission")
+        if permission in caller.permissions and contains(caller.scope, resource.scope):
+            return Decision(True, f"the credential carries the permission at {caller.scope}")
         return self.control.check(subject_of(caller), permission, resource)
 
     def require(self, caller: Caller, permission: str, resource: Resource) -> None:
@@ -112,9 +114,14 @@ class AccessReplica:
 
     def visibility(self, caller: Caller, permission: str) -> Visibility:
         """What the caller may see of `permission`'s resource type; everything for admins."""
-        if caller.is_admin or permission in caller.permissions:
+        if caller.is_admin:
             return EVERYTHING
-        return self.control.visibility(subject_of(caller), permission)
+        granted = self.control.visibility(subject_of(caller), permission)
+        if permission not in caller.permissions:
+            return granted
+        if caller.scope == DEFAULT_SCOPE:
+            return EVERYTHING
+        return msgspec.structs.replace(granted, subtrees=granted.subtrees | {caller.scope})
 
     def holds_anywhere(self, caller: Caller, permission: str) -> bool:
         """Whether some grant of the caller's includes `permission`: the route-level check before a handler

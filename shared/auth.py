@@ -16,7 +16,7 @@ from collections.abc import Awaitable, Callable
 import msgspec
 from aiohttp import web
 
-from shared.events import Actor
+from shared.events import DEFAULT_SCOPE, Actor
 
 
 class Principal(msgspec.Struct, frozen=True):
@@ -28,6 +28,9 @@ class Principal(msgspec.Struct, frozen=True):
     is_admin: bool = False
     """Holds every permission (the dev token, the built-in IDP Admin role)."""
     permissions: frozenset[str] = frozenset()
+    """Permissions written into the credential itself (a service-account API key's)."""
+    scope: str = DEFAULT_SCOPE
+    """How far those permissions reach: the key's scope and the scopes below it."""
 
     def actor(self) -> Actor:
         return Actor(self.kind, self.id)  # type: ignore[arg-type]

@@ -28,9 +28,9 @@ import msgspec
 
 from shared.db import like_escape
 from shared.errors import InputError
+from shared.scopes import check_scope, contains
 
 ALL_PERMISSIONS = "*"
-SCOPE = re.compile(r"^account(\.[A-Za-z_][A-Za-z0-9_]{0,127}){0,2}$")
 _PERMISSION = re.compile(r"^[a-z]+(_[a-z]+)+$")
 
 PrincipalKind = Literal["user", "group", "service_account"]
@@ -77,23 +77,6 @@ def all_permissions() -> list[str]:
 def resource_type_of(permission: str) -> str:
     """`catalog_entity_view` → `catalog_entity`."""
     return permission.rpartition("_")[0]
-
-
-def check_scope(scope: str, field: str = "scope") -> str:
-    if not isinstance(scope, str) or not SCOPE.match(scope):
-        raise InputError.for_field(field, "a scope is `account`, `account.<org>` or `account.<org>.<project>`")
-    return scope
-
-
-def within(scope: str, outer: str) -> bool:
-    """`scope` is `outer` or below it."""
-    return scope == outer or scope.startswith(outer + ".")
-
-
-def ancestors(scope: str) -> list[str]:
-    """`account.a.b` → `["account", "account.a", "account.a.b"]`."""
-    parts = scope.split(".")
-    return [".".join(parts[: i + 1]) for i in range(len(parts))]
 
 
 # --- the replicated state ------------------------------------------------------------------------------
@@ -225,8 +208,8 @@ def _selects_scope(group: ResourceGroup, scope: str) -> bool:
     if scope == group.scope:
         return True
     if group.include_child_scopes:
-        return within(scope, group.scope)
-    return any(within(scope, child) for child in group.child_scopes)
+        return contains(group.scope, scope)
+    return any(contains(child, scope) for child in group.child_scopes)
 
 
 def _grant_covers(grant: _Grant, resource: Resource) -> bool:
@@ -488,10 +471,10 @@ def validate_permissions(permissions: Iterable[str], field: str = "permissions")
 
 def validate_resource_group(group: ResourceGroup) -> ResourceGroup:
     """A group may only reach its own scope and scopes below it, and only known resource types."""
-    check_scope(group.scope)
+    check_scope(group.scope, "scope")
     for index, child in enumerate(group.child_scopes):
         check_scope(child, f"child_scopes[{index}]")
-        if child == group.scope or not within(child, group.scope):
+        if child == group.scope or not contains(group.scope, child):
             raise InputError.for_field(f"child_scopes[{index}]", f"{child} is not below {group.scope}")
     for index, selector in enumerate(group.selectors):
         if selector.type not in PERMISSIONS:
@@ -505,12 +488,12 @@ def validate_binding(binding: RoleBinding, role: Role | None, group: ResourceGro
     """A binding, its role and its resource group must sit at one scope chain: role and group at the binding's
     scope or above it (built-in roles at `account`), and the group's reach starts at the binding's scope, so a
     binding made at a project can never grant anything at its org."""
-    check_scope(binding.scope)
+    check_scope(binding.scope, "scope")
     if role is None:
         raise InputError.for_field("role_id", f"no role {binding.role_id}")
     if group is None:
         raise InputError.for_field("resource_group_id", f"no resource group {binding.resource_group_id}")
-    if not within(binding.scope, role.scope):
+    if not contains(role.scope, binding.scope):
         raise InputError.for_field("role_id", f"role {role.id} is defined at {role.scope}, not above {binding.scope}")
     if group.scope != binding.scope:
         raise InputError.for_field(

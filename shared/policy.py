@@ -25,8 +25,9 @@ from typing import Any, Literal
 import msgspec
 from regopy import Interpreter, RegoError
 
-from shared.authz import ancestors, check_scope, validate_permissions
+from shared.authz import validate_permissions
 from shared.errors import FieldError, InputError, NotAllowedError
+from shared.scopes import ancestors, check_scope
 
 Mode = Literal["deny", "warn"]
 _PACKAGE = re.compile(r"^\s*package\s+([A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)*)\s*$", re.MULTILINE)
@@ -136,14 +137,14 @@ def package_of(source: str) -> str:
 
 def compile_policy(policy: Policy) -> CompiledPolicy:
     """Validate and compile; an error names the source line and column with the compiler's message."""
-    check_scope(policy.scope)
+    check_scope(policy.scope, "scope")
     if len(policy.source.encode()) > MAX_POLICY_BYTES:
         raise InputError.for_field("source", f"a policy is at most {MAX_POLICY_BYTES} bytes")
     return CompiledPolicy(policy)
 
 
 def validate_policy_set(policy_set: PolicySet, policies: dict[str, Policy]) -> PolicySet:
-    check_scope(policy_set.scope)
+    check_scope(policy_set.scope, "scope")
     if not policy_set.actions:
         raise InputError.for_field("actions", "attach the set to at least one action")
     validate_permissions(policy_set.actions, "actions")

@@ -6,12 +6,12 @@ import re
 
 from shared.errors import InputError
 
-_SCOPE = re.compile(r"^account(\.[A-Za-z_][A-Za-z0-9_]{0,127}){0,2}$")
+SCOPE = re.compile(r"^account(\.[A-Za-z_][A-Za-z0-9_]{0,127}){0,2}$")
 
 
 def check_scope(scope: str, field: str = "query.scope") -> str:
     """`scope` when it is a canonical scope string; otherwise an InputError naming `field`."""
-    if not _SCOPE.match(scope):
+    if not isinstance(scope, str) or not SCOPE.match(scope):
         raise InputError.for_field(field, f"{scope!r} is not a scope (account, account.<org>, account.<org>.<project>)")
     return scope
 
@@ -19,3 +19,9 @@ def check_scope(scope: str, field: str = "query.scope") -> str:
 def contains(outer: str, inner: str) -> bool:
     """Whether `inner` is `outer` or a scope below it."""
     return inner == outer or inner.startswith(outer + ".")
+
+
+def ancestors(scope: str) -> list[str]:
+    """`account.a.b` → `["account", "account.a", "account.a.b"]`."""
+    parts = scope.split(".")
+    return [".".join(parts[: i + 1]) for i in range(len(parts))]

@@ -26,12 +26,12 @@ from nats.js import JetStreamContext
 from shared import bus, db
 from shared.access import AccessReplica
 from shared.auth import Authenticator, Principal, dev_token_authenticator, first_of
-from shared.authz import SCOPE
 from shared.config import BaseSettings, ConfigError, load_settings
 from shared.errors import NotAllowedError
 from shared.events import DEFAULT_SCOPE, ResourceRef, new_event
 from shared.http import ReadinessCheck, Routes, create_app
 from shared.outbox import OutboxRelay, write_event
+from shared.scopes import SCOPE
 from shared.telemetry import setup_telemetry
 from shared.tokens import TokenVerifier
 

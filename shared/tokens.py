@@ -37,7 +37,7 @@ from nats.aio.msg import Msg
 from shared.auth import Principal, bearer_token
 from shared.bus import request_rpc
 from shared.errors import AuthenticationError, ProblemError, ServiceUnavailableError
-from shared.events import decode_event
+from shared.events import DEFAULT_SCOPE, decode_event
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -98,6 +98,8 @@ class ApiKeyPrincipal(msgspec.Struct, frozen=True):
     id: str
     permissions: list[str]
     expires_at: float
+    scope: str = DEFAULT_SCOPE
+    """How far the key's permissions reach (its service account's scope or one inside it)."""
 
 
 class SeenBatch(msgspec.Struct, frozen=True):
@@ -267,7 +269,9 @@ class TokenVerifier:
             raise AuthenticationError("the token names no principal kind")
         permissions = frozenset(p for p in claims.get("perms", []) if isinstance(p, str))
         return _Cached(
-            principal=Principal(kind=kind, id=claims["sub"], permissions=permissions),
+            principal=Principal(
+                kind=kind, id=claims["sub"], permissions=permissions, scope=claims.get("scope", DEFAULT_SCOPE)
+            ),
             kind=kind,
             sub=claims["sub"],
             issued_at=float(claims["iat"]),
@@ -282,7 +286,9 @@ class TokenVerifier:
         found = await self._ask("verify_api_key", ApiKeyCheck(token), ApiKeyPrincipal)
         now = self._clock()
         return _Cached(
-            principal=Principal(kind=found.kind, id=found.id, permissions=frozenset(found.permissions)),
+            principal=Principal(
+                kind=found.kind, id=found.id, permissions=frozenset(found.permissions), scope=found.scope
+            ),
             kind=found.kind,
             sub=found.id,
             issued_at=now,

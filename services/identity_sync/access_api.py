@@ -19,10 +19,11 @@ from services.identity_sync.access_model import (
     PolicyEvaluationResult,
     check_subject,
 )
-from shared.authz import Decision, Resource, all_permissions, check_scope, resource_type_of
+from shared.authz import Decision, Resource, all_permissions, resource_type_of
 from shared.errors import ServiceUnavailableError
 from shared.etag import quoted
 from shared.http import Routes, json_response, parse_query, principal_of, read_json
+from shared.scopes import check_scope
 from shared.service import Deps
 
 PATHS: dict[Kind, str] = {

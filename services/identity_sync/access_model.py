@@ -17,12 +17,12 @@ from shared.authz import (
     ResourceSelector,
     Role,
     RoleBinding,
-    check_scope,
     validate_permissions,
     validate_resource_group,
 )
 from shared.errors import InputError
 from shared.policy import Policy, PolicySet
+from shared.scopes import check_scope
 
 Kind = Literal["role", "resource_group", "role_binding", "policy", "policy_set"]
 Name = Annotated[str, msgspec.Meta(min_length=1, max_length=128)]
@@ -176,7 +176,7 @@ def name_of(kind: Kind, body: Input) -> str:
 
 def document_from(kind: Kind, object_id: str, body: Input) -> Document:
     """The replicated struct for a validated input (references are checked by the service, which can see them)."""
-    check_scope(body.scope)
+    check_scope(body.scope, "scope")
     match body:
         case RoleInput():
             return Role(object_id, body.scope, body.name, validate_permissions(body.permissions))

@@ -7,7 +7,7 @@ from typing import Any
 import asyncpg
 
 from services.identity_sync.access_model import AccessObject, Kind
-from shared.authz import ancestors
+from shared.scopes import ancestors
 
 _COLUMNS = "kind, id, scope, name, description, document, version, created_at, updated_at"
 

@@ -128,7 +128,13 @@ async def exchange_api_key(pool: asyncpg.Pool, key: str, ttl: int) -> AccessToke
     """A short-lived access token for the service account an API key authenticates (client credentials)."""
     found = await verify_api_key(pool, key)
     lifetime = max(1, min(ttl, int(found.expires_at - utc_now().timestamp())))
-    claims = {"sub": found.id, "kind": "service_account", "key": found.key_id, "perms": found.permissions}
+    claims = {
+        "sub": found.id,
+        "kind": "service_account",
+        "key": found.key_id,
+        "perms": found.permissions,
+        "scope": found.scope,
+    }
     return await _sign(pool, claims, lifetime)
 
 
@@ -221,6 +227,7 @@ async def verify_api_key(pool: asyncpg.Pool, key: str) -> ApiKeyPrincipal:
         id=row["account_id"],
         permissions=list(row["permissions"]),
         expires_at=row["expires_at"].timestamp(),
+        scope=row["scope"],
     )
 
 

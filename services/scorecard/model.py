@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
-import re
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
@@ -13,9 +12,9 @@ import msgspec
 from services.scorecard.rules import PASS, Compiled, Context, Outcome, Rule, compile_rule
 from shared.bus import DeadLetter
 from shared.errors import InputError
+from shared.scopes import check_scope
 
 SCOPE_ANNOTATION = "seed-idp.dev/scope"
-_SCOPE = re.compile(r"^account(\.[A-Za-z_][A-Za-z0-9_]{0,127}){0,2}$")
 Slug = Annotated[str, msgspec.Meta(pattern=r"^[a-z0-9][a-z0-9-]{0,62}$")]
 Name = Annotated[str, msgspec.Meta(min_length=1, max_length=200)]
 Values = Annotated[list[str], msgspec.Meta(max_length=100)]
@@ -96,12 +95,6 @@ class ScorecardView(msgspec.Struct, frozen=True):
 
 class ScorecardList(msgspec.Struct, frozen=True):
     items: list[ScorecardView]
-
-
-def check_scope(scope: str, field: str) -> str:
-    if not _SCOPE.match(scope):
-        raise InputError.for_field(field, f"{scope!r} is not a scope (account, account.<org>, account.<org>.<project>)")
-    return scope
 
 
 def spec_etag(spec: ScorecardSpec) -> str:

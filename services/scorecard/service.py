@@ -49,7 +49,6 @@ from services.scorecard.model import (
     apply_changes,
     canonical_ref,
     changed_checks,
-    check_scope,
     compile_scorecard,
     entity_scope,
     explain,
@@ -67,6 +66,7 @@ from shared.errors import ConflictError, InputError, NotFoundError, ServiceUnava
 from shared.etag import check_if_match
 from shared.events import Actor, Event, ResourceRef, diff_fields, new_event
 from shared.outbox import write_event
+from shared.scopes import check_scope
 
 log = logging.getLogger(__name__)
 

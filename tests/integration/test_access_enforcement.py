@@ -167,3 +167,23 @@ async def test_group_membership_grants_and_deleting_the_user_revokes(suite, http
 async def _state_version(identity: RunningService) -> int:
     async with identity.deps.pool.acquire() as conn:
         return await conn.fetchval("SELECT version FROM access_state WHERE id = 1")
+
+
+async def test_an_api_keys_permissions_reach_only_its_scope(suite, http, anonymous_http):
+    identity = suite["identity_sync"]
+    base = f"{identity.url}/api/identity"
+    account = await call(http, "POST", f"{base}/service-accounts", 201, json={"name": "ci", "scope": "account.acme"})
+    key = await call(
+        http,
+        "POST",
+        f"{base}/service-accounts/{account['id']}/keys",
+        201,
+        json={"name": "roles", "permissions": ["identity_role_create"]},
+    )
+    token = await call(anonymous_http, "POST", f"{base}/token", 200, json={"api_key": key["key"]})
+    for credential in (key["key"], token["access_token"]):
+        as_key = {"headers": bearer(credential)}
+        role = {"name": f"inside {credential[:8]}", "permissions": ["catalog_entity_view"]}
+        await call(anonymous_http, "POST", f"{base}/roles", 201, json={**role, "scope": "account.acme.pay"}, **as_key)
+        await call(anonymous_http, "POST", f"{base}/roles", 403, json={**role, "scope": "account.other"}, **as_key)
+        await call(anonymous_http, "POST", f"{base}/roles", 403, json={**role, "scope": "account"}, **as_key)

@@ -9,13 +9,12 @@ from shared.authz import (
     RoleBinding,
     Snapshot,
     all_permissions,
-    ancestors,
     validate_binding,
     validate_permissions,
     validate_resource_group,
-    within,
 )
 from shared.errors import InputError
+from shared.scopes import ancestors, contains
 
 ENTITY = "catalog_entity"
 
@@ -43,9 +42,9 @@ PROJECT_ENTITIES = ResourceGroup("rg-pay", "account.acme.pay", "pay entities", s
 
 
 def test_scope_helpers():
-    assert within("account.acme.pay", "account.acme")
-    assert within("account.acme", "account.acme")
-    assert not within("account.acmex", "account.acme")
+    assert contains("account.acme", "account.acme.pay")
+    assert contains("account.acme", "account.acme")
+    assert not contains("account.acme", "account.acmex")
     assert ancestors("account.a.b") == ["account", "account.a", "account.a.b"]
 
 
