@@ -192,8 +192,12 @@ class Stack:
 
     async def start_services(self, env: dict[str, str]) -> None:
         (self.data_dir / "logs").mkdir(exist_ok=True)
-        for name in SERVICES:
-            port = PREFERRED_PORTS[name] if _port_is_free(PREFERRED_PORTS[name]) else free_port()
+        ports = {
+            name: PREFERRED_PORTS[name] if _port_is_free(PREFERRED_PORTS[name]) else free_port() for name in SERVICES
+        }
+        # Identity-sync reassigns ownership through the catalog's HTTP API.
+        env = {**env, "IDP_CATALOG_URL": f"http://127.0.0.1:{ports['catalog']}"}
+        for name, port in ports.items():
             self.services.append(
                 ServiceProcess(name, port, {**env, "IDP_HTTP_PORT": str(port)}, self.data_dir / "logs" / f"{name}.log")
             )
