@@ -24,6 +24,7 @@ from services.catalog.model import (
     QueryPage,
     RefreshRequest,
     ScopeQuery,
+    ServedEntity,
     ValidateEntityRequest,
 )
 from shared.etag import quoted
@@ -41,6 +42,11 @@ def _path_ref(request: web.Request) -> tuple[str, str, str]:
 
 def _entity_response(entity: dict[str, Any], status: int = 200) -> web.Response:
     return json_response(entity, status=status, headers={"ETag": quoted(entity["metadata"]["etag"])})
+
+
+def _served_response(entity: ServedEntity) -> web.Response:
+    """The stored JSON as it is: nothing is decoded or encoded per request."""
+    return web.Response(text=entity.json, content_type="application/json", headers={"ETag": quoted(entity.etag)})
 
 
 def routes(deps: Deps) -> Routes:
@@ -75,7 +81,7 @@ def routes(deps: Deps) -> Routes:
     )
     async def get_entity_by_name(request: web.Request) -> web.Response:
         scope = parse_query(request, ScopeQuery).scope
-        return _entity_response(await service.get_by_name(pool, scope, *_path_ref(request)))
+        return _served_response(await service.get_by_name(pool, scope, *_path_ref(request)))
 
     @api.put(
         BY_NAME,
@@ -94,7 +100,7 @@ def routes(deps: Deps) -> Routes:
 
     @api.get(BY_UID, summary="An entity by uid", permission="catalog_entity_view")
     async def get_entity_by_uid(request: web.Request) -> web.Response:
-        return _entity_response(await service.get_by_uid(pool, request.match_info["uid"]))
+        return _served_response(await service.get_by_uid(pool, request.match_info["uid"]))
 
     @api.delete(BY_UID, summary="Delete an entity by uid", permission="catalog_entity_delete", status=204)
     async def delete_entity_by_uid(request: web.Request) -> web.Response:

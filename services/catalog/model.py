@@ -10,6 +10,7 @@ from typing import Annotated, Any, Literal
 import msgspec
 
 from services.catalog.properties import apply_properties
+from services.catalog.query import SearchRow, build_search_rows, full_text_fields
 from services.catalog.relations import Relation
 from shared.errors import FieldError, InputError
 
@@ -92,6 +93,34 @@ def stitch(entity: StoredEntity, relations: list[Relation]) -> dict[str, Any]:
     }
 
 
+@dataclass(frozen=True, slots=True)
+class StitchedEntity:
+    """What stitching stores for one entity: the JSON reads serve, and what filters and searches match."""
+
+    uid: str
+    final_entity: str
+    search_rows: list[SearchRow]
+    full_text: tuple[str, str, str, str]
+
+
+_json = msgspec.json.Encoder()
+
+
+def stitched(entity: StoredEntity, relations: list[Relation]) -> StitchedEntity:
+    served = stitch(entity, relations)
+    return StitchedEntity(
+        entity.uid, _json.encode(served).decode(), build_search_rows(served), full_text_fields(served)
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class ServedEntity:
+    """A stored entity ready to send: its stitched JSON and etag."""
+
+    etag: str
+    json: str
+
+
 def body_ref_mismatches(document: dict[str, Any], kind: str, namespace: str, name: str) -> list[FieldError]:
     """A replace names the entity in its path; where the body names another, one error per field."""
     metadata = document.get("metadata") or {}
@@ -154,8 +183,12 @@ class PageInfo(msgspec.Struct, frozen=True, omit_defaults=True):
     prevCursor: str | None = None
 
 
+Served = dict[str, Any] | msgspec.Raw
+"""An entity in a response: its stored JSON as it is, or a dict when `fields` cut it down."""
+
+
 class QueryPage(msgspec.Struct, frozen=True):
-    items: list[dict[str, Any]]
+    items: list[Served]
     totalItems: int
     pageInfo: PageInfo
 
@@ -166,7 +199,7 @@ class ByRefsRequest(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 
 
 class ByRefsResponse(msgspec.Struct, frozen=True):
-    items: list[dict[str, Any] | None]
+    items: list[Served | None]
 
 
 class FacetsQuery(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):

@@ -73,6 +73,27 @@ def build_search_rows(entity: dict[str, Any]) -> list[SearchRow]:
     return rows
 
 
+FULL_TEXT_LIMIT = 10_000
+"""Characters kept of each full-text weight class; enough for any description, bounded for odd documents."""
+
+
+def full_text_fields(entity: dict[str, Any]) -> tuple[str, str, str, str]:
+    """The text of a stitched entity per full-text weight: A name and title, B tags and owner, C description,
+    D annotation values."""
+    metadata = entity.get("metadata") or {}
+    owners = [r["targetRef"].partition("/")[2] for r in entity.get("relations") or () if r["type"] == "ownedBy"]
+    tags = metadata.get("tags")
+    annotations = metadata.get("annotations")
+    classes = (
+        [metadata.get("name"), metadata.get("title")],
+        [*(tags if isinstance(tags, list) else ()), *owners],
+        [metadata.get("description")],
+        list(annotations.values()) if isinstance(annotations, dict) else [],
+    )
+    texts = (" ".join(v for v in values if isinstance(v, str))[:FULL_TEXT_LIMIT] for values in classes)
+    return tuple(texts)  # type: ignore[return-value]
+
+
 def _traverse(root: Any) -> list[tuple[str, Any]]:
     output: list[tuple[str, Any]] = []
     seen_path_keys: set[str] = set()

@@ -1,7 +1,8 @@
 """Catalog use cases: the direct Entity API (create, replace, delete) and Backstage's reads.
 
-Every write is one transaction: the entity, the relations it emits, the search rows of every entity whose
-relations changed (the entity itself and the targets on both sides), and its event in the outbox.
+Every write is one transaction: the entities, the relations they emit, one event per entity in the outbox, and
+the stitched form (served JSON, search rows, tokens, full text) of every entity whose relations changed (the
+entities themselves and the targets on both sides). Reads serve the stored JSON as it is.
 """
 
 from __future__ import annotations
@@ -34,23 +35,25 @@ from services.catalog.model import (
     PageInfo,
     QueryCursor,
     QueryPage,
+    Served,
+    ServedEntity,
     StoredEntity,
     body_ref_mismatches,
     check_scope,
     document_etag,
     ingestible_document,
     next_generation,
-    stitch,
 )
 from services.catalog.properties import apply_properties, check_path
-from services.catalog.query import build_search_rows, parse_fields_param, parse_filter_params, project_fields
-from services.catalog.relations import relations_of
+from services.catalog.query import parse_fields_param, parse_filter_params, project_fields
+from services.catalog.relations import Relation, relations_of
+from services.catalog.stitching import restitch
 from services.catalog.validation import default_namespace, validate_entity
 from shared.db import transaction
 from shared.errors import ConflictError, FieldError, InputError, NotFoundError
 from shared.etag import check_if_match
 from shared.events import Actor, ResourceRef, diff_fields, new_event
-from shared.outbox import write_event
+from shared.outbox import write_event, write_events
 
 SOURCE = "catalog"
 
@@ -73,13 +76,6 @@ def prepare_document(raw: Any) -> tuple[dict[str, Any], list]:
     return document, relations
 
 
-async def _restitch(conn: asyncpg.Connection, scope: str, refs: set[str]) -> None:
-    """Rebuild the search rows of the existing entities among `refs`, whose relations may have changed."""
-    entities = await store.get_many(conn, scope, sorted(refs))
-    relations = await store.relations_from(conn, scope, entities)
-    await store.replace_search_rows(conn, {e.uid: build_search_rows(stitch(e, relations)) for e in entities.values()})
-
-
 def _event(kind: str, actor: Actor, entity: StoredEntity, data: dict[str, Any]):
     return new_event(
         f"catalog.entity.{kind}",
@@ -91,27 +87,56 @@ def _event(kind: str, actor: Actor, entity: StoredEntity, data: dict[str, Any]):
     )
 
 
-async def insert_entity(conn: asyncpg.Connection, actor: Actor, entity: StoredEntity, relations: list) -> None:
-    """Store a new entity with its relations, re-stitch what it touches, and emit `catalog.entity.created`."""
-    await store.insert_entity(conn, entity)
-    await store.replace_relations(conn, entity.uid, entity.scope, relations)
-    await _restitch(conn, entity.scope, {entity.ref} | {r.target for r in relations})
-    await write_event(conn, _event("created", actor, entity, {"entity": entity.document}))
+@dataclasses.dataclass(frozen=True)
+class EntityWrite:
+    """One entity change: created (no `before`), updated, or deleted (no `after`)."""
+
+    before: StoredEntity | None
+    after: StoredEntity | None
+    relations: list[Relation] = dataclasses.field(default_factory=list)
+    """The relations `after` emits."""
+
+    def event(self, actor: Actor):
+        if self.before is None:
+            return _event("created", actor, self.after, {"entity": self.after.document})
+        if self.after is None:
+            return _event("deleted", actor, self.before, {"entity": self.before.document})
+        changes = diff_fields(self.before.served_document, self.after.served_document)
+        if self.before.orphan != self.after.orphan:
+            changes["orphan"] = {"before": self.before.orphan, "after": self.after.orphan}
+        verb = "orphaned" if self.after.orphan and list(changes) == ["orphan"] else "updated"
+        return _event(verb, actor, self.after, {"changes": changes, "generation": self.after.generation})
 
 
-async def update_entity(
-    conn: asyncpg.Connection, actor: Actor, current: StoredEntity, updated: StoredEntity, relations: list
-) -> None:
-    """Store a changed entity, re-stitch both old and new relation targets, and emit the changed fields."""
-    affected = await store.emitted_targets(conn, current.uid)
-    await store.update_entity(conn, updated)
-    await store.replace_relations(conn, updated.uid, updated.scope, relations)
-    await _restitch(conn, updated.scope, affected | {updated.ref} | {r.target for r in relations})
-    changes = diff_fields(current.served_document, updated.served_document)
-    if current.orphan != updated.orphan:
-        changes["orphan"] = {"before": current.orphan, "after": updated.orphan}
-    verb = "orphaned" if updated.orphan and list(changes) == ["orphan"] else "updated"
-    await write_event(conn, _event(verb, actor, updated, {"changes": changes, "generation": updated.generation}))
+async def write_entities(conn: asyncpg.Connection, actor: Actor, scope: str, writes: list[EntityWrite]) -> set[str]:
+    """Store entity changes at one scope set-based: rows, the relations they emit, and one event each in the
+    outbox. Returns the refs whose served form is now stale (the entities and both ends of old and new
+    relations); the caller stitches them, once per batch."""
+    existing = [w.before.uid for w in writes if w.before is not None]
+    stale = await store.emitted_targets(conn, existing) if existing else set()
+    deleted = [w.before.uid for w in writes if w.after is None and w.before is not None]
+    created = [w.after for w in writes if w.before is None and w.after is not None]
+    updated = [w.after for w in writes if w.before is not None and w.after is not None]
+    if deleted:
+        await store.delete_entities(conn, deleted)
+    if created:
+        await store.insert_entities(conn, created)
+    if updated:
+        await store.update_entities(conn, updated)
+    emitted = {w.after.uid: w.relations for w in writes if w.after is not None}
+    if emitted:
+        await store.replace_relations(conn, scope, emitted)
+    for write in writes:
+        if write.after is not None:
+            stale.add(write.after.ref)
+            stale.update(r.target for r in write.relations)
+    await write_events(conn, [write.event(actor) for write in writes])
+    return stale
+
+
+async def apply_writes(conn: asyncpg.Connection, actor: Actor, scope: str, writes: list[EntityWrite]) -> None:
+    """`write_entities`, then stitch what it touched: the whole change is queryable when the transaction commits."""
+    await restitch(conn, scope, await write_entities(conn, actor, scope, writes))
 
 
 def revised(current: StoredEntity, document: dict[str, Any], **fields: Any) -> StoredEntity:
@@ -132,6 +157,12 @@ def served_relations(entity: StoredEntity) -> list:
     return relations_of(entity.served_document)[0]
 
 
+async def _served_document(conn: asyncpg.Connection, scope: str, ref: str) -> dict[str, Any]:
+    served = await store.served_by_ref(conn, scope, ref)
+    assert served is not None, "read in the transaction that stitched it"
+    return msgspec.json.decode(served.json)
+
+
 async def create_entity(pool: asyncpg.Pool, actor: Actor, scope: str, raw: Any) -> dict[str, Any]:
     check_scope(scope)
     document, relations = prepare_document(raw)
@@ -139,8 +170,8 @@ async def create_entity(pool: asyncpg.Pool, actor: Actor, scope: str, raw: Any) 
     entity = StoredEntity(str(uuid.uuid4()), scope, ref, document, document_etag(document), 1)
     try:
         async with transaction(pool) as conn:
-            await insert_entity(conn, actor, entity, relations)
-            return stitch(entity, await store.relations_from(conn, scope, [ref]))
+            await apply_writes(conn, actor, scope, [EntityWrite(None, entity, relations)])
+            return await _served_document(conn, scope, ref)
     except asyncpg.UniqueViolationError:
         raise ConflictError(f"{ref} already exists at scope {scope}") from None
 
@@ -160,11 +191,10 @@ async def replace_entity(
         if current is None:
             raise NotFoundError(f"no entity {ref} at scope {scope}")
         check_if_match(if_match, current.etag)
-        if current.document == document:
-            return stitch(current, await store.relations_from(conn, scope, [ref]))
-        updated = revised(current, document)
-        await update_entity(conn, actor, current, updated, served_relations(updated))
-        return stitch(updated, await store.relations_from(conn, scope, [ref]))
+        if current.document != document:
+            updated = revised(current, document)
+            await apply_writes(conn, actor, scope, [EntityWrite(current, updated, served_relations(updated))])
+        return await _served_document(conn, scope, ref)
 
 
 async def delete_entity(pool: asyncpg.Pool, actor: Actor, uid: str) -> None:
@@ -172,53 +202,41 @@ async def delete_entity(pool: asyncpg.Pool, actor: Actor, uid: str) -> None:
         entity = await store.get_by_uid(conn, uid, lock=True)
         if entity is None:
             raise NotFoundError(f"no entity with uid {uid}")
-        await remove_entity(conn, actor, entity)
+        await apply_writes(conn, actor, entity.scope, [EntityWrite(entity, None)])
 
 
-async def remove_entity(conn: asyncpg.Connection, actor: Actor, entity: StoredEntity) -> None:
-    """Delete an entity and its relations, re-stitch what they pointed at, and emit `catalog.entity.deleted`."""
-    affected = await store.emitted_targets(conn, entity.uid)
-    await store.delete_entity(conn, entity.uid)
-    await _restitch(conn, entity.scope, affected - {entity.ref})
-    await write_event(conn, _event("deleted", actor, entity, {"entity": entity.document}))
-
-
-async def _serve(conn: asyncpg.Connection, entities: list[StoredEntity]) -> list[dict[str, Any]]:
-    """Stitch many entities with one relations query per scope among them."""
-    refs_by_scope: dict[str, list[str]] = {}
-    for entity in entities:
-        refs_by_scope.setdefault(entity.scope, []).append(entity.ref)
-    relations = [r for scope, refs in refs_by_scope.items() for r in await store.relations_from(conn, scope, refs)]
-    return [stitch(entity, relations) for entity in entities]
-
-
-async def _served(conn: asyncpg.Connection, entity: StoredEntity | None, missing: str) -> dict[str, Any]:
-    if entity is None:
+def _found(served: ServedEntity | None, missing: str) -> ServedEntity:
+    if served is None:
         raise NotFoundError(missing)
-    return stitch(entity, await store.relations_from(conn, entity.scope, [entity.ref]))
+    return served
 
 
-async def get_by_name(pool: asyncpg.Pool, scope: str, kind: str, namespace: str, name: str) -> dict[str, Any]:
+def _items(jsons: list[str], fields: tuple[str, ...] | None) -> list[Served]:
+    """Page items: the stored JSON as it is, or decoded and cut down to `fields`."""
+    if fields:
+        return [project_fields(msgspec.json.decode(json), fields) for json in jsons]
+    return [msgspec.Raw(json) for json in jsons]
+
+
+async def get_by_name(pool: asyncpg.Pool, scope: str, kind: str, namespace: str, name: str) -> ServedEntity:
     ref = str(parse_entity_ref({"kind": kind, "namespace": namespace, "name": name}))
     async with pool.acquire() as conn:
-        return await _served(conn, await store.get_by_ref(conn, check_scope(scope), ref), f"no entity {ref}")
+        return _found(await store.served_by_ref(conn, check_scope(scope), ref), f"no entity {ref}")
 
 
-async def get_by_uid(pool: asyncpg.Pool, uid: str) -> dict[str, Any]:
+async def get_by_uid(pool: asyncpg.Pool, uid: str) -> ServedEntity:
     async with pool.acquire() as conn:
-        return await _served(conn, await store.get_by_uid(conn, uid), f"no entity with uid {uid}")
+        return _found(await store.served_by_uid(conn, uid), f"no entity with uid {uid}")
 
 
-async def list_entities(pool: asyncpg.Pool, query: EntityListQuery) -> list[dict[str, Any]]:
+async def list_entities(pool: asyncpg.Pool, query: EntityListQuery) -> list[Served]:
     """Backstage's `GET /entities`: filter, fields, offset and limit, at one scope."""
     scope = check_scope(query.scope)
     where = parse_filter_params(_as_list(query.filter))
     fields = parse_fields_param(_as_list(query.fields))
     async with pool.acquire() as conn:
-        served = await _serve(
-            conn, await store.list_entities(conn, scope, where, offset=query.offset, limit=query.limit)
-        )
-    return [project_fields(e, fields) for e in served] if fields else served
+        served = await store.list_entities(conn, scope, where, offset=query.offset, limit=query.limit)
+    return _items(served, fields)
 
 
 async def get_by_refs(pool: asyncpg.Pool, scope: str, request: ByRefsRequest) -> ByRefsResponse:
@@ -232,10 +250,8 @@ async def get_by_refs(pool: asyncpg.Pool, scope: str, request: ByRefsRequest) ->
             raise InputError.for_field(f"$.entityRefs[{index}]", str(exc)) from None
     fields = parse_fields_param(request.fields or [])
     async with pool.acquire() as conn:
-        found = await store.get_many(conn, scope, refs)
-        served = dict(zip(found, await _serve(conn, list(found.values())), strict=True))
-    items = [served.get(ref) for ref in refs]
-    return ByRefsResponse([project_fields(i, fields) if i is not None and fields else i for i in items])
+        found = await store.served_by_refs(conn, scope, refs)
+    return ByRefsResponse([_items([found[ref]], fields)[0] if ref in found else None for ref in refs])
 
 
 def _encode_cursor(cursor: QueryCursor) -> str:
@@ -289,10 +305,9 @@ async def query_entities(pool: asyncpg.Pool, query: EntityQuery) -> QueryPage:
             offset=cursor.offset,
             limit=query.limit,
         )
-        items = await _serve(conn, page)
     after = cursor.offset + len(page)
     return QueryPage(
-        items=[project_fields(i, fields) for i in items] if fields else items,
+        items=_items(page, fields),
         totalItems=total,
         pageInfo=PageInfo(
             nextCursor=_encode_cursor(msgspec.structs.replace(cursor, offset=after)) if after < total else None,
@@ -388,8 +403,10 @@ async def ingest_properties(pool: asyncpg.Pool, actor: Actor, scope: str, reques
         plans.append((field, ref, item.properties))
     updated_count = 0
     async with transaction(pool) as conn:
+        originals = await store.get_many(conn, scope, sorted({ref for _, ref, _ in plans}), lock=True)
+        latest = dict(originals)
         for field, ref, properties in plans:
-            current = await store.get_by_ref(conn, scope, ref, lock=True)
+            current = latest.get(ref)
             if current is None:
                 raise InputError.for_field(f"{field}.entityRef", f"no entity {ref} at scope {scope}")
             merged = properties if request.mode == "replace" else {**current.properties, **properties}
@@ -402,8 +419,14 @@ async def ingest_properties(pool: asyncpg.Pool, actor: Actor, scope: str, reques
                     f"{ref} would not be valid: {errors[0].message}",
                     errors=[FieldError(f"{field}.properties", f"{e.field}: {e.message}") for e in errors],
                 )
-            await update_entity(conn, actor, current, updated, served_relations(updated))
+            latest[ref] = updated
             updated_count += 1
+        writes = [
+            EntityWrite(originals[ref], entity, served_relations(entity))
+            for ref, entity in latest.items()
+            if entity is not originals[ref]
+        ]
+        await apply_writes(conn, actor, scope, writes)
     return IngestResult(updated=updated_count, unchanged=len(plans) - updated_count)
 
 
@@ -432,4 +455,4 @@ async def set_favorite(pool: asyncpg.Pool, actor: Actor, uid: str, starred: bool
 
 async def favorites(pool: asyncpg.Pool, actor: Actor) -> list[dict[str, Any]]:
     async with pool.acquire() as conn:
-        return await _serve(conn, await store.favorite_entities(conn, f"{actor.kind}:{actor.id}"))
+        return _items(await store.favorite_entities(conn, f"{actor.kind}:{actor.id}"), None)
