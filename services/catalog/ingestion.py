@@ -20,6 +20,7 @@ from typing import Any
 
 import asyncpg
 import msgspec
+import uuid_utils
 
 from services.catalog import store
 from services.catalog.entity_ref import EntityRefError, parse_entity_ref, ref_of
@@ -220,7 +221,7 @@ def _classify(
     key = item.read.location_key
     if current is None:
         entity = StoredEntity(
-            str(uuid.uuid4()), scope, item.ref, item.document, document_etag(item.document), 1, location_id, key
+            str(uuid_utils.uuid4()), scope, item.ref, item.document, document_etag(item.document), 1, location_id, key
         )
         return "created", EntityWrite(None, entity, item.relations)
     if current.location_key not in (None, key):

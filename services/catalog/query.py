@@ -119,10 +119,13 @@ def _traverse(root: Any) -> list[tuple[str, Any]]:
 
 
 def _reject_case_duplicates(raw: list[tuple[str, Any]]) -> None:
+    keys = {key for key, _ in raw}
+    if len({key.lower() for key in keys}) == len(keys):  # the common case, checked without grouping
+        return
     spellings: dict[str, set[str]] = {}
     for key, _ in raw:
         spellings.setdefault(key.lower(), set()).add(key)
-    bad = [lower for lower, keys in spellings.items() if len(keys) > 1]
+    bad = [lower for lower, spelt in spellings.items() if len(spelt) > 1]
     if bad:
         listed = "', '".join(bad)
         raise InputError(
@@ -146,8 +149,8 @@ def _to_row(kv: tuple[str, Any]) -> SearchRow | None:
 
 
 def _js_length(text: str) -> int:
-    # JavaScript measures strings in UTF-16 code units.
-    return len(text.encode("utf-16-le")) // 2
+    # JavaScript measures strings in UTF-16 code units (one per character in ASCII).
+    return len(text) if text.isascii() else len(text.encode("utf-16-le")) // 2
 
 
 def _js_string(value: str | int | float) -> str:

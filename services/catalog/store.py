@@ -119,9 +119,7 @@ async def replace_relations(conn: asyncpg.Connection, scope: str, emitted: dict[
     await conn.execute("DELETE FROM relations WHERE originator = ANY($1::uuid[])", list(emitted))
     await conn.copy_records_to_table(
         "relations",
-        records=[
-            (uuid.UUID(uid), scope, r.source, r.type, r.target) for uid, relations in emitted.items() for r in relations
-        ],
+        records=[(uid, scope, r.source, r.type, r.target) for uid, relations in emitted.items() for r in relations],
         columns=["originator", "scope", "source_ref", "type", "target_ref"],
     )
 
@@ -160,7 +158,7 @@ async def write_stitched(conn: asyncpg.Connection, stitched: list[StitchedEntity
     await conn.execute("DELETE FROM search WHERE entity_uid = ANY($1::uuid[])", uids)
     await conn.copy_records_to_table(
         "search",
-        records=[(uuid.UUID(s.uid), r.key, r.value, r.original_value) for s in stitched for r in s.search_rows],
+        records=[(s.uid, r.key, r.value, r.original_value) for s in stitched for r in s.search_rows],
         columns=["entity_uid", "key", "value", "original_value"],
     )
     await conn.execute(
