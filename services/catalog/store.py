@@ -111,6 +111,8 @@ async def update_entities(conn: asyncpg.Connection, entities: list[StoredEntity]
 
 
 async def delete_entities(conn: asyncpg.Connection, uids: list[str]) -> None:
+    """Delete entities; their relations and favorites go by cascade, their search rows here."""
+    await conn.execute("DELETE FROM search WHERE entity_uid = ANY($1::uuid[])", uids)
     await conn.execute("DELETE FROM entities WHERE uid = ANY($1::uuid[])", uids)
 
 
