@@ -24,6 +24,8 @@ from services.catalog.model import (
     QueryPage,
     RefreshRequest,
     ScopeQuery,
+    SearchPage,
+    SearchQuery,
     ServedEntity,
     ValidateEntityRequest,
 )
@@ -128,6 +130,16 @@ def routes(deps: Deps) -> Routes:
     async def get_entities_by_refs(request: web.Request) -> web.Response:
         scope = parse_query(request, ScopeQuery).scope
         return json_response(await service.get_by_refs(pool, scope, await read_json(request, ByRefsRequest)))
+
+    @api.get(
+        "/api/catalog/search",
+        summary="Ranked full-text search, filterable by kind, type, owner, tag and scope",
+        permission="catalog_entity_view",
+        query=SearchQuery,
+        response=SearchPage,
+    )
+    async def search_entities(request: web.Request) -> web.Response:
+        return json_response(await service.search_entities(pool, parse_query(request, SearchQuery)))
 
     @api.get(
         "/api/catalog/entity-facets",

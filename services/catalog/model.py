@@ -193,6 +193,51 @@ class QueryPage(msgspec.Struct, frozen=True):
     pageInfo: PageInfo
 
 
+class SearchQuery(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """`GET /search`: ranked full-text search. Filters of one name match any of their values; different
+    filters must all match. With `cursor`, everything but `limit` comes from the cursor."""
+
+    q: Annotated[str, msgspec.Meta(max_length=200)] = ""
+    """Words to find in name, title, description, tags, owner and annotation values; each word matches the
+    start of a word (`bill` finds `billing-api`)."""
+    kind: list[str] | str | None = None
+    type: list[str] | str | None = None
+    """`spec.type`."""
+    owner: list[str] | str | None = None
+    """Owner entity ref; kind defaults to `group`, namespace to `default`."""
+    tag: list[str] | str | None = None
+    scope: str = "account"
+    """Searches this scope and the scopes below it."""
+    limit: Annotated[int, msgspec.Meta(ge=1, le=100)] = 20
+    cursor: str | None = None
+
+
+class SearchCursor(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """What a search `nextCursor`/`prevCursor` carries: the search and the page position."""
+
+    q: str
+    kind: list[str]
+    type: list[str]
+    owner: list[str]
+    tag: list[str]
+    scope: str
+    offset: int
+
+
+class SearchHit(msgspec.Struct, frozen=True):
+    entity: Served
+    score: float
+    """Higher is better: `ts_rank` over the weighted document (name and title weigh most), +1 for the exact name."""
+    highlight: str
+    """Name, title and description with the matched words between `**`; plain text, not HTML."""
+
+
+class SearchPage(msgspec.Struct, frozen=True):
+    items: list[SearchHit]
+    totalItems: int
+    pageInfo: PageInfo
+
+
 class ByRefsRequest(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     entityRefs: Annotated[list[str], msgspec.Meta(max_length=10000)]
     fields: list[str] | None = None

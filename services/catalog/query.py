@@ -7,6 +7,7 @@ and an in-memory evaluation of a filter tree over search rows. The SQL translati
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
@@ -92,6 +93,29 @@ def full_text_fields(entity: dict[str, Any]) -> tuple[str, str, str, str]:
     )
     texts = (" ".join(v for v in values if isinstance(v, str))[:FULL_TEXT_LIMIT] for values in classes)
     return tuple(texts)  # type: ignore[return-value]
+
+
+FULL_TEXT_KEYS = ("metadata.name", "metadata.title", "metadata.description", "metadata.tags", "spec.owner")
+FULL_TEXT_KEY_PREFIXES = ("metadata.annotations.",)
+"""Search keys whose values are in the full-text document, so a `fullTextFilter` on them can use its index."""
+_WORD = re.compile(r"\w+")
+MAX_SEARCH_WORDS = 16
+
+
+def search_words(text: str) -> list[str]:
+    """The words of a search text, lower-cased: letters, digits and `_`; everything else separates words."""
+    return list(dict.fromkeys(_WORD.findall(text.lower())))[:MAX_SEARCH_WORDS]
+
+
+def prefix_tsquery(words: list[str]) -> str:
+    """A `to_tsquery` text matching documents with a word starting with each of `words` (all of them)."""
+    # `\w` words hold no tsquery operator or quote, so quoting them is enough.
+    return " & ".join(f"'{word}':*" for word in words)
+
+
+def full_text_indexed(keys: tuple[str, ...]) -> bool:
+    """Whether every one of these search keys is in the full-text document."""
+    return bool(keys) and all(k in FULL_TEXT_KEYS or k.startswith(FULL_TEXT_KEY_PREFIXES) for k in keys)
 
 
 def _traverse(root: Any) -> list[tuple[str, Any]]:

@@ -11,7 +11,7 @@ import base64
 import binascii
 import dataclasses
 import uuid
-from typing import Any
+from typing import Any, TypeVar
 
 import asyncpg
 import msgspec
@@ -35,6 +35,9 @@ from services.catalog.model import (
     PageInfo,
     QueryCursor,
     QueryPage,
+    SearchCursor,
+    SearchPage,
+    SearchQuery,
     Served,
     ServedEntity,
     StoredEntity,
@@ -45,7 +48,14 @@ from services.catalog.model import (
     next_generation,
 )
 from services.catalog.properties import apply_properties, check_path
-from services.catalog.query import parse_fields_param, parse_filter_params, project_fields
+from services.catalog.query import (
+    AllOf,
+    KeyValues,
+    parse_fields_param,
+    parse_filter_params,
+    project_fields,
+    search_words,
+)
 from services.catalog.relations import Relation, relations_of
 from services.catalog.stitching import restitch
 from services.catalog.validation import default_namespace, validate_entity
@@ -254,15 +264,29 @@ async def get_by_refs(pool: asyncpg.Pool, scope: str, request: ByRefsRequest) ->
     return ByRefsResponse([_items([found[ref]], fields)[0] if ref in found else None for ref in refs])
 
 
-def _encode_cursor(cursor: QueryCursor) -> str:
+Cursor = TypeVar("Cursor", QueryCursor, SearchCursor)
+
+
+def _encode_cursor(cursor: QueryCursor | SearchCursor) -> str:
     return base64.urlsafe_b64encode(msgspec.json.encode(cursor)).decode()
 
 
-def _decode_cursor(raw: str) -> QueryCursor:
+def _decode_cursor(raw: str, cursor_type: type[Cursor]) -> Cursor:
     try:
-        return msgspec.json.decode(base64.urlsafe_b64decode(raw.encode()), type=QueryCursor)
+        return msgspec.json.decode(base64.urlsafe_b64decode(raw.encode()), type=cursor_type)
     except (ValueError, binascii.Error, msgspec.DecodeError, msgspec.ValidationError):
         raise InputError.for_field("query.cursor", "not a cursor returned by this API") from None
+
+
+def _page_info(cursor: Cursor, count: int, total: int, limit: int) -> PageInfo:
+    """Cursors to the next page (when there is more) and the previous one (when this is not the first)."""
+    after = cursor.offset + count
+    return PageInfo(
+        nextCursor=_encode_cursor(msgspec.structs.replace(cursor, offset=after)) if after < total else None,
+        prevCursor=_encode_cursor(msgspec.structs.replace(cursor, offset=max(0, cursor.offset - limit)))
+        if cursor.offset > 0
+        else None,
+    )
 
 
 def _order_fields(values: list[str]) -> list[tuple[str, bool]]:
@@ -279,7 +303,7 @@ def _order_fields(values: list[str]) -> list[tuple[str, bool]]:
 async def query_entities(pool: asyncpg.Pool, query: EntityQuery) -> QueryPage:
     """Backstage's `GET /entities/by-query`: a page, the total, and cursors to the next and previous pages."""
     cursor = (
-        _decode_cursor(query.cursor)
+        _decode_cursor(query.cursor, QueryCursor)
         if query.cursor
         else QueryCursor(
             filter=_as_list(query.filter),
@@ -293,7 +317,9 @@ async def query_entities(pool: asyncpg.Pool, query: EntityQuery) -> QueryPage:
     scope = check_scope(cursor.scope)
     where = parse_filter_params(cursor.filter)
     term = (cursor.fullTextFilterTerm or "").strip()
-    full_text = (term, tuple(f.strip().lower() for f in cursor.fullTextFilterFields if f.strip())) if term else None
+    # Backstage's client sends the fields comma-separated in one parameter.
+    keys = tuple(f.strip().lower() for value in cursor.fullTextFilterFields for f in value.split(",") if f.strip())
+    full_text = (term, keys) if term else None
     fields = parse_fields_param(_as_list(query.fields))
     async with pool.acquire() as conn:
         page, total = await store.query_entities(
@@ -305,17 +331,47 @@ async def query_entities(pool: asyncpg.Pool, query: EntityQuery) -> QueryPage:
             offset=cursor.offset,
             limit=query.limit,
         )
-    after = cursor.offset + len(page)
-    return QueryPage(
-        items=_items(page, fields),
-        totalItems=total,
-        pageInfo=PageInfo(
-            nextCursor=_encode_cursor(msgspec.structs.replace(cursor, offset=after)) if after < total else None,
-            prevCursor=_encode_cursor(msgspec.structs.replace(cursor, offset=max(0, cursor.offset - query.limit)))
-            if cursor.offset > 0
-            else None,
-        ),
+    return QueryPage(_items(page, fields), total, _page_info(cursor, len(page), total, query.limit))
+
+
+async def search_entities(pool: asyncpg.Pool, query: SearchQuery) -> SearchPage:
+    """Ranked full-text search over name, title, description, tags, owner and annotations, filtered by kind,
+    type, owner and tag, at a scope and the scopes below it."""
+    cursor = (
+        _decode_cursor(query.cursor, SearchCursor)
+        if query.cursor
+        else SearchCursor(
+            q=query.q,
+            kind=_as_list(query.kind),
+            type=_as_list(query.type),
+            owner=_as_list(query.owner),
+            tag=_as_list(query.tag),
+            scope=query.scope,
+            offset=0,
+        )
     )
+    scope = check_scope(cursor.scope)
+    words = search_words(cursor.q)
+    if not words:
+        raise InputError.for_field("query.q", "give at least one word (letters or digits) to search for")
+    owners = []
+    for owner in cursor.owner:
+        try:
+            owners.append(str(parse_entity_ref(owner, default_kind="group")))
+        except EntityRefError as exc:
+            raise InputError.for_field("query.owner", str(exc)) from None
+    wanted = {
+        "kind": [k.lower() for k in cursor.kind],
+        "spec.type": [t.lower() for t in cursor.type],
+        "relations.ownedby": owners,
+        "metadata.tags": [t.lower() for t in cursor.tag],
+    }
+    filters = tuple(KeyValues(key, tuple(values)) for key, values in wanted.items() if values)
+    async with pool.acquire() as conn:
+        hits, total = await store.search_entities(
+            conn, scope, AllOf(filters) if filters else None, words, offset=cursor.offset, limit=query.limit
+        )
+    return SearchPage(hits, total, _page_info(cursor, len(hits), total, query.limit))
 
 
 async def entity_facets(pool: asyncpg.Pool, query: FacetsQuery) -> FacetsResponse:

@@ -9,8 +9,17 @@ from typing import Any
 import asyncpg
 import msgspec
 
-from services.catalog.model import ServedEntity, StitchedEntity, StoredEntity
-from services.catalog.query import AllOf, AnyOf, Filter, KeyValues, SearchRow
+from services.catalog.model import SearchHit, ServedEntity, StitchedEntity, StoredEntity
+from services.catalog.query import (
+    AllOf,
+    AnyOf,
+    Filter,
+    KeyValues,
+    SearchRow,
+    full_text_indexed,
+    prefix_tsquery,
+    search_words,
+)
 from services.catalog.relations import Relation
 
 _COLUMNS = (
@@ -223,6 +232,12 @@ def _query_where(
         condition += f" AND {filter_sql(where, args)}"
     if full_text is not None:
         term, keys = full_text
+        words = search_words(term)
+        if words and full_text_indexed(keys):
+            # The GIN-indexed full-text document narrows the candidates to entities with words starting with the
+            # term's words; the LIKE below then keeps Backstage's substring match on the chosen fields.
+            args.append(prefix_tsquery(words))
+            condition += f" AND search_text @@ to_tsquery('simple', ${len(args)})"
         args.append(_like_fragment(term.lower()))
         clause = f"uid IN (SELECT entity_uid FROM search WHERE value LIKE ${len(args)}"
         if keys:
@@ -263,6 +278,34 @@ async def query_entities(
         *args,
     )
     return await served_in_order(conn, [r["uid"] for r in uids]), total
+
+
+async def search_entities(
+    conn: asyncpg.Connection, scope: str, where: Filter | None, words: list[str], *, offset: int, limit: int
+) -> tuple[list[SearchHit], int]:
+    """Entities at `scope` or below whose full-text document has a word starting with each of `words`, best
+    first: `ts_rank` over the weighted document, plus 1 when the name is the whole search text."""
+    args: list[Any] = [prefix_tsquery(words), scope, scope + ".%"]
+    condition = "search_text @@ to_tsquery('simple', $1) AND (scope = $2 OR scope LIKE $3)"
+    if where is not None:
+        condition += f" AND {filter_sql(where, args)}"
+    total = await conn.fetchval(f"SELECT count(*) FROM entities WHERE {condition}", *args)
+    args.append("-".join(words))
+    rows = await conn.fetch(
+        f"""SELECT e.final_entity, page.score,
+                   ts_headline('simple', concat_ws(' · ', m->>'name', m->>'title', m->>'description'),
+                               to_tsquery('simple', $1), 'StartSel=**, StopSel=**, MaxWords=20, MinWords=8')
+                       AS highlight
+            FROM (SELECT uid, ref,
+                         ts_rank(search_text, to_tsquery('simple', $1)) + (name = ${len(args)})::int AS score
+                  FROM entities WHERE {condition}
+                  ORDER BY score DESC, ref OFFSET {int(offset)} LIMIT {int(limit)}) page
+            JOIN entities e ON e.uid = page.uid
+            CROSS JOIN LATERAL (SELECT e.final_entity::jsonb -> 'metadata' AS m) metadata
+            ORDER BY page.score DESC, page.ref""",
+        *args,
+    )
+    return [SearchHit(msgspec.Raw(r["final_entity"]), r["score"], r["highlight"]) for r in rows], total
 
 
 async def served_in_order(conn: asyncpg.Connection, uids: list[Any]) -> list[str]:
