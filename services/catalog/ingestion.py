@@ -45,7 +45,7 @@ SUPPORTED_TYPES = ("file",)
 READ_BATCH = 1000
 """Entities read, validated and written per batch of a location read."""
 BULK_CHANGES = 500
-"""A read that changes at least this many entities refreshes the planner's statistics afterwards."""
+"""A read that changes at least this many entities vacuums and analyzes the catalog's tables afterwards."""
 log = logging.getLogger(__name__)
 
 
@@ -255,7 +255,7 @@ async def refresh_location(pool: asyncpg.Pool, policy: IngestionPolicy, actor: A
 async def _analyze_after_bulk(pool: asyncpg.Pool, applied: dict[str, Any]) -> None:
     if sum(applied[k] for k in ("created", "updated", "orphaned", "deleted")) >= BULK_CHANGES:
         async with pool.acquire() as conn:
-            await store.analyze(conn)
+            await store.vacuum_analyze(conn)
 
 
 async def refresh_entity(pool: asyncpg.Pool, policy: IngestionPolicy, actor: Actor, scope: str, entity_ref: str):
