@@ -120,9 +120,11 @@ class EntityWrite:
 
 async def write_entities(conn: asyncpg.Connection, actor: Actor, scope: str, writes: list[EntityWrite]) -> set[str]:
     """Store entity changes at one scope set-based: rows, the relations they emit, and one event each in the
-    outbox. Returns the refs whose served form is now stale (the entities and both ends of old and new
-    relations); the caller stitches them, once per batch."""
-    existing = [w.before.uid for w in writes if w.before is not None]
+    outbox. Returns the refs whose served form is now stale: the entities, and both ends of their old and new
+    relations where those changed (an entity's served form depends on its own document and the relations
+    from it only); the caller stitches them, once per batch."""
+    rewired = [w for w in writes if w.after is None or w.before is None or w.relations != served_relations(w.before)]
+    existing = [w.before.uid for w in rewired if w.before is not None]
     stale = await store.emitted_targets(conn, existing) if existing else set()
     deleted = [w.before.uid for w in writes if w.after is None and w.before is not None]
     created = [w.after for w in writes if w.before is None and w.after is not None]
@@ -133,13 +135,11 @@ async def write_entities(conn: asyncpg.Connection, actor: Actor, scope: str, wri
         await store.insert_entities(conn, created)
     if updated:
         await store.update_entities(conn, updated)
-    emitted = {w.after.uid: w.relations for w in writes if w.after is not None}
+    emitted = {w.after.uid: w.relations for w in rewired if w.after is not None}
     if emitted:
         await store.replace_relations(conn, scope, emitted)
-    for write in writes:
-        if write.after is not None:
-            stale.add(write.after.ref)
-            stale.update(r.target for r in write.relations)
+    stale.update(w.after.ref for w in writes if w.after is not None)
+    stale.update(r.target for w in rewired for r in w.relations)
     await write_events(conn, [write.event(actor) for write in writes])
     return stale
 
