@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import re
 from dataclasses import dataclass, field
@@ -40,8 +41,9 @@ class StoredEntity:
     properties: dict[str, Any] = field(default_factory=dict)
     """Set through the ingestion API; overlaid on `document` when served."""
 
-    @property
+    @functools.cached_property
     def served_document(self) -> dict[str, Any]:
+        """The document with the ingested properties set; computed once (a deep copy when there are any)."""
         return apply_properties(self.document, self.properties)
 
 
