@@ -104,6 +104,21 @@ def wrk_load(wrk: str, base: str, paths: list[str], args, tmp: Path) -> dict[str
     }
 
 
+def cpu_seconds(catalog_pid: int, postgres_dir: Path) -> dict[str, float]:
+    """CPU time used so far by the catalog and by the embedded PostgreSQL's processes: on a shared machine it
+    says what the work cost where wall time also says how busy the neighbours were."""
+    used = {"catalog": sum(psutil.Process(catalog_pid).cpu_times()[:2])}
+    pid_file = postgres_dir / "postmaster.pid"
+    if pid_file.exists():
+        postmaster = psutil.Process(int(pid_file.read_text().split()[0]))
+        used["postgres"] = sum(sum(p.cpu_times()[:2]) for p in [postmaster, *postmaster.children()])
+    return used
+
+
+def progress(message: str) -> None:
+    print(time.strftime("%H:%M:%S"), message, file=sys.stderr, flush=True)
+
+
 async def served_counts(database_url: str) -> tuple[int, int]:
     """Entities served and relations in their served form, read straight from the catalog's schema."""
     conn = await asyncpg.connect(database_url)
@@ -145,6 +160,7 @@ async def run(args: argparse.Namespace, data: Path, tmp: Path) -> dict[str, obje
     manifest = json.loads((data / "manifest.json").read_text())
     names = manifest.get("component_names") or (data / "component-names.txt").read_text().split()
     wrk = shutil.which("wrk")
+    postgres_dir = tmp / "postgres"  # where `stack.servers` puts the embedded cluster
     with stack.servers(tmp) as servers:
         catalog = stack.start_service(
             "catalog",
@@ -160,6 +176,7 @@ async def run(args: argparse.Namespace, data: Path, tmp: Path) -> dict[str, obje
             timeout = aiohttp.ClientTimeout(total=None)
             connector = aiohttp.TCPConnector(limit=args.concurrency)
             async with aiohttp.ClientSession(headers=headers, timeout=timeout, connector=connector) as session:
+                cpu_before = cpu_seconds(catalog.process.pid, postgres_dir)
                 started = time.perf_counter()
                 async with session.post(
                     f"{catalog.url}/api/catalog/locations", json={"type": "file", "target": str(data / "location.yaml")}
@@ -167,15 +184,23 @@ async def run(args: argparse.Namespace, data: Path, tmp: Path) -> dict[str, obje
                     body = await r.json()
                     assert r.status == 201, body
                 ingest_s = time.perf_counter() - started
+                cpu_after = cpu_seconds(catalog.process.pid, postgres_dir)
+                ingest_cpu = {k: round(v - cpu_before[k], 1) for k, v in cpu_after.items()}
+                progress(f"location ingested in {ingest_s:.1f} s, CPU {ingest_cpu}, RSS {rss.peak / 2**20:.0f} MiB")
                 entities, relations = await served_counts(servers.database_url)
                 properties_s = await ingest_properties(session, catalog.url, [f"component:{n}" for n in names])
+                progress(f"ingestion API: {properties_s:.1f} s")
                 drained_s = await outbox_drained(servers.database_url)
+                progress(f"outbox drained {drained_s:.1f} s later")
 
                 async def load(make_path: Callable[[], str]) -> dict[str, float]:
                     paths = [make_path() for _ in range(5000)]
                     if wrk:
-                        return await asyncio.to_thread(wrk_load, wrk, catalog.url, paths, args, tmp)
-                    return await python_load(session, catalog.url, paths, args)
+                        result = await asyncio.to_thread(wrk_load, wrk, catalog.url, paths, args, tmp)
+                    else:
+                        result = await python_load(session, catalog.url, paths, args)
+                    progress(f"{paths[0]}: {result}")
+                    return result
 
                 api = "/api/catalog/entities"
                 results = {
@@ -198,6 +223,7 @@ async def run(args: argparse.Namespace, data: Path, tmp: Path) -> dict[str, obje
         "entities": args.entities,
         "load_generator": "wrk" if wrk else "aiohttp",
         "ingest_s": ingest_s,
+        "ingest_cpu_s": ingest_cpu,
         "entities_served": entities,
         "relations_served": relations,
         "relations_expected": manifest["expected_relations"],

@@ -232,7 +232,8 @@ def _query_where(
         condition += f" AND {filter_sql(where, args)}"
     if full_text is not None:
         term, keys = full_text
-        words = search_words(term)
+        # Words of one or two letters start too many words to narrow anything down.
+        words = [word for word in search_words(term) if len(word) > 2]
         if words and full_text_indexed(keys):
             # The GIN-indexed full-text document narrows the candidates to entities with words starting with the
             # term's words; the LIKE below then keeps Backstage's substring match on the chosen fields.
