@@ -5,18 +5,21 @@
 Starts NATS and PostgreSQL (embedded, or IDP_NATS_URL / IDP_DATABASE_URL) and the catalog as its own process,
 registers the generated `location.yaml` (one `file:` Location whose targets hold all N entities) and times it
 until the response, when every entity and relation is committed and queryable (checked afterwards: entities
-served and relations in the served entities against the generator's manifest). Then it times the ingestion API
-setting one property on every entity (batches of 10,000), waits until the outbox has published every event, and
-loads the catalog with `--concurrency` clients for `--seconds` each: `GET /entities/by-name` of random
-components, a filtered `by-query`, a full-text `by-query` (name prefix) and ranked `GET /search` (name prefix);
-req/s, p50 and p99 of each. Load comes from `wrk` when it is installed (the tool of Backstage's baseline in
-../shared/bench/README.md), else from an aiohttp client in this process. Peak RSS is the catalog process's.
+served and relations in the served entities against the generator's manifest), with the CPU seconds the catalog
+and the embedded PostgreSQL spent. Then it times the ingestion API setting one property on every component
+(batches of 10,000; `--skip-ingest-api` leaves it out), waits until the outbox has published every event, and
+loads the catalog with `--concurrency` clients, then with one, for `--seconds` each: `GET /entities/by-name` of
+random components, a filtered `by-query`, a full-text `by-query` (name prefix) and ranked `GET /search` (name
+prefix); req/s, p50 and p99 of each. Load comes from `wrk` when it is installed (the tool of Backstage's
+baseline in ../shared/bench/README.md), else from an aiohttp client in this process. Peak RSS is the catalog
+process's.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import json
 import random
 import re
@@ -57,7 +60,9 @@ class PeakRss(threading.Thread):
             time.sleep(0.1)
 
 
-async def python_load(session: aiohttp.ClientSession, base: str, paths: list[str], args) -> dict[str, float]:
+async def python_load(
+    session: aiohttp.ClientSession, base: str, paths: list[str], args, clients: int
+) -> dict[str, float]:
     latencies: list[float] = []
     deadline = time.perf_counter() + args.seconds
 
@@ -70,7 +75,7 @@ async def python_load(session: aiohttp.ClientSession, base: str, paths: list[str
             latencies.append(time.perf_counter() - started)
 
     started = time.perf_counter()
-    await asyncio.gather(*(client() for _ in range(args.concurrency)))
+    await asyncio.gather(*(client() for _ in range(clients)))
     elapsed = time.perf_counter() - started
     latencies.sort()
     return {
@@ -85,10 +90,11 @@ def _ms(text: str) -> float:
     return float(value) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
 
 
-def wrk_load(wrk: str, base: str, paths: list[str], args, tmp: Path) -> dict[str, float]:
+def wrk_load(wrk: str, base: str, paths: list[str], args, tmp: Path, clients: int) -> dict[str, float]:
     (tmp / "paths.txt").write_text("\n".join(paths) + "\n")
     (tmp / "paths.lua").write_text(WRK_SCRIPT)
-    command = [wrk, "-t2", f"-c{args.concurrency}", f"-d{args.seconds}s", "--latency", "-s", str(tmp / "paths.lua")]
+    threads = min(2, clients)
+    command = [wrk, f"-t{threads}", f"-c{clients}", f"-d{args.seconds}s", "--latency", "-s", str(tmp / "paths.lua")]
     output = subprocess.run(
         [*command, "-H", f"Authorization: Bearer {stack.DEV_TOKEN}", base],
         check=True,
@@ -188,17 +194,23 @@ async def run(args: argparse.Namespace, data: Path, tmp: Path) -> dict[str, obje
                 ingest_cpu = {k: round(v - cpu_before[k], 1) for k, v in cpu_after.items()}
                 progress(f"location ingested in {ingest_s:.1f} s, CPU {ingest_cpu}, RSS {rss.peak / 2**20:.0f} MiB")
                 entities, relations = await served_counts(servers.database_url)
-                properties_s = await ingest_properties(session, catalog.url, [f"component:{n}" for n in names])
-                progress(f"ingestion API: {properties_s:.1f} s")
+                properties_s = None
+                if not args.skip_ingest_api:
+                    properties_s = await ingest_properties(session, catalog.url, [f"component:{n}" for n in names])
+                    progress(f"ingestion API: {properties_s:.1f} s")
                 drained_s = await outbox_drained(servers.database_url)
                 progress(f"outbox drained {drained_s:.1f} s later")
 
-                async def load(make_path: Callable[[], str]) -> dict[str, float]:
+                async def load(make_path: Callable[[], str]) -> dict[str, dict[str, float]]:
+                    """The scenario at `--concurrency` clients, then alone (one client: its own cost, no queue)."""
                     paths = [make_path() for _ in range(5000)]
-                    if wrk:
-                        result = await asyncio.to_thread(wrk_load, wrk, catalog.url, paths, args, tmp)
-                    else:
-                        result = await python_load(session, catalog.url, paths, args)
+                    result = {}
+                    for name, clients in (("loaded", args.concurrency), ("one_client", 1)):
+                        if wrk:
+                            measure = functools.partial(wrk_load, wrk, catalog.url, paths, args, tmp, clients)
+                            result[name] = await asyncio.to_thread(measure)
+                        else:
+                            result[name] = await python_load(session, catalog.url, paths, args, clients)
                     progress(f"{paths[0]}: {result}")
                     return result
 
@@ -240,6 +252,7 @@ def main() -> None:
     parser.add_argument("--entities", type=int, default=10_000)
     parser.add_argument("--concurrency", type=int, default=50)
     parser.add_argument("--seconds", type=int, default=10)
+    parser.add_argument("--skip-ingest-api", action="store_true", help="do not time the ingestion API")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="idp-bench-catalog-") as tmp:
         data = Path(tmp) / "entities"
