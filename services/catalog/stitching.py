@@ -8,13 +8,14 @@ queryable at once and a bulk load stitches each entity once.
 
 from __future__ import annotations
 
+import asyncio
 from collections import defaultdict
 from collections.abc import Iterable
 
 import asyncpg
 
 from services.catalog import store
-from services.catalog.model import stitched
+from services.catalog.model import StitchedEntity, StoredEntity, stitched
 from services.catalog.relations import Relation
 from shared.db import transaction
 
@@ -23,16 +24,40 @@ STITCH_BATCH = 2000
 
 
 async def restitch(conn: asyncpg.Connection, scope: str, refs: Iterable[str]) -> None:
-    """Rebuild what is served for the existing entities among `refs`; refs of missing entities are skipped."""
+    """Rebuild what is served for the existing entities among `refs`; refs of missing entities are skipped.
+
+    Chunk by chunk; a chunk's stitching (Python) runs in a thread while the previous chunk is written
+    (PostgreSQL), so both sides work at once."""
     ordered = sorted(set(refs))
-    for start in range(0, len(ordered), STITCH_BATCH):
-        entities = await store.get_many(conn, scope, ordered[start : start + STITCH_BATCH])
-        if not entities:
+    chunks = [ordered[start : start + STITCH_BATCH] for start in range(0, len(ordered), STITCH_BATCH)]
+    writing: list[StitchedEntity] | None = None
+    for chunk in chunks:
+        inputs = await _inputs(conn, scope, chunk)
+        if writing is None:  # nothing to write yet: stitch here (a single write never needs a thread)
+            writing = _stitch_all(*inputs)
             continue
-        relations: dict[str, list[Relation]] = defaultdict(list)
+        stitching = asyncio.ensure_future(asyncio.to_thread(_stitch_all, *inputs))
+        try:
+            await store.write_stitched(conn, writing)
+        finally:
+            writing = await stitching
+    if writing:
+        await store.write_stitched(conn, writing)
+
+
+async def _inputs(
+    conn: asyncpg.Connection, scope: str, refs: list[str]
+) -> tuple[list[StoredEntity], dict[str, list[Relation]]]:
+    entities = await store.get_many(conn, scope, refs)
+    relations: dict[str, list[Relation]] = defaultdict(list)
+    if entities:
         for relation in await store.relations_from(conn, scope, entities):
             relations[relation.source].append(relation)
-        await store.write_stitched(conn, [stitched(e, relations[e.ref]) for e in entities.values()])
+    return list(entities.values()), relations
+
+
+def _stitch_all(entities: list[StoredEntity], relations: dict[str, list[Relation]]) -> list[StitchedEntity]:
+    return [stitched(entity, relations.get(entity.ref, [])) for entity in entities]
 
 
 async def stitch_unstitched(pool: asyncpg.Pool) -> None:

@@ -1,5 +1,6 @@
-"""The set-based write path: a location read in several batches, one stitching pass at the end, one event per
-entity change; the ingestion API's batch on the same machinery; entities stored before 0006 stitched at start."""
+"""The set-based write path: a location read in several batches, one stitching pass (in several chunks) at the
+end, one event per entity change; the ingestion API's batch on the same machinery; entities stored before 0006
+stitched at start."""
 
 from __future__ import annotations
 
@@ -34,6 +35,7 @@ YAML = "---\n".join(
 @pytest_asyncio.fixture
 async def catalog(make_settings, tmp_path, monkeypatch):
     monkeypatch.setattr(ingestion, "READ_BATCH", 2)
+    monkeypatch.setattr(stitching, "STITCH_BATCH", 2)
     (tmp_path / "catalog-info.yaml").write_text(YAML)
     settings = make_settings(CatalogSettings, file_location_roots=str(tmp_path), refresh_interval_seconds=3600)
     async with running_service(CATALOG, settings) as service:
