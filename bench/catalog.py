@@ -10,9 +10,9 @@ and the embedded PostgreSQL spent. Then it times the ingestion API setting one p
 (batches of 10,000; `--skip-ingest-api` leaves it out), waits until the outbox has published every event and the
 VACUUM after the bulk read is done, and loads the catalog with `--concurrency` clients, then with one, for
 `--seconds` each: `GET /entities/by-name` of random components, a filtered `by-query`, a full-text `by-query`
-(name prefix) and ranked `GET /search` (name prefix); req/s, p50 and p99 of each. Load comes from `wrk` when it is installed (the tool of Backstage's
-baseline in ../shared/bench/README.md), else from an aiohttp client in this process. Peak RSS is the catalog
-process's.
+(name prefix) and ranked `GET /search` (name prefix); req/s, p50 and p99 of each. Load comes from `wrk` when it
+is installed (the tool of Backstage's baseline in ../shared/bench/README.md), else from an aiohttp client in this
+process. Peak RSS is the catalog process's.
 """
 
 from __future__ import annotations
@@ -94,7 +94,8 @@ def wrk_load(wrk: str, base: str, paths: list[str], args, tmp: Path, clients: in
     (tmp / "paths.txt").write_text("\n".join(paths) + "\n")
     (tmp / "paths.lua").write_text(WRK_SCRIPT)
     threads = min(2, clients)
-    command = [wrk, f"-t{threads}", f"-c{clients}", f"-d{args.seconds}s", "--latency", "-s", str(tmp / "paths.lua")]
+    command = [wrk, f"-t{threads}", f"-c{clients}", f"-d{args.seconds}s", "--timeout", "60s", "--latency"]
+    command += ["-s", str(tmp / "paths.lua")]
     output = subprocess.run(
         [*command, "-H", f"Authorization: Bearer {stack.DEV_TOKEN}", base],
         check=True,
