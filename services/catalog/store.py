@@ -234,17 +234,23 @@ def _query_where(
         term, keys = full_text
         # Words of one or two letters start too many words to narrow anything down.
         words = [word for word in search_words(term) if len(word) > 2]
-        if words and full_text_indexed(keys):
+        narrowed = bool(words) and full_text_indexed(keys)
+        if narrowed:
             # The GIN-indexed full-text document narrows the candidates to entities with words starting with the
             # term's words; the LIKE below then keeps Backstage's substring match on the chosen fields.
             args.append(prefix_tsquery(words))
             condition += f" AND search_text @@ to_tsquery('simple', ${len(args)})"
         args.append(_like_fragment(term.lower()))
-        clause = f"uid IN (SELECT entity_uid FROM search WHERE value LIKE ${len(args)}"
+        like = f"value LIKE ${len(args)}"
         if keys:
             args.append(list(keys))
-            clause += f" AND key = ANY(${len(args)}::text[])"
-        condition += f" AND {clause})"
+            like += f" AND key = ANY(${len(args)}::text[])"
+        if narrowed:
+            # Checked per candidate through the entity's search rows (`OFFSET 0` keeps it a correlated subplan):
+            # joined instead, the planner scanned every search row of the key (1.5 s at 100,000 entities).
+            condition += f" AND EXISTS (SELECT 1 FROM search WHERE entity_uid = entities.uid AND {like} OFFSET 0)"
+        else:
+            condition += f" AND uid IN (SELECT entity_uid FROM search WHERE {like})"
     return condition
 
 
