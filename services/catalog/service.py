@@ -123,6 +123,8 @@ async def write_entities(conn: asyncpg.Connection, actor: Actor, scope: str, wri
     outbox. Returns the refs whose served form is now stale: the entities, and both ends of their old and new
     relations where those changed (an entity's served form depends on its own document and the relations
     from it only); the caller stitches them, once per batch."""
+    if not writes:
+        return set()
     rewired = [w for w in writes if w.after is None or w.before is None or w.relations != served_relations(w.before)]
     existing = [w.before.uid for w in rewired if w.before is not None]
     stale = await store.emitted_targets(conn, existing) if existing else set()
