@@ -1,4 +1,4 @@
-"""The `idp` command: `idp up` starts the suite, `idp status` reports on it."""
+"""The `idp` command: `idp up` starts the suite, `idp status` reports on it, `idp delegate run` runs an agent."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 from services import devstack
+from services.delegate.agent import main as run_delegate
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -19,7 +20,12 @@ def main(argv: list[str] | None = None) -> None:
     status = commands.add_parser("status", help="show the stack running on a data directory")
     status.add_argument("--data-dir", type=Path, default=None)
     status.add_argument("--json", action="store_true", help="machine-readable output")
+    delegate = commands.add_parser("delegate", help="run a delegate agent: `idp delegate run --token … --nats …`")
+    delegate.add_argument("action", choices=["run"])
+    delegate.add_argument("options", nargs=argparse.REMAINDER, help="see `idp delegate run --help`")
     args = parser.parse_args(argv)
+    if args.command == "delegate":
+        run_delegate(args.options)
     data_dir = (args.data_dir or devstack.default_data_dir()).expanduser().resolve()
 
     if args.command == "up":

@@ -1,7 +1,11 @@
 """Who is calling: principals and the authenticators every service's HTTP middleware runs.
 
-Until identity-sync issues signed tokens, the only credential is the dev admin token, accepted only when
-`IDP_DEV_TOKEN` is set explicitly (and never with `IDP_ENVIRONMENT=production`).
+Every service accepts the access tokens and API keys identity-sync issues (`shared.tokens`), and, only when
+`IDP_DEV_TOKEN` is set explicitly (never with `IDP_ENVIRONMENT=production`), the dev admin token.
+
+Until access control (roles and bindings) lands, a token's principal is not an admin and holds only the
+permissions written into it: service-account API keys (and the access tokens exchanged for them) may carry
+`identity_*` permissions, so SCIM clients and sync jobs can be given exactly what they need.
 """
 
 from __future__ import annotations
@@ -54,5 +58,18 @@ def dev_token_authenticator(dev_token: str | None) -> Authenticator:
         if expected is None or token is None:
             return None
         return DEV_ADMIN if hmac.compare_digest(token.encode(), expected) else None
+
+    return authenticate
+
+
+def first_of(*authenticators: Authenticator) -> Authenticator:
+    """The first principal any of `authenticators` finds; an authenticator that raises stops the search."""
+
+    async def authenticate(request: web.Request) -> Principal | None:
+        for authenticator in authenticators:
+            principal = await authenticator(request)
+            if principal is not None:
+                return principal
+        return None
 
     return authenticate

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime as dt
 import json
 import logging
 from collections.abc import Awaitable, Callable, Sequence
@@ -316,6 +317,43 @@ async def _dead_letter(js: JetStreamContext, spec: ConsumerSpec, msg: Msg, reaso
     await js.publish(spec.dlq_subject, msg.data, headers=headers)
     await msg.term()
     EVENTS_CONSUMED.labels(spec.durable, "dead_lettered").inc()
+
+
+class DeadLetter(msgspec.Struct, frozen=True):
+    """A message a consumer gave up on, as kept on `idp.dlq.<consumer>`."""
+
+    sequence: int
+    """Its sequence in the dead-letter stream (page with `after`)."""
+    original_subject: str
+    reason: str
+    deliveries: int
+    time: dt.datetime | None
+    payload: str
+    """The message as received (decoded as UTF-8 with replacements; at most 4 kB)."""
+
+
+async def read_dead_letters(js: JetStreamContext, durable: str, after: int = 0, limit: int = 100) -> list[DeadLetter]:
+    """A consumer's dead letters in order, those after stream sequence `after`, at most `limit`."""
+    letters: list[DeadLetter] = []
+    subject = f"idp.dlq.{durable}"
+    while len(letters) < limit:
+        try:
+            msg = await js.get_msg(DLQ_STREAM, seq=after + 1, subject=subject, next=True)
+        except nats.js.errors.NotFoundError:
+            break
+        headers = msg.headers or {}
+        letters.append(
+            DeadLetter(
+                sequence=msg.seq or 0,
+                original_subject=headers.get("Idp-Original-Subject", ""),
+                reason=headers.get("Idp-Dead-Letter-Reason", ""),
+                deliveries=int(headers.get("Idp-Deliveries", "0") or 0),
+                time=msg.time,
+                payload=(msg.data or b"")[:4096].decode("utf-8", "replace"),
+            )
+        )
+        after = msg.seq or after + 1
+    return letters
 
 
 # --- request/reply -------------------------------------------------------------------------------------

@@ -29,6 +29,11 @@ async def _init_connection(conn: asyncpg.Connection) -> None:
         )
 
 
+def like_escape(value: str) -> str:
+    """`value` matched literally inside a LIKE pattern (`_` and `%` are wildcards there; scopes contain `_`)."""
+    return value.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+
+
 def check_schema_name(schema: str) -> str:
     if not _SCHEMA_NAME.match(schema):
         raise ValueError(f"invalid schema name {schema!r}")

@@ -73,10 +73,22 @@ class UnsupportedMediaTypeError(ProblemError):
     status, title, slug = 415, "Unsupported media type", "unsupported-media-type"
 
 
+class BadGatewayError(ProblemError):
+    """An upstream system answered wrongly or could not be reached (proxied calls)."""
+
+    status, title, slug = 502, "Bad gateway", "bad-gateway"
+
+
 class ServiceUnavailableError(ProblemError):
     """A dependency (database, bus, agent) is unreachable; the caller may retry."""
 
     status, title, slug = 503, "Service unavailable", "unavailable"
+
+
+class GatewayTimeoutError(ProblemError):
+    """An upstream system did not answer in time (proxied calls)."""
+
+    status, title, slug = 504, "Gateway timeout", "gateway-timeout"
 
 
 ERRORS_BY_STATUS: dict[int, type[ProblemError]] = {
@@ -90,7 +102,9 @@ ERRORS_BY_STATUS: dict[int, type[ProblemError]] = {
         PreconditionFailedError,
         PayloadTooLargeError,
         UnsupportedMediaTypeError,
+        BadGatewayError,
         ServiceUnavailableError,
+        GatewayTimeoutError,
     )
 }
 

@@ -153,10 +153,26 @@ def problem_response(error: ProblemError, request: web.Request) -> web.Response:
     request_id = request.get(REQUEST_ID_KEY)
     if request_id:
         body["request_id"] = request_id
+    # Backstage's error body (`@backstage/errors` serializeError) as RFC 9457 extension members, so its clients
+    # find the error name and status; they parse bodies typed application/json only, hence the negotiation.
+    body["error"] = {
+        "name": type(error).__name__ if type(error) is not ProblemError else "Error",
+        "message": error.detail,
+    }
+    body["request"] = {"method": request.method, "url": request.path_qs}
+    body["response"] = {"statusCode": error.status}
     headers = {"WWW-Authenticate": 'Bearer realm="idp"'} if error.status == 401 else None
     return web.Response(
-        body=_json.encode(body), status=error.status, content_type=PROBLEM_CONTENT_TYPE, headers=headers
+        body=_json.encode(body), status=error.status, content_type=_problem_content_type(request), headers=headers
     )
+
+
+def _problem_content_type(request: web.Request) -> str:
+    """problem+json, unless the client asks for application/json and not for problem+json."""
+    accept = request.headers.get("Accept", "")
+    if "application/json" in accept and PROBLEM_CONTENT_TYPE not in accept:
+        return "application/json"
+    return PROBLEM_CONTENT_TYPE
 
 
 def _problem_from_http_exception(exc: web.HTTPException) -> ProblemError:
@@ -204,8 +220,25 @@ async def request_context_middleware(request: web.Request, handler: Handler) -> 
     return response
 
 
-def auth_middleware(authenticate: Authenticator):
-    """401 without valid credentials, 403 without the operation's permission; public routes pass."""
+Authorize = Callable[[Principal, str], bool]
+"""Whether a principal may call an operation declaring this permission (the route-level check)."""
+
+
+def _permissions_in_principal(principal: Principal, permission: str) -> bool:
+    return principal.may(permission)
+
+
+DenialHook = Callable[[web.Request, Principal, str, NotAllowedError], Awaitable[None]]
+"""Called with every 403 an authenticated caller gets (the audit trail records who was denied what)."""
+
+
+def auth_middleware(
+    authenticate: Authenticator, authorize: Authorize = _permissions_in_principal, on_denied: DenialHook | None = None
+):
+    """401 without valid credentials, 403 without the operation's permission; public routes pass.
+
+    The route-level check only asks whether the caller holds the permission somewhere; a handler then
+    decides on the resource itself (its scope, its owners) and lists filter by what the caller may see."""
 
     @web.middleware
     async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
@@ -215,10 +248,15 @@ def auth_middleware(authenticate: Authenticator):
         principal = await authenticate(request)
         if principal is None:
             raise AuthenticationError("a valid bearer token is required")
-        if not principal.may(operation.permission):
-            raise NotAllowedError(f"missing permission {operation.permission}")
         request[PRINCIPAL_KEY] = principal
-        return await handler(request)
+        try:
+            if not authorize(principal, operation.permission):
+                raise NotAllowedError(f"missing permission {operation.permission}")
+            return await handler(request)
+        except NotAllowedError as denied:
+            if on_denied is not None:
+                await on_denied(request, principal, operation.permission, denied)
+            raise
 
     return middleware
 
@@ -234,10 +272,13 @@ def create_app(
     authenticate: Authenticator,
     readiness: list[ReadinessCheck],
     max_body_bytes: int,
+    authorize: Authorize = _permissions_in_principal,
+    on_denied: DenialHook | None = None,
 ) -> web.Application:
     """A service's aiohttp app: its routes plus the standard ones, behind the standard middlewares."""
     app = web.Application(
-        client_max_size=max_body_bytes, middlewares=[request_context_middleware, auth_middleware(authenticate)]
+        client_max_size=max_body_bytes,
+        middlewares=[request_context_middleware, auth_middleware(authenticate, authorize, on_denied)],
     )
     standard = Routes(tag="operations")
     _add_standard_routes(standard, readiness, lambda: openapi_document(service, version, routes.operations))
@@ -314,7 +355,9 @@ def openapi_document(service: str, version: str, operations: list[Operation]) ->
     components["Problem"] = _PROBLEM_SCHEMA
     paths: dict[str, dict[str, Any]] = {}
     for op in operations:
-        paths.setdefault(op.path, {})[op.method.lower()] = _operation_object(op, schema_of, components)
+        # OpenAPI templates name parameters only; aiohttp's `{path:regex}` keeps its regex to itself.
+        template = re.sub(r"{(\w+):[^}]*}", r"{\1}", op.path)
+        paths.setdefault(template, {})[op.method.lower()] = _operation_object(op, schema_of, components)
     return {
         "openapi": "3.1.0",
         "info": {"title": f"Seed IDP {service}", "version": version},

@@ -99,6 +99,9 @@ class OutboxRelay:
                 try:
                     if listener is None or listener.is_closed():
                         listener = await self._listen()
+                    # Cleared before reading, so a notification that arrives while a batch is being
+                    # published wakes the next round instead of waiting for the sweep.
+                    self._wake.clear()
                     while await self.publish_pending() == self.batch_size:
                         pass
                     if loop.time() - last_cleanup > 60:
@@ -116,7 +119,6 @@ class OutboxRelay:
                     await asyncio.sleep(backoff)
                     backoff = min(backoff * 2, 5.0)
                     continue
-                self._wake.clear()
                 try:
                     await asyncio.wait_for(self._wake.wait(), self.sweep_interval)
                 except TimeoutError:

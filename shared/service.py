@@ -13,7 +13,8 @@ import logging
 import signal
 import sys
 from collections.abc import AsyncIterator, Callable, Coroutine
-from dataclasses import dataclass, field
+from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -23,11 +24,16 @@ from nats.aio.client import Client as NatsClient
 from nats.js import JetStreamContext
 
 from shared import bus, db
-from shared.auth import Authenticator, dev_token_authenticator
+from shared.access import AccessReplica
+from shared.auth import Authenticator, Principal, dev_token_authenticator, first_of
+from shared.authz import SCOPE
 from shared.config import BaseSettings, ConfigError, load_settings
+from shared.errors import NotAllowedError
+from shared.events import DEFAULT_SCOPE, ResourceRef, new_event
 from shared.http import ReadinessCheck, Routes, create_app
-from shared.outbox import OutboxRelay
+from shared.outbox import OutboxRelay, write_event
 from shared.telemetry import setup_telemetry
+from shared.tokens import TokenVerifier
 
 log = logging.getLogger(__name__)
 VERSION = "0.1.0"
@@ -43,6 +49,10 @@ class Deps:
     nc: NatsClient
     js: JetStreamContext
     authenticate: Authenticator
+    access: AccessReplica
+    """This process's replica of roles, bindings and policies (shared/access.py)."""
+    context: Any = None
+    """What the service's own `open_context` opened (HTTP client pools, caches), or None."""
 
 
 BackgroundTask = Callable[[Deps], Coroutine[Any, Any, None]]
@@ -62,6 +72,9 @@ class ServiceDefinition:
     migrations: Path | None = None
     background: tuple[BackgroundTask, ...] = field(default=())
     """Long-running tasks (consumers, schedulers); one crashing stops the service."""
+    open_context: Callable[[Deps], AbstractAsyncContextManager[Any]] | None = None
+    """Per-process resources beyond the pool and NATS (HTTP client pools, caches), opened before the routes are
+    built and closed after the HTTP server and tasks stop; routes and tasks reach them as `deps.context`."""
 
 
 @dataclass(frozen=True)
@@ -69,6 +82,8 @@ class RunningService:
     deps: Deps
     url: str
     tasks: list[asyncio.Task]
+    verifier: TokenVerifier | None = None
+    """This process's token verifier (tests flush its last-seen batch)."""
 
 
 def build_app(definition: ServiceDefinition, deps: Deps) -> web.Application:
@@ -87,9 +102,40 @@ def build_app(definition: ServiceDefinition, deps: Deps) -> web.Application:
         version=VERSION,
         routes=definition.routes(deps),
         authenticate=deps.authenticate,
+        authorize=lambda principal, permission: (
+            principal.may(permission) or deps.access.holds_anywhere(principal, permission)
+        ),
+        on_denied=lambda request, principal, permission, denied: _record_denial(
+            deps, request, principal, permission, denied
+        ),
         readiness=readiness,
         max_body_bytes=deps.settings.max_body_bytes,
     )
+
+
+async def _record_denial(
+    deps: Deps, request: web.Request, principal: Principal, permission: str, denied: NotAllowedError
+) -> None:
+    """`<service>.access.denied` through the outbox, so the audit trail shows who was refused what."""
+    scope = request.query.get("scope", DEFAULT_SCOPE)
+    event = new_event(
+        f"{deps.service}.access.denied",
+        source=deps.service,
+        actor=principal.actor(),
+        scope=scope if SCOPE.match(scope) else DEFAULT_SCOPE,
+        resource=ResourceRef("operation", f"{request.method} {request.match_info.route.resource.canonical}"),
+        data={
+            "permission": permission,
+            "detail": denied.detail,
+            "path": request.path[:2000],
+            "errors": [{"field": e.field, "message": e.message} for e in denied.errors],
+        },
+    )
+    try:
+        async with db.transaction(deps.pool) as conn:
+            await write_event(conn, event)
+    except (asyncpg.PostgresError, OSError) as exc:  # the 403 stands whether or not it could be recorded
+        log.warning("could not record a denial: %s", exc)
 
 
 @contextlib.asynccontextmanager
@@ -107,14 +153,20 @@ async def running_service(
         stack.push_async_callback(_close_nats, nc)
         js = nc.jetstream()
         await bus.ensure_streams(js, settings.stream_replicas)
+        verifier = TokenVerifier(nc)
+        await verifier.start()
+        stack.push_async_callback(verifier.stop)
         deps = Deps(
             service=definition.name,
             settings=settings,
             pool=pool,
             nc=nc,
             js=js,
-            authenticate=authenticate or dev_token_authenticator(settings.dev_token),
+            authenticate=authenticate or first_of(dev_token_authenticator(settings.dev_token), verifier.authenticate),
+            access=AccessReplica(),
         )
+        if definition.open_context is not None:
+            deps = replace(deps, context=await stack.enter_async_context(definition.open_context(deps)))
         runner = web.AppRunner(build_app(definition, deps), access_log=None, shutdown_timeout=5)
         await runner.setup()
         stack.push_async_callback(runner.cleanup)
@@ -122,11 +174,13 @@ async def running_service(
         await site.start()
         host, port = runner.addresses[0][:2]
         relay = OutboxRelay(pool, js, definition.name)
-        coroutines = [relay.run(), *(task(deps) for task in definition.background)]
+        coroutines = [relay.run(), verifier.run(), deps.access.run(nc), *(task(deps) for task in definition.background)]
         tasks = [asyncio.create_task(c, name=f"{definition.name}-task-{i}") for i, c in enumerate(coroutines)]
         stack.push_async_callback(_cancel, tasks)
+        # First thing at shutdown, while identity-sync (perhaps this very process) still answers.
+        stack.push_async_callback(verifier.flush_seen)
         log.info("%s listening on http://%s:%s", definition.name, host, port)
-        yield RunningService(deps=deps, url=f"http://{host}:{port}", tasks=tasks)
+        yield RunningService(deps=deps, url=f"http://{host}:{port}", tasks=tasks, verifier=verifier)
 
 
 async def _close_pool(pool: asyncpg.Pool, timeout: float = 10.0) -> None:
@@ -182,6 +236,9 @@ def run_service(definition: ServiceDefinition) -> None:
     setup_telemetry(definition.name, settings.log_level)
     try:
         code = asyncio.run(_serve_until_stopped(definition, settings))
+    except ConfigError as exc:  # raised by a service's `open_context`, e.g. a bad file it names
+        print(f"{definition.name}: configuration error: {exc}", file=sys.stderr)
+        code = 2
     except (OSError, asyncpg.PostgresError) as exc:
         log.error("%s could not start: %s", definition.name, exc)
         code = 1

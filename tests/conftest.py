@@ -8,6 +8,8 @@ deleted before each test). Spans go to an in-memory exporter that tests can read
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 import uuid
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -35,6 +37,14 @@ _provider = TracerProvider()
 _provider.add_span_processor(SimpleSpanProcessor(SPANS))
 trace.set_tracer_provider(_provider)
 instrument_libraries()
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """A base temp directory of this session's own: pytest's shared default (`/tmp/pytest-of-<user>`) is
+    pruned by every new session, which would delete the embedded servers of a session running beside it."""
+    if config.option.basetemp is None and not hasattr(config, "workerinput"):
+        config.option.basetemp = tempfile.mkdtemp(prefix="idp-tests-")
+        config.add_cleanup(lambda: shutil.rmtree(config.option.basetemp, ignore_errors=True))
 
 
 def _with_database(url: str, database: str) -> str:

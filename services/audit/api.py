@@ -15,6 +15,7 @@ from services.audit.model import (
     StatsQuery,
     VerifyResult,
 )
+from shared.authz import Resource, Visibility, resource_type_of
 from shared.etag import quoted
 from shared.http import Routes, json_response, parse_query, principal_of, read_json
 from shared.service import Deps
@@ -22,9 +23,20 @@ from shared.service import Deps
 EXPORT_CONTENT_TYPES = {"jsonl": "application/x-ndjson", "csv": "text/csv"}
 
 
+ACCOUNT_WIDE = "account"
+"""The chain and the retention settings are one for the whole installation: reading or changing them takes
+the permission at the account scope."""
+
+
 def routes(deps: Deps) -> Routes:
-    pool = deps.pool
+    pool, access = deps.pool, deps.access
     api = Routes(tag="audit")
+
+    def visible(request: web.Request, permission: str) -> Visibility:
+        return access.visibility(principal_of(request), permission)
+
+    def require_account_wide(request: web.Request, permission: str) -> None:
+        access.require(principal_of(request), permission, Resource(resource_type_of(permission), ACCOUNT_WIDE))
 
     @api.get(
         "/api/audit/events",
@@ -34,7 +46,8 @@ def routes(deps: Deps) -> Routes:
         response=EventPage,
     )
     async def list_events(request: web.Request) -> web.Response:
-        return json_response(await service.list_events(pool, parse_query(request, EventQuery)))
+        query = parse_query(request, EventQuery)
+        return json_response(await service.list_events(pool, query, visible(request, "audit_event_view")))
 
     @api.get(
         "/api/audit/export",
@@ -52,7 +65,7 @@ def routes(deps: Deps) -> Routes:
             }
         )
         await response.prepare(request)
-        async for chunk in service.export_events(pool, query):
+        async for chunk in service.export_events(pool, query, visible(request, "audit_event_export")):
             await response.write(chunk)
         await response.write_eof()
         return response
@@ -64,6 +77,7 @@ def routes(deps: Deps) -> Routes:
         response=VerifyResult,
     )
     async def verify_chain(request: web.Request) -> web.Response:
+        require_account_wide(request, "audit_event_view")
         return json_response(await service.verify_chain(pool))
 
     @api.get(
@@ -74,12 +88,14 @@ def routes(deps: Deps) -> Routes:
         response=Stats,
     )
     async def event_stats(request: web.Request) -> web.Response:
-        return json_response(await service.stats(pool, parse_query(request, StatsQuery)))
+        query = parse_query(request, StatsQuery)
+        return json_response(await service.stats(pool, query, visible(request, "audit_event_view")))
 
     @api.get(
         "/api/audit/settings", summary="Retention settings", permission="audit_settings_view", response=SettingsView
     )
     async def get_settings(request: web.Request) -> web.Response:
+        require_account_wide(request, "audit_settings_view")
         settings = await service.get_settings(pool)
         return json_response(settings, headers={"ETag": quoted(str(settings.version))})
 
@@ -91,6 +107,7 @@ def routes(deps: Deps) -> Routes:
         response=SettingsView,
     )
     async def put_settings(request: web.Request) -> web.Response:
+        require_account_wide(request, "audit_settings_edit")
         body = await read_json(request, SettingsUpdate)
         settings = await service.update_settings(
             pool, principal_of(request).actor(), body, request.headers.get("If-Match")

@@ -29,6 +29,7 @@ from services.audit.model import (
     record_from_event,
     view,
 )
+from shared.authz import Visibility
 from shared.db import transaction
 from shared.errors import InputError
 from shared.etag import check_if_match
@@ -65,16 +66,18 @@ def _encode_cursor(seq: int) -> str:
     return base64.urlsafe_b64encode(str(seq).encode()).decode()
 
 
-async def list_events(pool: asyncpg.Pool, query: EventQuery) -> EventPage:
+async def list_events(pool: asyncpg.Pool, query: EventQuery, visible: Visibility) -> EventPage:
     before = _decode_cursor(query.cursor) if query.cursor else None
     async with pool.acquire() as conn:
-        records = await store.list_records(conn, query, before_seq=before, limit=query.limit + 1)
+        records = await store.list_records(conn, query, visible, before_seq=before, limit=query.limit + 1)
     page = records[: query.limit]
     next_cursor = _encode_cursor(page[-1].seq) if len(records) > query.limit else None
     return EventPage(items=[view(r) for r in page], nextCursor=next_cursor)
 
 
-async def export_events(pool: asyncpg.Pool, query: ExportQuery, chunk_rows: int = 1000) -> AsyncIterator[bytes]:
+async def export_events(
+    pool: asyncpg.Pool, query: ExportQuery, visible: Visibility, chunk_rows: int = 1000
+) -> AsyncIterator[bytes]:
     """Matching events in chain order as JSON lines or CSV, in chunks; memory stays constant."""
     encoder = msgspec.json.Encoder()
     buffer = io.StringIO()
@@ -83,7 +86,7 @@ async def export_events(pool: asyncpg.Pool, query: ExportQuery, chunk_rows: int 
         writer.writerow(CSV_COLUMNS)
     lines: list[bytes] = []
     async with pool.acquire() as conn, conn.transaction(readonly=True):
-        async for record in store.stream_records(conn, query):
+        async for record in store.stream_records(conn, query, visible):
             if query.format == "csv":
                 writer.writerow(csv_row(record))
             else:
@@ -108,9 +111,9 @@ async def verify_chain(pool: asyncpg.Pool) -> VerifyResult:
     return verifier.finish(head_seq, head_hash)
 
 
-async def stats(pool: asyncpg.Pool, query: StatsQuery) -> Stats:
+async def stats(pool: asyncpg.Pool, query: StatsQuery, visible: Visibility) -> Stats:
     async with pool.acquire() as conn:
-        return Stats(items=await store.stats(conn, query.since, query.until, query.type))
+        return Stats(items=await store.stats(conn, query.since, query.until, query.type, visible))
 
 
 async def get_settings(pool: asyncpg.Pool) -> SettingsView:

@@ -9,6 +9,8 @@ from typing import Any
 import asyncpg
 
 from services.audit.model import AuditRecord, EventFilter, SettingsView, StatsRow
+from shared.authz import EVERYTHING, Visibility, visibility_condition
+from shared.db import like_escape
 
 _RECORD_COLUMNS = (
     "seq, id::text AS id, type, source, time, actor_kind, actor_id, scope, resource_kind, resource_id, "
@@ -75,24 +77,24 @@ async def insert_records(conn: asyncpg.Connection, records: list[AuditRecord]) -
     )
 
 
-def _where(f: EventFilter, args: list[Any]) -> str:
-    clauses = []
-
+def _where(f: EventFilter, args: list[Any], visible: Visibility = EVERYTHING) -> str:
     def arg(value: Any) -> str:
         args.append(value)
         return f"${len(args)}"
 
+    clauses = [] if visible.everything else [visibility_condition(visible, "scope", arg)]
+
     if f.actor is not None:
         clauses.append(f"actor_id = {arg(f.actor)}")
     if f.type is not None:
-        clauses.append(f"(type = {arg(f.type)} OR type LIKE {arg(_like_prefix(f.type.rstrip('.')) + '.%')})")
+        clauses.append(f"(type = {arg(f.type)} OR type LIKE {arg(like_escape(f.type.rstrip('.')) + '.%')})")
     if f.resource_kind is not None:
         clauses.append(f"resource_kind = {arg(f.resource_kind)}")
     if f.resource_id is not None:
         clauses.append(f"resource_id = {arg(f.resource_id)}")
     if f.scope is not None:
         if f.include_subscopes:
-            clauses.append(f"(scope = {arg(f.scope)} OR scope LIKE {arg(_like_prefix(f.scope) + '.%')})")
+            clauses.append(f"(scope = {arg(f.scope)} OR scope LIKE {arg(like_escape(f.scope) + '.%')})")
         else:
             clauses.append(f"scope = {arg(f.scope)}")
     if f.since is not None:
@@ -104,16 +106,12 @@ def _where(f: EventFilter, args: list[Any]) -> str:
     return " AND ".join(clauses) or "TRUE"
 
 
-def _like_prefix(value: str) -> str:
-    return value.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
-
-
 async def list_records(
-    conn: asyncpg.Connection, f: EventFilter, *, before_seq: int | None, limit: int
+    conn: asyncpg.Connection, f: EventFilter, visible: Visibility, *, before_seq: int | None, limit: int
 ) -> list[AuditRecord]:
     """Newest first (by chain position), `limit` records strictly before `before_seq`."""
     args: list[Any] = []
-    where = _where(f, args)
+    where = _where(f, args, visible)
     if before_seq is not None:
         args.append(before_seq)
         where += f" AND seq < ${len(args)}"
@@ -125,13 +123,18 @@ async def list_records(
 
 
 async def stream_records(
-    conn: asyncpg.Connection, f: EventFilter | None = None, *, after_seq: int = 0, prefetch: int = 2000
+    conn: asyncpg.Connection,
+    f: EventFilter | None = None,
+    visible: Visibility = EVERYTHING,
+    *,
+    after_seq: int = 0,
+    prefetch: int = 2000,
 ) -> AsyncIterator[AuditRecord]:
     """All matching records in chain order through a server-side cursor (needs a transaction)."""
     args: list[Any] = [after_seq]
     where = "seq > $1"
     if f is not None:
-        where += " AND " + _where(f, args)
+        where += " AND " + _where(f, args, visible)
     # Explicit fetches rather than `async for` over the cursor: the asyncpg instrumentation makes a span per
     # `__anext__`, i.e. per row, but one per fetch.
     cursor = await conn.cursor(f"SELECT {_RECORD_COLUMNS} FROM events WHERE {where} ORDER BY seq", *args)
@@ -165,13 +168,17 @@ async def prune_before(conn: asyncpg.Connection, cutoff: dt.datetime) -> tuple[i
 
 
 async def stats(
-    conn: asyncpg.Connection, since: dt.datetime | None, until: dt.datetime | None, type_prefix: str | None
+    conn: asyncpg.Connection,
+    since: dt.datetime | None,
+    until: dt.datetime | None,
+    type_prefix: str | None,
+    visible: Visibility,
 ) -> list[StatsRow]:
     args: list[Any] = []
     f = EventFilter(since=since, until=until, type=type_prefix)
     rows = await conn.fetch(
         f"""SELECT (time AT TIME ZONE 'UTC')::date AS day, type, count(*) AS count
-            FROM events WHERE {_where(f, args)} GROUP BY 1, 2 ORDER BY 1 DESC, 3 DESC, 2""",
+            FROM events WHERE {_where(f, args, visible)} GROUP BY 1, 2 ORDER BY 1 DESC, 3 DESC, 2""",
         *args,
     )
     return [StatsRow(day=r["day"], type=r["type"], count=r["count"]) for r in rows]

@@ -6,8 +6,11 @@ from typing import Any
 
 from aiohttp import web
 
-from services.catalog import ingestion, service
+from services.catalog import analyze, ancestry, convert, ingestion, kinds, service
 from services.catalog.model import (
+    Ancestry,
+    ByNameQuery,
+    ByRefsQuery,
     ByRefsRequest,
     ByRefsResponse,
     EntityListQuery,
@@ -21,9 +24,12 @@ from services.catalog.model import (
     LocationQuery,
     LocationSpec,
     LocationView,
+    PredicateFacetsRequest,
+    PredicateQueryRequest,
     QueryPage,
     RefreshRequest,
     ScopeQuery,
+    ScopeReadQuery,
     SearchPage,
     SearchQuery,
     ServedEntity,
@@ -35,6 +41,8 @@ from shared.service import Deps
 
 BY_NAME = "/api/catalog/entities/by-name/{kind}/{namespace}/{name}"
 BY_UID = "/api/catalog/entities/by-uid/{uid}"
+KIND = "/api/catalog/kinds/{kind}/{apiVersion:.+}"
+"""An apiVersion may hold a `/` (`example.com/v1`), so it takes the rest of the path."""
 
 
 def _path_ref(request: web.Request) -> tuple[str, str, str]:
@@ -79,11 +87,11 @@ def routes(deps: Deps) -> Routes:
         return _entity_response(await service.create_entity(pool, principal_of(request).actor(), scope, body), 201)
 
     @api.get(
-        BY_NAME, summary="An entity by kind, namespace and name", permission="catalog_entity_view", query=ScopeQuery
+        BY_NAME, summary="An entity by kind, namespace and name", permission="catalog_entity_view", query=ByNameQuery
     )
     async def get_entity_by_name(request: web.Request) -> web.Response:
-        scope = parse_query(request, ScopeQuery).scope
-        return _served_response(await service.get_by_name(pool, scope, *_path_ref(request)))
+        query = parse_query(request, ByNameQuery)
+        return _served_response(await service.get_by_name(pool, query, *_path_ref(request)))
 
     @api.put(
         BY_NAME,
@@ -99,6 +107,17 @@ def routes(deps: Deps) -> Routes:
             pool, principal_of(request).actor(), scope, _path_ref(request), body, request.headers.get("If-Match")
         )
         return _entity_response(entity)
+
+    @api.get(
+        f"{BY_NAME}/ancestry",
+        summary="The Location entities that led to an entity (Backstage)",
+        permission="catalog_entity_view",
+        query=ScopeQuery,
+        response=Ancestry,
+    )
+    async def get_entity_ancestry(request: web.Request) -> web.Response:
+        scope = parse_query(request, ScopeQuery).scope
+        return json_response(await ancestry.ancestry(pool, scope, *_path_ref(request)))
 
     @api.get(BY_UID, summary="An entity by uid", permission="catalog_entity_view")
     async def get_entity_by_uid(request: web.Request) -> web.Response:
@@ -120,16 +139,29 @@ def routes(deps: Deps) -> Routes:
         return json_response(await service.query_entities(pool, parse_query(request, EntityQuery)))
 
     @api.post(
+        "/api/catalog/entities/by-query",
+        summary="Query entities with a predicate ($all, $any, $not, $exists, $in, $hasPrefix, $contains) (Backstage)",
+        permission="catalog_entity_view",
+        query=ScopeReadQuery,
+        body=PredicateQueryRequest,
+        response=QueryPage,
+    )
+    async def query_entities_by_predicate(request: web.Request) -> web.Response:
+        scope = parse_query(request, ScopeReadQuery)
+        body = await read_json(request, PredicateQueryRequest)
+        return json_response(await service.query_by_predicate(pool, scope, body))
+
+    @api.post(
         "/api/catalog/entities/by-refs",
         summary="Entities by refs, in order, null where missing (Backstage)",
         permission="catalog_entity_view",
-        query=ScopeQuery,
+        query=ByRefsQuery,
         body=ByRefsRequest,
         response=ByRefsResponse,
     )
     async def get_entities_by_refs(request: web.Request) -> web.Response:
-        scope = parse_query(request, ScopeQuery).scope
-        return json_response(await service.get_by_refs(pool, scope, await read_json(request, ByRefsRequest)))
+        query = parse_query(request, ByRefsQuery)
+        return json_response(await service.get_by_refs(pool, query, await read_json(request, ByRefsRequest)))
 
     @api.get(
         "/api/catalog/search",
@@ -150,6 +182,19 @@ def routes(deps: Deps) -> Routes:
     )
     async def get_entity_facets(request: web.Request) -> web.Response:
         return json_response(await service.entity_facets(pool, parse_query(request, FacetsQuery)))
+
+    @api.post(
+        "/api/catalog/entity-facets",
+        summary="Value counts per facet among the entities a predicate selects (Backstage)",
+        permission="catalog_entity_view",
+        query=ScopeReadQuery,
+        body=PredicateFacetsRequest,
+        response=FacetsResponse,
+    )
+    async def query_entity_facets_by_predicate(request: web.Request) -> web.Response:
+        scope = parse_query(request, ScopeReadQuery)
+        body = await read_json(request, PredicateFacetsRequest)
+        return json_response(await service.facets_by_predicate(pool, scope, body))
 
     @api.post(
         "/api/catalog/locations",
@@ -206,6 +251,19 @@ def routes(deps: Deps) -> Routes:
         return json_response(await ingestion.location_of_entity(pool, scope, *_path_ref(request)))
 
     @api.post(
+        "/api/catalog/analyze-location",
+        summary="What registering a location would bring in: existing entity files, or a proposed entity (Backstage)",
+        permission="catalog_location_create",
+        query=ScopeQuery,
+        body=analyze.AnalyzeLocationRequest,
+        response=analyze.AnalyzeLocationResponse,
+    )
+    async def analyze_location(request: web.Request) -> web.Response:
+        scope = parse_query(request, ScopeQuery).scope
+        body = await read_json(request, analyze.AnalyzeLocationRequest)
+        return json_response(await analyze.analyze_location(pool, policy, scope, body))
+
+    @api.post(
         "/api/catalog/refresh",
         summary="Re-read the location of an entity now",
         permission="catalog_entity_refresh",
@@ -236,7 +294,7 @@ def routes(deps: Deps) -> Routes:
     )
     async def validate_entity(request: web.Request) -> web.Response:
         body = await read_json(request, ValidateEntityRequest)
-        errors = service.validate_entity_document(body.entity)
+        errors = await service.validate_entity_document(pool, body.entity)
         return json_response({"errors": errors}, status=400) if errors else web.Response(status=200)
 
     @api.post(
@@ -251,6 +309,75 @@ def routes(deps: Deps) -> Routes:
         scope = parse_query(request, ScopeQuery).scope
         body = await read_json(request, IngestRequest)
         return json_response(await service.ingest_properties(pool, principal_of(request).actor(), scope, body))
+
+    @api.post(
+        "/api/catalog/convert",
+        summary="Convert Backstage entity YAML to the scoped native form, or back",
+        permission="catalog_entity_view",
+        query=ScopeQuery,
+        body=convert.ConvertRequest,
+        response=convert.ConvertResult,
+    )
+    async def convert_entities(request: web.Request) -> web.Response:
+        scope = parse_query(request, ScopeQuery).scope
+        body = await read_json(request, convert.ConvertRequest)
+        return json_response(await convert.convert(pool, scope, body))
+
+    @api.post(
+        "/api/catalog/kinds",
+        summary="Register a custom kind: a JSON Schema for a kind and apiVersion",
+        permission="catalog_kind_create",
+        body=kinds.KindRegistration,
+        response=kinds.KindView,
+        status=201,
+    )
+    async def register_kind(request: web.Request) -> web.Response:
+        body = await read_json(request, kinds.KindRegistration)
+        view = await kinds.register(pool, principal_of(request).actor(), body)
+        return json_response(view, status=201, headers={"ETag": quoted(view.etag)})
+
+    @api.get(
+        "/api/catalog/kinds", summary="Registered custom kinds", permission="catalog_kind_view", response=kinds.KindList
+    )
+    async def list_kinds(request: web.Request) -> web.Response:
+        return json_response(await kinds.list_kinds(pool))
+
+    @api.get(KIND, summary="A registered custom kind", permission="catalog_kind_view", response=kinds.KindView)
+    async def get_kind(request: web.Request) -> web.Response:
+        view = await kinds.get_kind(pool, request.match_info["kind"], request.match_info["apiVersion"])
+        return json_response(view, headers={"ETag": quoted(view.etag)})
+
+    @api.put(
+        KIND,
+        summary="Replace a custom kind's schema (honours If-Match; refused if existing entities would break)",
+        permission="catalog_kind_edit",
+        body=kinds.KindSchema,
+        response=kinds.KindView,
+    )
+    async def replace_kind(request: web.Request) -> web.Response:
+        body = await read_json(request, kinds.KindSchema)
+        view = await kinds.replace(
+            pool,
+            principal_of(request).actor(),
+            request.match_info["kind"],
+            request.match_info["apiVersion"],
+            body,
+            request.headers.get("If-Match"),
+        )
+        return json_response(view, headers={"ETag": quoted(view.etag)})
+
+    @api.delete(
+        KIND,
+        summary="Unregister a custom kind (refused while entities of it exist)",
+        permission="catalog_kind_delete",
+        status=204,
+    )
+    async def delete_kind(request: web.Request) -> web.Response:
+        info = request.match_info
+        await kinds.delete(
+            pool, principal_of(request).actor(), info["kind"], info["apiVersion"], request.headers.get("If-Match")
+        )
+        return web.Response(status=204)
 
     @api.get("/api/catalog/favorites", summary="The caller's starred entities", permission="catalog_entity_view")
     async def list_favorites(request: web.Request) -> web.Response:

@@ -8,7 +8,8 @@ from typing import Annotated, Literal
 
 import msgspec
 
-from services.catalog import api, ingestion, stitching
+from services.catalog import api, handlers, ingestion, stitching
+from services.catalog.url_reader import DirectFetcher, UrlPolicy
 from shared.config import BaseSettings
 from shared.service import Deps, ServiceDefinition, run_service
 
@@ -20,10 +21,24 @@ class Settings(BaseSettings, kw_only=True, forbid_unknown_fields=True):
     """What happens to an entity its location stops emitting (`IDP_ORPHAN_STRATEGY`)."""
     refresh_interval_seconds: Annotated[float, msgspec.Meta(gt=0)] = 120.0
     """How often every location is read again (`IDP_REFRESH_INTERVAL_SECONDS`)."""
+    url_location_allow: str = ""
+    """Hosts and IP addresses/CIDRs that `url:` locations may reach although they are not public (loopback,
+    private, link-local), comma-separated (`IDP_URL_LOCATION_ALLOW`); none by default."""
+    url_fetch_timeout_seconds: Annotated[float, msgspec.Meta(gt=0, le=300)] = 10.0
+    """How long one `url:` fetch may take (`IDP_URL_FETCH_TIMEOUT_SECONDS`)."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self.url_policy()  # a malformed allow list stops the service at start-up
+
+    def url_policy(self) -> UrlPolicy:
+        return UrlPolicy.parse_allow(self.url_location_allow, timeout_seconds=self.url_fetch_timeout_seconds)
 
     def ingestion_policy(self) -> ingestion.IngestionPolicy:
         roots = tuple(Path(p).expanduser().resolve() for p in self.file_location_roots.split(os.pathsep) if p)
-        return ingestion.IngestionPolicy(file_roots=roots, orphan_strategy=self.orphan_strategy)
+        return ingestion.IngestionPolicy(
+            file_roots=roots, orphan_strategy=self.orphan_strategy, fetcher=DirectFetcher(self.url_policy())
+        )
 
 
 async def refresh_locations(deps: Deps) -> None:
@@ -38,7 +53,7 @@ DEFINITION = ServiceDefinition(
     settings_type=Settings,
     routes=api.routes,
     migrations=Path(__file__).parent / "migrations",
-    background=(refresh_locations,),
+    background=(refresh_locations, handlers.mirror_identity, handlers.serve_entity_reads),
 )
 
 

@@ -14,19 +14,23 @@ import dataclasses
 import itertools
 import logging
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import asyncpg
 import msgspec
 import uuid_utils
 
+from services.catalog import kinds as kinds_module
 from services.catalog import store
-from services.catalog.entity_ref import EntityRefError, parse_entity_ref, ref_of
+from services.catalog.entity_ref import parse_entity_ref, ref_of
+from services.catalog.kinds import Kinds
 from services.catalog.model import LocationSpec, LocationView, StoredEntity, check_scope, document_etag
 from services.catalog.reader import ReadEntity, ReadError, ReadResult, iter_location, read_location
 from services.catalog.relations import Relation
+from services.catalog.scopes import parse_scoped_ref
 from services.catalog.service import (
     EntityWrite,
     apply_writes,
@@ -36,12 +40,13 @@ from services.catalog.service import (
     write_entities,
 )
 from services.catalog.stitching import restitch
+from services.catalog.url_reader import UrlFetcher, blocking_fetch
 from shared.db import transaction
 from shared.errors import ConflictError, InputError, NotFoundError
 from shared.events import SYSTEM, Actor, ResourceRef, new_event
 from shared.outbox import write_event
 
-SUPPORTED_TYPES = ("file",)
+SUPPORTED_TYPES = ("file", "url")
 READ_BATCH = 1000
 """Entities read, validated and written per batch of a location read."""
 BULK_CHANGES = 500
@@ -55,6 +60,8 @@ class IngestionPolicy:
 
     file_roots: tuple[Path, ...]
     orphan_strategy: str = "keep"
+    fetcher: UrlFetcher | None = None
+    """Reads `url:` targets; without one they are reported as not supported."""
 
 
 def confine(target: str, policy: IngestionPolicy) -> Path:
@@ -67,21 +74,32 @@ def confine(target: str, policy: IngestionPolicy) -> Path:
     raise InputError.for_field("$.target", f"{target} is outside the directories locations may read: {allowed}")
 
 
-def _checked_path(spec: LocationSpec, policy: IngestionPolicy) -> Path:
-    if spec.type not in SUPPORTED_TYPES:
-        raise InputError.for_field("$.type", f"location type {spec.type!r} is not supported yet (supported: file)")
-    return confine(spec.target, policy)
+def _checked(spec: LocationSpec, policy: IngestionPolicy) -> tuple[str, Callable[[str], bytes] | None]:
+    """The target to read (a confined path, or an http(s) URL) and what reads URLs; the type is checked too."""
+    if spec.type not in SUPPORTED_TYPES or (spec.type == "url" and policy.fetcher is None):
+        supported = ", ".join(SUPPORTED_TYPES if policy.fetcher else ("file",))
+        raise InputError.for_field("$.type", f"location type {spec.type!r} is not supported (supported: {supported})")
+    if spec.type == "url":
+        parts = urlsplit(spec.target)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise InputError.for_field("$.target", "a url location needs an http(s) URL")
+        target = spec.target
+    else:
+        target = str(confine(spec.target, policy))
+    return target, blocking_fetch(policy.fetcher, asyncio.get_running_loop()) if policy.fetcher else None
 
 
 async def read(spec: LocationSpec, policy: IngestionPolicy) -> ReadResult:
-    path = _checked_path(spec, policy)
-    return await asyncio.to_thread(read_location, spec.type, str(path), allowed_roots=policy.file_roots)
+    target, fetch_url = _checked(spec, policy)
+    return await asyncio.to_thread(
+        read_location, spec.type, target, allowed_roots=policy.file_roots, fetch_url=fetch_url
+    )
 
 
 def open_read(spec: LocationSpec, policy: IngestionPolicy) -> Iterator[ReadEntity | ReadError]:
     """What a location emits, read lazily by `apply_read`; the type and target are checked now."""
-    path = _checked_path(spec, policy)
-    return iter_location(spec.type, str(path), allowed_roots=policy.file_roots)
+    target, fetch_url = _checked(spec, policy)
+    return iter_location(spec.type, target, allowed_roots=policy.file_roots, fetch_url=fetch_url)
 
 
 async def add_location(
@@ -91,9 +109,10 @@ async def add_location(
     check_scope(scope)
     if dry_run:
         result = await read(spec, policy)
-        async with pool.acquire() as conn:
+        async with transaction(pool) as conn:  # the shared lock on kinds lasts until the transaction ends
             existing = await store.find_location(conn, scope, spec.type, spec.target)
-        documents = [_try_prepare(e.document) for e in result.entities]
+            kinds = await kinds_module.load(conn)
+        documents = [_try_prepare(e.document, kinds) for e in result.entities]
         view = LocationView(id=existing["id"] if existing else "", type=spec.type, target=spec.target)
         return {"location": view, "entities": [d for d in documents if d], "exists": existing is not None}
     found = open_read(spec, policy)
@@ -110,9 +129,9 @@ async def add_location(
     return {"location": view, "entities": [msgspec.Raw(d) for d in documents]}
 
 
-def _try_prepare(document: dict[str, Any]) -> dict[str, Any] | None:
+def _try_prepare(document: dict[str, Any], kinds: Kinds) -> dict[str, Any] | None:
     try:
-        return prepare_document(document)[0]
+        return prepare_document(document, kinds)[0]
     except InputError:
         return None
 
@@ -134,7 +153,9 @@ def _error(read: ReadError | ReadEntity, exc: InputError | None = None) -> dict[
     return {"location": read.location, "message": exc.detail, "errors": [msgspec.structs.asdict(e) for e in exc.errors]}
 
 
-def _take_prepared(found: Iterator[ReadEntity | ReadError], size: int) -> list[_Prepared | dict[str, Any]]:
+def _take_prepared(
+    found: Iterator[ReadEntity | ReadError], kinds: Kinds, size: int
+) -> list[_Prepared | dict[str, Any]]:
     """The next `size` things a location emits, validated; run in a worker thread."""
     batch: list[_Prepared | dict[str, Any]] = []
     for item in itertools.islice(found, size):
@@ -142,7 +163,7 @@ def _take_prepared(found: Iterator[ReadEntity | ReadError], size: int) -> list[_
             batch.append(_error(item))
             continue
         try:
-            document, relations = prepare_document(item.document)
+            document, relations = prepare_document(item.document, kinds)
         except InputError as exc:
             batch.append(_error(item, exc))
             continue
@@ -150,13 +171,13 @@ def _take_prepared(found: Iterator[ReadEntity | ReadError], size: int) -> list[_
     return batch
 
 
-async def _prepared_batches(found: Iterator[ReadEntity | ReadError]) -> AsyncIterator[list]:
+async def _prepared_batches(found: Iterator[ReadEntity | ReadError], kinds: Kinds) -> AsyncIterator[list]:
     """Batches of what a location emits; the next batch is read and validated in a thread while the caller
     writes this one, so parsing and PostgreSQL work overlap."""
-    pending = asyncio.ensure_future(asyncio.to_thread(_take_prepared, found, READ_BATCH))
+    pending = asyncio.ensure_future(asyncio.to_thread(_take_prepared, found, kinds, READ_BATCH))
     try:
         while batch := await pending:
-            pending = asyncio.ensure_future(asyncio.to_thread(_take_prepared, found, READ_BATCH))
+            pending = asyncio.ensure_future(asyncio.to_thread(_take_prepared, found, kinds, READ_BATCH))
             yield batch
     finally:
         pending.cancel()
@@ -176,7 +197,8 @@ async def apply_read(
     counts = {"created": 0, "updated": 0, "orphaned": 0, "deleted": 0, "unchanged": 0, "conflicts": 0}
     seen: set[str] = set()
     stale: set[str] = set()
-    async for batch in _prepared_batches(found):
+    kinds = await kinds_module.load(conn)
+    async for batch in _prepared_batches(found, kinds):
         fresh: list[_Prepared] = []
         for item in batch:
             if isinstance(item, dict):
@@ -190,11 +212,11 @@ async def apply_read(
         current = await store.get_many(conn, scope, [item.ref for item in fresh], lock=True)
         writes = []
         for item in fresh:
-            outcome, write = _classify(item, current.get(item.ref), location_id, scope, errors)
+            outcome, write = _classify(item, current.get(item.ref), location_id, scope, kinds, errors)
             counts[outcome] += 1
             if write is not None:
                 writes.append(write)
-        stale |= await write_entities(conn, actor, scope, writes)
+        stale |= await write_entities(conn, actor, scope, writes, kinds=kinds)
     gone = sorted(set(await store.refs_of_location(conn, location_id)) - seen)
     orphans = list((await store.get_many(conn, scope, gone, lock=True)).values())
     if policy.orphan_strategy == "delete":
@@ -202,19 +224,24 @@ async def apply_read(
         counts["deleted"] += len(writes)
     else:
         writes = [
-            EntityWrite(entity, dataclasses.replace(entity, orphan=True), served_relations(entity))
+            EntityWrite(entity, dataclasses.replace(entity, orphan=True), served_relations(entity, kinds))
             for entity in orphans
             if not entity.orphan
         ]
         counts["orphaned"] += len(writes)
-    stale |= await write_entities(conn, actor, scope, writes)
+    stale |= await write_entities(conn, actor, scope, writes, kinds=kinds)
     await restitch(conn, scope, stale)
     await store.record_location_read(conn, location_id, errors)
     return {**counts, "errors": errors}
 
 
 def _classify(
-    item: _Prepared, current: StoredEntity | None, location_id: str, scope: str, errors: list[dict[str, Any]]
+    item: _Prepared,
+    current: StoredEntity | None,
+    location_id: str,
+    scope: str,
+    kinds: Kinds,
+    errors: list[dict[str, Any]],
 ) -> tuple[str, EntityWrite | None]:
     """What an emitted entity does to what is stored: created, updated, unchanged, or a conflict with another
     location (reported in `errors`, nothing written)."""
@@ -235,7 +262,7 @@ def _classify(
         return "conflicts", None
     if current.document != item.document or current.orphan or current.location_id != location_id:
         updated = revised(current, item.document, location_id=location_id, location_key=key, orphan=False)
-        return "updated", EntityWrite(current, updated, served_relations(updated))
+        return "updated", EntityWrite(current, updated, served_relations(updated, kinds))
     return "unchanged", None
 
 
@@ -275,12 +302,9 @@ async def _vacuum(pool: asyncpg.Pool) -> None:
 
 async def refresh_entity(pool: asyncpg.Pool, policy: IngestionPolicy, actor: Actor, scope: str, entity_ref: str):
     """Backstage's `POST /refresh`: re-read the location that emits this entity (nothing to do without one)."""
-    try:
-        ref = str(parse_entity_ref(entity_ref))
-    except EntityRefError as exc:
-        raise InputError.for_field("$.entityRef", str(exc)) from None
+    ref, scope = parse_scoped_ref(entity_ref, check_scope(scope), "$.entityRef")
     async with pool.acquire() as conn:
-        entity = await store.get_by_ref(conn, check_scope(scope), ref)
+        entity = await store.get_by_ref(conn, scope, str(ref))
     if entity is None:
         raise NotFoundError(f"no entity {entity_ref} at scope {scope}")
     if entity.location_id is not None:
@@ -294,7 +318,7 @@ async def remove_location(pool: asyncpg.Pool, actor: Actor, location_id: str) ->
         if location is None:
             raise NotFoundError(f"no location {location_id}")
         writes = [EntityWrite(entity, None) for entity in await store.entities_of_location(conn, location_id)]
-        await apply_writes(conn, actor, location["scope"], writes)
+        await apply_writes(conn, actor, location["scope"], writes, kinds=await kinds_module.load(conn))
         await store.delete_location(conn, location_id)
         spec = LocationSpec(type=location["type"], target=location["target"])
         await write_event(conn, _location_event("removed", actor, location["scope"], location_id, spec, {}))

@@ -148,10 +148,35 @@ class EntityListQuery(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_
     limit: Annotated[int, msgspec.Meta(ge=1, le=10000)] | None = None
     after: str | None = None
     scope: str = "account"
+    includeParents: bool = False
+    includeChildren: bool = False
 
 
 class ScopeQuery(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     scope: str = "account"
+
+
+class ByRefsQuery(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """`POST /entities/by-refs`: entities the `filter` does not select come back as `null` (Backstage)."""
+
+    scope: str = "account"
+    includeParents: bool = False
+    """A ref without `@scope` may resolve at the nearest scope above `scope` that has it."""
+    filter: list[str] | str | None = None
+
+
+class ByNameQuery(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    scope: str = "account"
+    includeParents: bool = False
+    """Without the entity at `scope`, answer the one at the nearest scope above it (visible from below)."""
+
+
+class ScopeReadQuery(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """A read at `scope`, with the scopes above it (`includeParents`) and/or below it (`includeChildren`)."""
+
+    scope: str = "account"
+    includeParents: bool = False
+    includeChildren: bool = False
 
 
 class EntityQuery(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -167,6 +192,8 @@ class EntityQuery(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fiel
     fullTextFilterTerm: str | None = None
     fullTextFilterFields: list[str] | str | None = None
     scope: str = "account"
+    includeParents: bool = False
+    includeChildren: bool = False
 
 
 class QueryCursor(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -178,6 +205,8 @@ class QueryCursor(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     fullTextFilterFields: list[str]
     scope: str
     offset: int
+    includeParents: bool = False
+    includeChildren: bool = False
 
 
 class PageInfo(msgspec.Struct, frozen=True, omit_defaults=True):
@@ -243,6 +272,8 @@ class SearchPage(msgspec.Struct, frozen=True):
 class ByRefsRequest(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     entityRefs: Annotated[list[str], msgspec.Meta(max_length=10000)]
     fields: list[str] | None = None
+    query: dict[str, Any] | None = None
+    """A predicate (as in `POST /entities/by-query`); entities that do not match come back as `null`."""
 
 
 class ByRefsResponse(msgspec.Struct, frozen=True):
@@ -253,6 +284,8 @@ class FacetsQuery(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fiel
     facet: list[str] | str
     filter: list[str] | str | None = None
     scope: str = "account"
+    includeParents: bool = False
+    includeChildren: bool = False
 
 
 class FacetValue(msgspec.Struct, frozen=True):
@@ -341,3 +374,58 @@ class IngestRequest(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 class IngestResult(msgspec.Struct, frozen=True):
     updated: int
     unchanged: int
+
+
+class OrderBy(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    field: Annotated[str, msgspec.Meta(min_length=1)]
+    order: Literal["asc", "desc"] = "asc"
+
+
+class FullTextFilter(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    term: str
+    fields: list[str] | None = None
+
+
+class PredicateQueryRequest(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """`POST /entities/by-query` (Backstage's predicate form). With `cursor`, everything but `fields` and
+    `limit` comes from the cursor."""
+
+    query: dict[str, Any] | None = None
+    cursor: str | None = None
+    limit: Annotated[int, msgspec.Meta(ge=0, le=10000)] = 20
+    offset: Annotated[int, msgspec.Meta(ge=0)] = 0
+    orderBy: list[OrderBy] | None = None
+    fullTextFilter: FullTextFilter | None = None
+    fields: list[str] | None = None
+    totalItems: bool = True
+    """Accepted for Backstage's client; the total is always counted."""
+
+
+class PredicateCursor(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """What a predicate query's cursor carries. Backstage's client sends a cursor whose JSON has a `query`
+    key to `POST /entities/by-query`, any other to `GET`, so `query` is always present."""
+
+    query: dict[str, Any] | None
+    orderBy: list[OrderBy]
+    fullTextFilter: FullTextFilter | None
+    scope: str
+    offset: int
+    includeParents: bool = False
+    includeChildren: bool = False
+
+
+class PredicateFacetsRequest(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """`POST /entity-facets`."""
+
+    facets: Annotated[list[str], msgspec.Meta(min_length=1, max_length=100)]
+    query: dict[str, Any] | None = None
+
+
+class AncestryItem(msgspec.Struct, frozen=True):
+    entity: dict[str, Any]
+    parentEntityRefs: list[str]
+
+
+class Ancestry(msgspec.Struct, frozen=True):
+    rootEntityRef: str
+    items: list[AncestryItem]

@@ -1,4 +1,4 @@
-"""Reading Backstage `file` locations from disk into entity documents.
+"""Reading Backstage locations (`file` from disk, `url` over HTTP) into entity documents.
 
 Owns what Backstage's catalog does between "here is a location" and "here are unprocessed entities": globbing the
 target (`FileReaderProcessor`), splitting the YAML documents (`parseEntityYaml`), resolving `$text`, `$json` and
@@ -6,10 +6,13 @@ target (`FileReaderProcessor`), splitting the YAML documents (`parseEntityYaml`)
 the location annotations (`ProcessorOutputCollector`). It returns entities and errors; validating, storing and
 conflict checks belong to the caller.
 
-Only `file` locations are read; other types are reported as not supported yet, and a placeholder that points at a
-URL is left in place for a later stage to resolve. Unlike Backstage, which refuses relative placeholder paths in file
-locations, a placeholder path here is read relative to the file that holds the entity; `allowed_roots` keeps every
-read (targets, Location targets, placeholders) inside directories the operator chose.
+`file` locations are read from disk; `url` locations through `fetch_url` (see `url_reader`), which the caller
+supplies; without it they are reported as not supported. A relative target or placeholder in a document read from
+a URL is resolved against that URL, as Backstage resolves it; a URL document may not name `file` targets. A
+placeholder that points at an absolute URL is left in place. Unlike Backstage, which refuses relative placeholder
+paths in file locations, a placeholder path here is read relative to the file that holds the entity;
+`allowed_roots` keeps every file read (targets, Location targets, placeholders) inside directories the operator
+chose.
 """
 
 from __future__ import annotations
@@ -21,7 +24,9 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urljoin
 
+from services.catalog.url_reader import FetchError
 from services.catalog.validation import is_placeholder
 from shared.yamlsafe import YamlError, iter_yaml_documents, load_yaml_documents
 
@@ -33,7 +38,10 @@ _GLOB_CHARS = frozenset("*?[")
 _URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]+:")
 _JSON_TYPES = {bool: "boolean", int: "number", float: "number", str: "string", list: "array"}
 
-_Read = Callable[[Path], bytes]
+_ReadRelative = Callable[[str], bytes]
+"""Reads a placeholder's path relative to the document that holds it."""
+Base = Path | str
+"""What relative targets resolve against: a file's directory, or the URL of a document read over HTTP."""
 
 
 @dataclass(frozen=True)
@@ -63,7 +71,7 @@ class ReadResult:
 
 
 class _FileError(Exception):
-    """A file that cannot be read, or is too large to."""
+    """A file or URL that cannot be read, or is too large to."""
 
 
 class _EntityError(Exception):
@@ -75,12 +83,13 @@ _Found = Iterator[ReadEntity | ReadError]
 
 @dataclass
 class _Run:
-    """One read: where it started, where it may read, and the files already read."""
+    """One read: where it started, where it may read, and the files and URLs already read."""
 
     origin: str
     max_depth: int
     roots: tuple[Path, ...] | None
-    seen: set[Path] = field(default_factory=set)
+    fetch_url: Callable[[str], bytes] | None = None
+    seen: set[Path | str] = field(default_factory=set)
 
     def allows(self, path: Path) -> bool:
         if self.roots is None:
@@ -93,6 +102,13 @@ class _Run:
             raise _FileError(f"{path} is outside the directories locations may read")
         return _read_limited(path)
 
+    def fetch(self, url: str) -> bytes:
+        assert self.fetch_url is not None
+        try:
+            return self.fetch_url(url)
+        except FetchError as exc:
+            raise _FileError(str(exc)) from exc
+
 
 def read_location(
     type: str,
@@ -101,11 +117,15 @@ def read_location(
     base_dir: Path | None = None,
     max_depth: int = 20,
     allowed_roots: Iterable[Path] | None = None,
+    fetch_url: Callable[[str], bytes] | None = None,
 ) -> ReadResult:
     """Every entity reachable from a location, following Location entities, and every problem met on the way."""
     entities, errors = [], []
-    for found in iter_location(type, target, base_dir=base_dir, max_depth=max_depth, allowed_roots=allowed_roots):
-        (entities if isinstance(found, ReadEntity) else errors).append(found)
+    found = iter_location(
+        type, target, base_dir=base_dir, max_depth=max_depth, allowed_roots=allowed_roots, fetch_url=fetch_url
+    )
+    for item in found:
+        (entities if isinstance(item, ReadEntity) else errors).append(item)
     return ReadResult(entities, errors)
 
 
@@ -116,30 +136,38 @@ def iter_location(
     base_dir: Path | None = None,
     max_depth: int = 20,
     allowed_roots: Iterable[Path] | None = None,
+    fetch_url: Callable[[str], bytes] | None = None,
 ) -> _Found:
     """`read_location` one entity or problem at a time, reading files only as far as the caller consumes: a
     large location is ingested in batches without holding every document in memory."""
     base = (base_dir or Path.cwd()).absolute()
     roots = None if allowed_roots is None else tuple(Path(root).resolve() for root in allowed_roots)
-    run = _Run(origin=f"{type}:{_resolved(type, target, base)}", max_depth=max_depth, roots=roots)
+    origin = f"{type}:{_resolved(type, target, base)}"
+    run = _Run(origin=origin, max_depth=max_depth, roots=roots, fetch_url=fetch_url)
     yield from _read_target(run, type, target, base=base, depth=0, optional=False)
 
 
-def _resolved(type: str, target: str, base: Path) -> str:
+def _resolved(type: str, target: str, base: Base) -> str:
+    if isinstance(base, str):
+        return urljoin(base, target)
     if type != "file":
         return target
     return os.path.normpath(os.path.join(base, target))
 
 
-def _read_target(run: _Run, type: str, target: str, *, base: Path, depth: int, optional: bool) -> _Found:
+def _read_target(run: _Run, type: str, target: str, *, base: Base, depth: int, optional: bool) -> _Found:
     pattern = _resolved(type, target, base)
     location = f"{type}:{pattern}"
-    if type != "file":
+    if type == "file" and isinstance(base, str):
+        yield ReadError(location, f"a document read from {base} may not name file targets")
+    elif type != "file" and (type != "url" or run.fetch_url is None):
         yield ReadError(location, f"location type {type} is not supported yet")
-    elif target.endswith(("/", os.sep)):
-        yield ReadError(location, f"cannot read file location {target}: it ends with a path separator")
     elif depth > run.max_depth:
         yield ReadError(location, f"Location entities are nested deeper than {run.max_depth} levels")
+    elif type == "url":
+        yield from _read_url(run, pattern, depth, optional)
+    elif target.endswith(("/", os.sep)):
+        yield ReadError(location, f"cannot read file location {target}: it ends with a path separator")
     else:
         yield from _read_files(run, pattern, depth=depth, optional=optional)
 
@@ -185,7 +213,25 @@ def _read_file(run: _Run, path: Path, depth: int) -> _Found:
         yield ReadError(location, f"file {exc}")
         return
     for index, document in iter_yaml_documents(data):
-        yield from _take_document(run, document, path, index, depth)
+        yield from _take_document(
+            run, document, location, path.parent, lambda ref: run.read(path.parent / ref), index, depth
+        )
+
+
+def _read_url(run: _Run, url: str, depth: int, optional: bool) -> _Found:
+    if url in run.seen:
+        return
+    run.seen.add(url)
+    location = f"url:{url}"
+    try:
+        data = run.fetch(url)
+    except _FileError as exc:
+        cause = exc.__cause__
+        if not (optional and isinstance(cause, FetchError) and cause.not_found):
+            yield ReadError(location, str(exc))
+        return
+    for index, document in iter_yaml_documents(data):
+        yield from _take_document(run, document, location, url, lambda ref: run.fetch(urljoin(url, ref)), index, depth)
 
 
 def _read_limited(path: Path) -> bytes:
@@ -202,8 +248,9 @@ def _read_limited(path: Path) -> bytes:
     return data
 
 
-def _take_document(run: _Run, document: Any, path: Path, index: int, depth: int) -> _Found:
-    location = f"file:{path}"
+def _take_document(
+    run: _Run, document: Any, location: str, base: Base, read_relative: _ReadRelative, index: int, depth: int
+) -> _Found:
     if isinstance(document, YamlError):
         yield ReadError(location, f"YAML error at {location}, {document}", index)
         return
@@ -211,13 +258,13 @@ def _take_document(run: _Run, document: Any, path: Path, index: int, depth: int)
         yield ReadError(location, f"Expected object at root, got {_JSON_TYPES.get(type(document), 'object')}", index)
         return
     try:
-        entity = _annotated(_resolve_placeholders(document, path.parent, run.read), location, run.origin)
+        entity = _annotated(_resolve_placeholders(document, read_relative), location, run.origin)
     except _EntityError as exc:
         yield ReadError(location, str(exc), index)
         return
     yield ReadEntity(entity, location_key=location, location=location)
     if _is_location(entity):
-        yield from _follow(run, entity, path, depth)
+        yield from _follow(run, entity, location.partition(":")[0], base, depth)
 
 
 def _annotated(entity: dict[str, Any], location: str, origin: str) -> dict[str, Any]:
@@ -238,15 +285,15 @@ def _is_location(entity: dict[str, Any]) -> bool:
     return isinstance(kind, str) and kind.lower() == "location"
 
 
-def _follow(run: _Run, entity: dict[str, Any], path: Path, depth: int) -> _Found:
+def _follow(run: _Run, entity: dict[str, Any], reading_type: str, base: Base, depth: int) -> _Found:
     spec = entity.get("spec")
     if not isinstance(spec, dict):
         return
-    # Only file locations are read here, so the location that read this entity is always of type file.
-    type = spec.get("type") or "file"
+    # As in Backstage, a Location without a type has the type of the location that read it.
+    type = spec.get("type") or reading_type
     optional = spec.get("presence") == "optional"
     for target in _targets(spec):
-        yield from _read_target(run, str(type), target, base=path.parent, depth=depth + 1, optional=optional)
+        yield from _read_target(run, str(type), target, base=base, depth=depth + 1, optional=optional)
 
 
 def _targets(spec: dict[str, Any]) -> list[str]:
@@ -255,38 +302,38 @@ def _targets(spec: dict[str, Any]) -> list[str]:
     return [target for target in every if isinstance(target, str) and target]
 
 
-def _resolve_placeholders(value: Any, base: Path, read: _Read) -> Any:
+def _resolve_placeholders(value: Any, read: _ReadRelative) -> Any:
     if isinstance(value, list):
-        return [_resolve_placeholders(item, base, read) for item in value]
+        return [_resolve_placeholders(item, read) for item in value]
     if not isinstance(value, dict):
         return value
     if not any(isinstance(key, str) and key.startswith("$") for key in value):
-        return {key: _resolve_placeholders(item, base, read) for key, item in value.items()}
+        return {key: _resolve_placeholders(item, read) for key, item in value.items()}
     if is_placeholder(value):
         ((key, ref),) = value.items()
         if isinstance(ref, str) and not _URL.match(ref):
-            return _RESOLVERS[key](key, ref, base / ref, read)
+            return _RESOLVERS[key](key, ref, read)
     # As in Backstage, other `$` keys (a JSON Schema's `$ref`, unknown resolvers) are data, left as they are.
     return value
 
 
-def _text(key: str, ref: str, path: Path, read: _Read) -> str:
+def _text(key: str, ref: str, read: _ReadRelative) -> str:
     try:
-        return read(path).decode("utf-8", "replace")
+        return read(ref).decode("utf-8", "replace")
     except _FileError as exc:
         raise _EntityError(f"Placeholder {key} could not read location {ref}, {exc}") from exc
 
 
-def _json(key: str, ref: str, path: Path, read: _Read) -> Any:
+def _json(key: str, ref: str, read: _ReadRelative) -> Any:
     try:
-        return json.loads(_text(key, ref, path, read))
+        return json.loads(_text(key, ref, read))
     except (ValueError, RecursionError) as exc:
         raise _EntityError(f"Placeholder {key} failed to parse JSON data at {ref}, {exc}") from exc
 
 
-def _yaml(key: str, ref: str, path: Path, read: _Read) -> Any:
+def _yaml(key: str, ref: str, read: _ReadRelative) -> Any:
     try:
-        documents = load_yaml_documents(_text(key, ref, path, read))
+        documents = load_yaml_documents(_text(key, ref, read))
     except YamlError as exc:
         raise _EntityError(f"Placeholder {key} failed to parse YAML data at {ref}, {exc}") from exc
     if len(documents) != 1:

@@ -61,15 +61,18 @@ RULES: dict[str, tuple[RelationRule, ...]] = {
 }
 
 
-def relations_of(entity: dict[str, Any]) -> tuple[list[Relation], list[FieldError]]:
-    """The relations `entity` emits (both directions, deduplicated, in rule order) and any bad references."""
+def relations_of(
+    entity: dict[str, Any], custom_rules: tuple[RelationRule, ...] = ()
+) -> tuple[list[Relation], list[FieldError]]:
+    """The relations `entity` emits (both directions, deduplicated, in rule order) and any bad references.
+    A built-in kind follows Backstage's rules; a registered custom kind, the `custom_rules` it declares."""
     kind = str(entity.get("kind", "")).lower()
     spec = entity.get("spec") or {}
     self_ref = ref_of(entity)
     source = str(self_ref)
     relations: dict[Relation, None] = {}
     errors: list[FieldError] = []
-    for rule in RULES.get(kind, ()):
+    for rule in RULES.get(kind, custom_rules):
         values = spec.get(rule.field)
         if values is None:
             continue

@@ -11,14 +11,19 @@ import base64
 import binascii
 import dataclasses
 import uuid
+from collections.abc import Callable
 from typing import Any, TypeVar
 
 import asyncpg
 import msgspec
 
+from services.catalog import kinds as kinds_module
 from services.catalog import store
 from services.catalog.entity_ref import EntityRefError, parse_entity_ref, ref_of
+from services.catalog.kinds import Kinds
 from services.catalog.model import (
+    ByNameQuery,
+    ByRefsQuery,
     ByRefsRequest,
     ByRefsResponse,
     EntityListQuery,
@@ -33,8 +38,12 @@ from services.catalog.model import (
     IngestRequest,
     IngestResult,
     PageInfo,
+    PredicateCursor,
+    PredicateFacetsRequest,
+    PredicateQueryRequest,
     QueryCursor,
     QueryPage,
+    ScopeReadQuery,
     SearchCursor,
     SearchPage,
     SearchQuery,
@@ -47,16 +56,20 @@ from services.catalog.model import (
     ingestible_document,
     next_generation,
 )
+from services.catalog.predicates import Predicate, parse_predicate
+from services.catalog.predicates import matches as predicate_matches
 from services.catalog.properties import apply_properties, check_path
 from services.catalog.query import (
     AllOf,
     KeyValues,
+    build_search_rows,
     parse_fields_param,
     parse_filter_params,
     project_fields,
     search_words,
 )
 from services.catalog.relations import Relation, relations_of
+from services.catalog.scopes import ScopeSelector, names_scope, parse_scoped_ref
 from services.catalog.stitching import restitch
 from services.catalog.validation import default_namespace, validate_entity
 from shared.db import transaction
@@ -72,15 +85,20 @@ def _as_list(value: list[str] | str | None) -> list[str]:
     return [] if value is None else [value] if isinstance(value, str) else value
 
 
-def prepare_document(raw: Any) -> tuple[dict[str, Any], list]:
+def document_errors(document: dict[str, Any], kinds: Kinds) -> list[FieldError]:
+    """Backstage's rules for the envelope and built-in kinds, then the registered schema of a custom kind."""
+    return validate_entity(document) or kinds.validate(document)
+
+
+def prepare_document(raw: Any, kinds: Kinds) -> tuple[dict[str, Any], list]:
     """Validate an entity as Backstage would and compute its relations; raises InputError naming fields."""
     if not isinstance(raw, dict):
         raise InputError.for_field("$", "an entity must be a JSON object")
     document = default_namespace(ingestible_document(raw))
-    errors = validate_entity(document)
+    errors = document_errors(document, kinds)
     if errors:
         raise InputError(f"the entity is not valid: {errors[0].message}", errors=errors)
-    relations, ref_errors = relations_of(document)
+    relations, ref_errors = relations_of(document, kinds.relation_rules(document))
     if ref_errors:
         raise InputError(f"the entity has invalid references: {ref_errors[0].message}", errors=ref_errors)
     return document, relations
@@ -118,14 +136,18 @@ class EntityWrite:
         return _event(verb, actor, self.after, {"changes": changes, "generation": self.after.generation})
 
 
-async def write_entities(conn: asyncpg.Connection, actor: Actor, scope: str, writes: list[EntityWrite]) -> set[str]:
+async def write_entities(
+    conn: asyncpg.Connection, actor: Actor, scope: str, writes: list[EntityWrite], *, kinds: Kinds
+) -> set[str]:
     """Store entity changes at one scope set-based: rows, the relations they emit, and one event each in the
     outbox. Returns the refs whose served form is now stale: the entities, and both ends of their old and new
     relations where those changed (an entity's served form depends on its own document and the relations
     from it only); the caller stitches them, once per batch."""
     if not writes:
         return set()
-    rewired = [w for w in writes if w.after is None or w.before is None or w.relations != served_relations(w.before)]
+    rewired = [
+        w for w in writes if w.after is None or w.before is None or w.relations != served_relations(w.before, kinds)
+    ]
     existing = [w.before.uid for w in rewired if w.before is not None]
     stale = await store.emitted_targets(conn, existing) if existing else set()
     deleted = [w.before.uid for w in writes if w.after is None and w.before is not None]
@@ -146,9 +168,11 @@ async def write_entities(conn: asyncpg.Connection, actor: Actor, scope: str, wri
     return stale
 
 
-async def apply_writes(conn: asyncpg.Connection, actor: Actor, scope: str, writes: list[EntityWrite]) -> None:
+async def apply_writes(
+    conn: asyncpg.Connection, actor: Actor, scope: str, writes: list[EntityWrite], *, kinds: Kinds
+) -> None:
     """`write_entities`, then stitch what it touched: the whole change is queryable when the transaction commits."""
-    await restitch(conn, scope, await write_entities(conn, actor, scope, writes))
+    await restitch(conn, scope, await write_entities(conn, actor, scope, writes, kinds=kinds))
 
 
 def revised(current: StoredEntity, document: dict[str, Any], **fields: Any) -> StoredEntity:
@@ -164,9 +188,10 @@ def revised(current: StoredEntity, document: dict[str, Any], **fields: Any) -> S
     )
 
 
-def served_relations(entity: StoredEntity) -> list:
+def served_relations(entity: StoredEntity, kinds: Kinds) -> list:
     """Relations of the document as served: ingested properties may set `spec.owner` and the like."""
-    return relations_of(entity.served_document)[0]
+    document = entity.served_document
+    return relations_of(document, kinds.relation_rules(document))[0]
 
 
 async def _served_document(conn: asyncpg.Connection, scope: str, ref: str) -> dict[str, Any]:
@@ -177,12 +202,13 @@ async def _served_document(conn: asyncpg.Connection, scope: str, ref: str) -> di
 
 async def create_entity(pool: asyncpg.Pool, actor: Actor, scope: str, raw: Any) -> dict[str, Any]:
     check_scope(scope)
-    document, relations = prepare_document(raw)
-    ref = str(ref_of(document))
-    entity = StoredEntity(str(uuid.uuid4()), scope, ref, document, document_etag(document), 1)
     try:
         async with transaction(pool) as conn:
-            await apply_writes(conn, actor, scope, [EntityWrite(None, entity, relations)])
+            kinds = await kinds_module.load(conn)
+            document, relations = prepare_document(raw, kinds)
+            ref = str(ref_of(document))
+            entity = StoredEntity(str(uuid.uuid4()), scope, ref, document, document_etag(document), 1)
+            await apply_writes(conn, actor, scope, [EntityWrite(None, entity, relations)], kinds=kinds)
             return await _served_document(conn, scope, ref)
     except asyncpg.UniqueViolationError:
         raise ConflictError(f"{ref} already exists at scope {scope}") from None
@@ -193,19 +219,21 @@ async def replace_entity(
 ) -> dict[str, Any]:
     """Replace an entity's document (`If-Match` honoured); an identical document writes and emits nothing."""
     check_scope(scope)
-    document, _ = prepare_document(raw)  # validates references; relations come from the served document
-    errors = body_ref_mismatches(document, *path_ref)
-    if errors:
-        raise InputError("the body names another entity than the path", errors=errors)
-    ref = str(ref_of(document))
     async with transaction(pool) as conn:
+        kinds = await kinds_module.load(conn)
+        document, _ = prepare_document(raw, kinds)  # validates references; relations come from the served document
+        errors = body_ref_mismatches(document, *path_ref)
+        if errors:
+            raise InputError("the body names another entity than the path", errors=errors)
+        ref = str(ref_of(document))
         current = await store.get_by_ref(conn, scope, ref, lock=True)
         if current is None:
             raise NotFoundError(f"no entity {ref} at scope {scope}")
         check_if_match(if_match, current.etag)
         if current.document != document:
             updated = revised(current, document)
-            await apply_writes(conn, actor, scope, [EntityWrite(current, updated, served_relations(updated))])
+            write = EntityWrite(current, updated, served_relations(updated, kinds))
+            await apply_writes(conn, actor, scope, [write], kinds=kinds)
         return await _served_document(conn, scope, ref)
 
 
@@ -214,7 +242,7 @@ async def delete_entity(pool: asyncpg.Pool, actor: Actor, uid: str) -> None:
         entity = await store.get_by_uid(conn, uid, lock=True)
         if entity is None:
             raise NotFoundError(f"no entity with uid {uid}")
-        await apply_writes(conn, actor, entity.scope, [EntityWrite(entity, None)])
+        await apply_writes(conn, actor, entity.scope, [EntityWrite(entity, None)], kinds=await kinds_module.load(conn))
 
 
 def _found(served: ServedEntity | None, missing: str) -> ServedEntity:
@@ -230,10 +258,11 @@ def _items(jsons: list[str], fields: tuple[str, ...] | None) -> list[Served]:
     return [msgspec.Raw(json) for json in jsons]
 
 
-async def get_by_name(pool: asyncpg.Pool, scope: str, kind: str, namespace: str, name: str) -> ServedEntity:
+async def get_by_name(pool: asyncpg.Pool, query: ByNameQuery, kind: str, namespace: str, name: str) -> ServedEntity:
     ref = str(parse_entity_ref({"kind": kind, "namespace": namespace, "name": name}))
+    scopes = ScopeSelector.of(query.scope, parents=query.includeParents).exact_scopes()
     async with pool.acquire() as conn:
-        return _found(await store.served_by_ref(conn, check_scope(scope), ref), f"no entity {ref}")
+        return _found((await store.served_nearest(conn, scopes, [ref])).get(ref), f"no entity {ref}")
 
 
 async def get_by_uid(pool: asyncpg.Pool, uid: str) -> ServedEntity:
@@ -242,8 +271,8 @@ async def get_by_uid(pool: asyncpg.Pool, uid: str) -> ServedEntity:
 
 
 async def list_entities(pool: asyncpg.Pool, query: EntityListQuery) -> list[Served]:
-    """Backstage's `GET /entities`: filter, fields, offset and limit, at one scope."""
-    scope = check_scope(query.scope)
+    """Backstage's `GET /entities`: filter, fields, offset and limit, at a scope (and those around it, if asked)."""
+    scope = ScopeSelector.of(query.scope, parents=query.includeParents, children=query.includeChildren)
     where = parse_filter_params(_as_list(query.filter))
     fields = parse_fields_param(_as_list(query.fields))
     async with pool.acquire() as conn:
@@ -251,19 +280,46 @@ async def list_entities(pool: asyncpg.Pool, query: EntityListQuery) -> list[Serv
     return _items(served, fields)
 
 
-async def get_by_refs(pool: asyncpg.Pool, scope: str, request: ByRefsRequest) -> ByRefsResponse:
-    """Backstage's `POST /entities/by-refs`: the entities in the order asked, `null` where there is none."""
-    check_scope(scope)
-    refs = []
-    for index, raw in enumerate(request.entityRefs):
-        try:
-            refs.append(str(parse_entity_ref(raw)))
-        except EntityRefError as exc:
-            raise InputError.for_field(f"$.entityRefs[{index}]", str(exc)) from None
+async def get_by_refs(pool: asyncpg.Pool, query: ByRefsQuery, request: ByRefsRequest) -> ByRefsResponse:
+    """Backstage's `POST /entities/by-refs`: the entities in the order asked, `null` where there is none. A ref
+    may name its own scope (`kind:namespace/name@scope`); `filter` and the body's predicate `query` both apply."""
+    scope = check_scope(query.scope)
+    # A ref naming its scope is looked up there only; the others at `scope` (and above it, if asked).
+    wanted = [
+        (scope_of if names_scope(raw) else None, str(ref))
+        for raw, (ref, scope_of) in (
+            (raw, parse_scoped_ref(raw, scope, f"$.entityRefs[{i}]")) for i, raw in enumerate(request.entityRefs)
+        )
+    ]
+    default_scopes = ScopeSelector.of(scope, parents=query.includeParents).exact_scopes()
     fields = parse_fields_param(request.fields or [])
+    selections = [parse_filter_params(_as_list(query.filter))]
+    if request.query is not None:
+        selections.append(parse_predicate(request.query))
+    chosen = tuple(s for s in selections if s is not None)
+    predicate = AllOf(chosen) if chosen else None
+    refs_by_scope: dict[str | None, list[str]] = {}
+    for scope_of, ref in wanted:
+        refs_by_scope.setdefault(scope_of, []).append(ref)
     async with pool.acquire() as conn:
-        found = await store.served_by_refs(conn, scope, refs)
-    return ByRefsResponse([_items([found[ref]], fields)[0] if ref in found else None for ref in refs])
+        found = {
+            (scope_of, ref): served.json
+            for scope_of, refs in refs_by_scope.items()
+            for ref, served in (
+                await store.served_nearest(conn, [scope_of] if scope_of else default_scopes, refs)
+            ).items()
+        }
+    return ByRefsResponse([_by_refs_item(found.get(key), predicate, fields) for key in wanted])
+
+
+def _by_refs_item(json: str | None, predicate: Predicate | None, fields: tuple[str, ...] | None) -> Served | None:
+    """A found entity as by-refs serves it: `None` where the predicate does not select it."""
+    if json is None or predicate is None:
+        return None if json is None else _items([json], fields)[0]
+    entity = msgspec.json.decode(json)
+    if not predicate_matches(predicate, build_search_rows(entity)):
+        return None
+    return project_fields(entity, fields) if fields else entity
 
 
 Cursor = TypeVar("Cursor", QueryCursor, SearchCursor)
@@ -280,14 +336,13 @@ def _decode_cursor(raw: str, cursor_type: type[Cursor]) -> Cursor:
         raise InputError.for_field("query.cursor", "not a cursor returned by this API") from None
 
 
-def _page_info(cursor: Cursor, count: int, total: int, limit: int) -> PageInfo:
-    """Cursors to the next page (when there is more) and the previous one (when this is not the first)."""
-    after = cursor.offset + count
+def _page_info(offset: int, count: int, total: int, limit: int, cursor_at: Callable[[int], str]) -> PageInfo:
+    """Cursors (made by `cursor_at(offset)`) to the next page (when there is more) and the previous one (when
+    this is not the first)."""
+    after = offset + count
     return PageInfo(
-        nextCursor=_encode_cursor(msgspec.structs.replace(cursor, offset=after)) if after < total else None,
-        prevCursor=_encode_cursor(msgspec.structs.replace(cursor, offset=max(0, cursor.offset - limit)))
-        if cursor.offset > 0
-        else None,
+        nextCursor=cursor_at(after) if after < total else None,
+        prevCursor=cursor_at(max(0, offset - limit)) if offset > 0 else None,
     )
 
 
@@ -314,26 +369,44 @@ async def query_entities(pool: asyncpg.Pool, query: EntityQuery) -> QueryPage:
             fullTextFilterFields=_as_list(query.fullTextFilterFields),
             scope=query.scope,
             offset=query.offset,
+            includeParents=query.includeParents,
+            includeChildren=query.includeChildren,
         )
     )
-    scope = check_scope(cursor.scope)
-    where = parse_filter_params(cursor.filter)
     term = (cursor.fullTextFilterTerm or "").strip()
     # Backstage's client sends the fields comma-separated in one parameter.
     keys = tuple(f.strip().lower() for value in cursor.fullTextFilterFields for f in value.split(",") if f.strip())
-    full_text = (term, keys) if term else None
-    fields = parse_fields_param(_as_list(query.fields))
+    return await query_page(
+        pool,
+        ScopeSelector.of(cursor.scope, parents=cursor.includeParents, children=cursor.includeChildren),
+        parse_filter_params(cursor.filter),
+        full_text=(term, keys) if term else None,
+        order=_order_fields(cursor.orderField),
+        offset=cursor.offset,
+        limit=query.limit,
+        fields=parse_fields_param(_as_list(query.fields)),
+        cursor_at=lambda offset: _encode_cursor(msgspec.structs.replace(cursor, offset=offset)),
+    )
+
+
+async def query_page(
+    pool: asyncpg.Pool,
+    scope: ScopeSelector,
+    where: Predicate | None,
+    *,
+    full_text: tuple[str, tuple[str, ...]] | None,
+    order: list[tuple[str, bool]],
+    offset: int,
+    limit: int,
+    fields: tuple[str, ...] | None,
+    cursor_at: Callable[[int], str],
+) -> QueryPage:
+    """A page of matching entities, the total, and cursors (made by `cursor_at(offset)`) to the pages around."""
     async with pool.acquire() as conn:
         page, total = await store.query_entities(
-            conn,
-            scope,
-            where,
-            full_text=full_text,
-            order=_order_fields(cursor.orderField),
-            offset=cursor.offset,
-            limit=query.limit,
+            conn, scope, where, full_text=full_text, order=order, offset=offset, limit=limit
         )
-    return QueryPage(_items(page, fields), total, _page_info(cursor, len(page), total, query.limit))
+    return QueryPage(_items(page, fields), total, _page_info(offset, len(page), total, limit, cursor_at))
 
 
 async def search_entities(pool: asyncpg.Pool, query: SearchQuery) -> SearchPage:
@@ -373,28 +446,95 @@ async def search_entities(pool: asyncpg.Pool, query: SearchQuery) -> SearchPage:
         hits, total = await store.search_entities(
             conn, scope, AllOf(filters) if filters else None, words, offset=cursor.offset, limit=query.limit
         )
-    return SearchPage(hits, total, _page_info(cursor, len(hits), total, query.limit))
+    return SearchPage(
+        hits,
+        total,
+        _page_info(
+            cursor.offset,
+            len(hits),
+            total,
+            query.limit,
+            lambda offset: _encode_cursor(msgspec.structs.replace(cursor, offset=offset)),
+        ),
+    )
+
+
+def _encode_predicate_cursor(cursor: PredicateCursor) -> str:
+    # Standard base64, as Backstage's client decodes it with `atob` to see whether it holds a `query`.
+    return base64.b64encode(msgspec.json.encode(cursor)).decode()
+
+
+def _decode_predicate_cursor(raw: str) -> PredicateCursor:
+    try:
+        return msgspec.json.decode(base64.b64decode(raw.encode(), validate=True), type=PredicateCursor)
+    except (ValueError, binascii.Error, msgspec.DecodeError, msgspec.ValidationError):
+        raise InputError.for_field("$.cursor", "not a cursor returned by this API") from None
+
+
+async def query_by_predicate(pool: asyncpg.Pool, scope: ScopeReadQuery, request: PredicateQueryRequest) -> QueryPage:
+    """Backstage's `POST /entities/by-query`: the predicate form of `GET /entities/by-query`."""
+    cursor = (
+        _decode_predicate_cursor(request.cursor)
+        if request.cursor
+        else PredicateCursor(
+            query=request.query,
+            orderBy=request.orderBy or [],
+            fullTextFilter=request.fullTextFilter,
+            scope=scope.scope,
+            offset=request.offset,
+            includeParents=scope.includeParents,
+            includeChildren=scope.includeChildren,
+        )
+    )
+    predicate = parse_predicate(cursor.query) if cursor.query is not None else None
+    text = cursor.fullTextFilter
+    term = text.term.strip() if text else ""
+    full_text = (term, tuple(f.strip().lower() for f in text.fields or [] if f.strip())) if text and term else None
+    return await query_page(
+        pool,
+        ScopeSelector.of(cursor.scope, parents=cursor.includeParents, children=cursor.includeChildren),
+        predicate,
+        full_text=full_text,
+        order=[(o.field.strip().lower(), o.order == "desc") for o in cursor.orderBy],
+        offset=cursor.offset,
+        limit=request.limit,
+        fields=parse_fields_param(request.fields or []),
+        cursor_at=lambda offset: _encode_predicate_cursor(msgspec.structs.replace(cursor, offset=offset)),
+    )
+
+
+async def facets_by_predicate(
+    pool: asyncpg.Pool, scope: ScopeReadQuery, request: PredicateFacetsRequest
+) -> FacetsResponse:
+    """Backstage's `POST /entity-facets`: facets among the entities a predicate selects."""
+    predicate = parse_predicate(request.query) if request.query is not None else None
+    selector = ScopeSelector.of(scope.scope, parents=scope.includeParents, children=scope.includeChildren)
+    return await facet_counts(pool, selector, predicate, request.facets, field="$.facets")
 
 
 async def entity_facets(pool: asyncpg.Pool, query: FacetsQuery) -> FacetsResponse:
     """Backstage's `GET /entity-facets`: value counts per facet among the entities the filter selects."""
-    scope = check_scope(query.scope)
-    keys = [f.strip() for f in _as_list(query.facet) if f.strip()]
+    where = parse_filter_params(_as_list(query.filter))
+    selector = ScopeSelector.of(query.scope, parents=query.includeParents, children=query.includeChildren)
+    return await facet_counts(pool, selector, where, _as_list(query.facet), field="query.facet")
+
+
+async def facet_counts(
+    pool: asyncpg.Pool, scope: ScopeSelector, where: Predicate | None, facets: list[str], *, field: str
+) -> FacetsResponse:
+    keys = [f.strip() for f in facets if f.strip()]
     if not keys:
-        raise InputError.for_field("query.facet", "at least one facet is required")
+        raise InputError.for_field(field, "at least one facet is required")
     async with pool.acquire() as conn:
-        found = await store.facets(conn, scope, parse_filter_params(_as_list(query.filter)), [k.lower() for k in keys])
+        found = await store.facets(conn, scope, where, [k.lower() for k in keys])
     return FacetsResponse({k: [FacetValue(v, c) for v, c in found[k.lower()]] for k in keys})
 
 
 async def entity_graph(pool: asyncpg.Pool, query: GraphQuery) -> Graph:
     """The entities reachable from `root` through chosen relation types, up to `depth` hops; dangling targets
     are nodes marked `missing`."""
-    scope = check_scope(query.scope)
-    try:
-        root = str(parse_entity_ref(query.root))
-    except EntityRefError as exc:
-        raise InputError.for_field("query.root", str(exc)) from None
+    root_ref, scope = parse_scoped_ref(query.root, check_scope(query.scope), "query.root")
+    root = str(root_ref)
     wanted = {t.strip().lower() for value in _as_list(query.relations) for t in value.split(",") if t.strip()}
     seen, frontier, edges = {root}, {root}, set()
     async with pool.acquire() as conn:
@@ -433,10 +573,12 @@ async def entity_graph(pool: asyncpg.Pool, query: GraphQuery) -> Graph:
     )
 
 
-def validate_entity_document(raw: Any) -> list[dict[str, str]]:
+async def validate_entity_document(pool: asyncpg.Pool, raw: Any) -> list[dict[str, str]]:
     """Backstage's `POST /validate-entity`: the problems, or none."""
+    async with pool.acquire() as conn:
+        kinds = await kinds_module.load(conn)
     try:
-        prepare_document(raw)
+        prepare_document(raw, kinds)
     except InputError as exc:
         return [{"name": "InputError", "message": e.message, "field": e.field} for e in exc.errors]
     return []
@@ -452,39 +594,42 @@ async def ingest_properties(pool: asyncpg.Pool, actor: Actor, scope: str, reques
     plans = []
     for index, item in enumerate(request.items):
         field = f"$.items[{index}]"
-        try:
-            ref = str(parse_entity_ref(item.entityRef))
-        except EntityRefError as exc:
-            raise InputError.for_field(f"{field}.entityRef", str(exc)) from None
+        ref, item_scope = parse_scoped_ref(item.entityRef, scope, f"{field}.entityRef")
         for path in item.properties:
             check_path(path, f"{field}.properties.{path}")
-        plans.append((field, ref, item.properties))
+        plans.append((field, str(ref), item_scope, item.properties))
     updated_count = 0
     async with transaction(pool) as conn:
-        originals = await store.get_many(conn, scope, sorted({ref for _, ref, _ in plans}), lock=True)
+        kinds = await kinds_module.load(conn)
+        originals: dict[tuple[str, str], StoredEntity] = {}
+        for item_scope in sorted({item_scope for _, _, item_scope, _ in plans}):
+            refs = sorted({ref for _, ref, s, _ in plans if s == item_scope})
+            found = await store.get_many(conn, item_scope, refs, lock=True)
+            originals.update(((item_scope, ref), entity) for ref, entity in found.items())
         latest = dict(originals)
-        for field, ref, properties in plans:
-            current = latest.get(ref)
+        for field, ref, item_scope, properties in plans:
+            current = latest.get((item_scope, ref))
             if current is None:
-                raise InputError.for_field(f"{field}.entityRef", f"no entity {ref} at scope {scope}")
+                raise InputError.for_field(f"{field}.entityRef", f"no entity {ref} at scope {item_scope}")
             merged = properties if request.mode == "replace" else {**current.properties, **properties}
             if merged == current.properties:
                 continue
             updated = revised(current, current.document, properties=merged)
-            errors = validate_entity(updated.served_document)
+            errors = document_errors(updated.served_document, kinds)
             if errors:
                 raise InputError(
                     f"{ref} would not be valid: {errors[0].message}",
                     errors=[FieldError(f"{field}.properties", f"{e.field}: {e.message}") for e in errors],
                 )
-            latest[ref] = updated
+            latest[(item_scope, ref)] = updated
             updated_count += 1
-        writes = [
-            EntityWrite(originals[ref], entity, served_relations(entity))
-            for ref, entity in latest.items()
-            if entity is not originals[ref]
-        ]
-        await apply_writes(conn, actor, scope, writes)
+        writes: dict[str, list[EntityWrite]] = {}
+        for (item_scope, _), entity in latest.items():
+            original = originals[(item_scope, entity.ref)]
+            if entity is not original:
+                writes.setdefault(item_scope, []).append(EntityWrite(original, entity, served_relations(entity, kinds)))
+        for item_scope, scope_writes in writes.items():
+            await apply_writes(conn, actor, item_scope, scope_writes, kinds=kinds)
     return IngestResult(updated=updated_count, unchanged=len(plans) - updated_count)
 
 
@@ -514,3 +659,25 @@ async def set_favorite(pool: asyncpg.Pool, actor: Actor, uid: str, starred: bool
 async def favorites(pool: asyncpg.Pool, actor: Actor) -> list[dict[str, Any]]:
     async with pool.acquire() as conn:
         return _items(await store.favorite_entities(conn, f"{actor.kind}:{actor.id}"), None)
+
+
+async def get_by_uids(pool: asyncpg.Pool, uids: list[str]) -> list[dict[str, Any]]:
+    """The entities with these uids as served (stitched), in the order asked; unknown uids are left out."""
+    for index, uid in enumerate(uids):
+        try:
+            uuid.UUID(uid)
+        except ValueError:
+            raise InputError.for_field(f"$.uids[{index}]", f"{uid!r} is not a uid") from None
+    async with pool.acquire() as conn:
+        return [msgspec.json.decode(json) for json in await store.served_in_order(conn, uids)]
+
+
+async def entity_page(pool: asyncpg.Pool, after_uid: str | None, limit: int) -> list[dict[str, Any]]:
+    """Entities of every scope in uid order after `after_uid` as served (stitched): one page of a full scan."""
+    if after_uid is not None:
+        try:
+            uuid.UUID(after_uid)
+        except ValueError:
+            raise InputError.for_field("$.after", f"{after_uid!r} is not a uid") from None
+    async with pool.acquire() as conn:
+        return [msgspec.json.decode(json) for json in await store.entities_after(conn, after_uid, limit)]

@@ -10,6 +10,7 @@ import asyncpg
 import msgspec
 
 from services.catalog.model import SearchHit, ServedEntity, StitchedEntity, StoredEntity
+from services.catalog.predicates import HasPrefix, Not, Predicate
 from services.catalog.query import (
     AllOf,
     AnyOf,
@@ -21,6 +22,7 @@ from services.catalog.query import (
     search_words,
 )
 from services.catalog.relations import Relation
+from services.catalog.scopes import ScopeSelector
 
 _COLUMNS = (
     "uid::text AS uid, scope, ref, document, etag, generation, location_id::text AS location_id, location_key, "
@@ -209,13 +211,13 @@ def filter_sql(node: Filter, args: list[Any]) -> str:
 
 
 async def list_entities(
-    conn: asyncpg.Connection, scope: str, where: Filter | None, *, offset: int, limit: int | None
+    conn: asyncpg.Connection, scope: ScopeSelector, where: Filter | None, *, offset: int, limit: int | None
 ) -> list[str]:
-    """The served JSON of matching entities, ordered by ref."""
-    args: list[Any] = [scope]
-    condition = "scope = $1" + (f" AND {filter_sql(where, args)}" if where is not None else "")
+    """The served JSON of matching entities, ordered by ref (then scope)."""
+    args: list[Any] = []
+    condition = scope_sql(scope, args) + (f" AND {filter_sql(where, args)}" if where is not None else "")
     paging = f" OFFSET {int(offset)}" + (f" LIMIT {int(limit)}" if limit is not None else "")
-    uids = await conn.fetch(f"SELECT uid FROM entities WHERE {condition} ORDER BY ref{paging}", *args)
+    uids = await conn.fetch(f"SELECT uid FROM entities WHERE {condition} ORDER BY ref, scope{paging}", *args)
     return await served_in_order(conn, [r["uid"] for r in uids])
 
 
@@ -224,12 +226,11 @@ def _like_fragment(term: str) -> str:
 
 
 def _query_where(
-    scope: str, where: Filter | None, full_text: tuple[str, tuple[str, ...]] | None, args: list[Any]
+    scope: ScopeSelector, where: Predicate | None, full_text: tuple[str, tuple[str, ...]] | None, args: list[Any]
 ) -> str:
-    args.append(scope)
-    condition = f"scope = ${len(args)}"
+    condition = scope_sql(scope, args)
     if where is not None:
-        condition += f" AND {filter_sql(where, args)}"
+        condition += f" AND {predicate_sql(where, args)}"
     if full_text is not None:
         term, keys = full_text
         # Words of one or two letters start too many words to narrow anything down.
@@ -256,8 +257,8 @@ def _query_where(
 
 async def query_entities(
     conn: asyncpg.Connection,
-    scope: str,
-    where: Filter | None,
+    scope: ScopeSelector,
+    where: Predicate | None,
     *,
     full_text: tuple[str, tuple[str, ...]] | None,
     order: list[tuple[str, bool]],
@@ -276,14 +277,14 @@ async def query_entities(
             f"AND key = ${len(args)}) o{i} ON true"
         )
         sort.append(f"o{i}.value {'DESC' if descending else 'ASC'} NULLS LAST")
-    sort.append("e.ref")
+    sort.append("e.ref, e.scope")
     # Choose the page on narrow rows first, then read only its documents: sorting whole rows (documents
     # included) before the limit made a filtered page cost grow with the number of matches. With a filter,
     # `OFFSET 0` keeps the matches coming from the token index: walking the ref index instead until a page of
     # matches turns up crosses every entity of the kinds sorted before (all APIs before the first component).
     fence = " OFFSET 0" if where is not None or full_text is not None else ""
     uids = await conn.fetch(
-        f"SELECT e.uid FROM (SELECT uid, ref FROM entities WHERE {condition}{fence}) e {' '.join(joins)} "
+        f"SELECT e.uid FROM (SELECT uid, ref, scope FROM entities WHERE {condition}{fence}) e {' '.join(joins)} "
         f"ORDER BY {', '.join(sort)} OFFSET {int(offset)} LIMIT {int(limit)}",
         *args,
     )
@@ -320,9 +321,9 @@ async def search_entities(
 
 async def served_in_order(conn: asyncpg.Connection, uids: list[Any]) -> list[str]:
     """The served JSON of these entities in the order given (uids of missing entities skipped)."""
-    rows = await conn.fetch("SELECT uid, final_entity FROM entities WHERE uid = ANY($1::uuid[])", uids)
+    rows = await conn.fetch("SELECT uid::text AS uid, final_entity FROM entities WHERE uid = ANY($1::uuid[])", uids)
     by_uid = {row["uid"]: row["final_entity"] for row in rows}
-    return [json for json in map(by_uid.get, uids) if json is not None]
+    return [json for json in (by_uid.get(str(uid)) for uid in uids) if json is not None]
 
 
 def _served(row: asyncpg.Record | None) -> ServedEntity | None:
@@ -343,18 +344,8 @@ async def served_by_uid(conn: asyncpg.Connection, uid: str) -> ServedEntity | No
     return _served(await conn.fetchrow("SELECT etag, final_entity FROM entities WHERE uid = $1", uid))
 
 
-async def served_by_refs(conn: asyncpg.Connection, scope: str, refs: list[str]) -> dict[str, str]:
-    rows = await conn.fetch(
-        "SELECT ref, final_entity FROM entities WHERE scope = $1 AND ref = ANY($2::text[]) "
-        "AND final_entity IS NOT NULL",
-        scope,
-        refs,
-    )
-    return {row["ref"]: row["final_entity"] for row in rows}
-
-
 async def facets(
-    conn: asyncpg.Connection, scope: str, where: Filter | None, keys: list[str]
+    conn: asyncpg.Connection, scope: ScopeSelector, where: Predicate | None, keys: list[str]
 ) -> dict[str, list[tuple[str, int]]]:
     """Per facet key, each value (as written) and how many matching entities have it."""
     args: list[Any] = []
@@ -459,3 +450,133 @@ async def vacuum_analyze(conn: asyncpg.Connection) -> None:
     filter scans the pending list (seen: 119 ms instead of 2 ms for a two-key count at 10,000 entities) and the
     planner expects a handful of search rows and picks nested loops that rescan them."""
     await conn.execute("VACUUM (ANALYZE) entities, relations, search")
+
+
+# --- predicate filters (Backstage's `$all/$any/$not/$exists/$in/$hasPrefix`) ------------------------------
+
+
+def predicate_sql(node: Predicate, args: list[Any]) -> str:
+    """SQL for a predicate tree: `filter_sql` for what the `filter` parameter can say, plus negation, prefixes
+    and the empty `$all`/`$any` (false) and empty field expression (true)."""
+    if isinstance(node, Not):
+        return f"NOT {predicate_sql(node.item, args)}"
+    if isinstance(node, HasPrefix):
+        args.extend([node.key, node.prefix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"])
+        return f"uid IN (SELECT entity_uid FROM search WHERE key = ${len(args) - 1} AND value LIKE ${len(args)})"
+    if isinstance(node, AnyOf | AllOf):
+        if not node.items:
+            return "true" if isinstance(node, AllOf) else "false"
+        joiner = " OR " if isinstance(node, AnyOf) else " AND "
+        return "(" + joiner.join(predicate_sql(item, args) for item in node.items) + ")"
+    return filter_sql(node, args)
+
+
+async def location_entities(conn: asyncpg.Connection, location_id: str) -> list[StoredEntity]:
+    """The Location entities a registered location emits (without locking them)."""
+    rows = await conn.fetch(
+        f"SELECT {_COLUMNS} FROM entities WHERE location_id = $1 AND kind = 'location' ORDER BY ref", location_id
+    )
+    return [StoredEntity(**dict(r)) for r in rows]
+
+
+# --- custom kinds --------------------------------------------------------------------------------------
+
+_KIND_COLUMNS = "kind_key, api_version, kind, schema, relations, etag"
+
+
+_KINDS_LOCK = "catalog.kinds"
+
+
+async def lock_kinds(conn: asyncpg.Connection, *, exclusive: bool) -> None:
+    """Entity writes hold this shared and kind changes exclusive, until their transactions end: a schema change
+    waits for writes validated against the old schema. An advisory lock, so writers never write a lock into
+    the `kinds` rows."""
+    function = "pg_advisory_xact_lock" if exclusive else "pg_advisory_xact_lock_shared"
+    await conn.execute(f"SELECT {function}(hashtext($1))", _KINDS_LOCK)
+
+
+async def kind_rows(conn: asyncpg.Connection) -> list[asyncpg.Record]:
+    return await conn.fetch(f"SELECT {_KIND_COLUMNS} FROM kinds ORDER BY kind_key, api_version")
+
+
+async def kind_row(conn: asyncpg.Connection, kind_key: str, api_version: str) -> asyncpg.Record | None:
+    return await conn.fetchrow(
+        f"SELECT {_KIND_COLUMNS} FROM kinds WHERE kind_key = $1 AND api_version = $2", kind_key, api_version
+    )
+
+
+async def insert_kind(conn: asyncpg.Connection, kind_key: str, view: Any) -> None:
+    await conn.execute(
+        "INSERT INTO kinds (kind_key, api_version, kind, schema, relations, etag) VALUES ($1, $2, $3, $4, $5, $6)",
+        kind_key,
+        view.apiVersion,
+        view.kind,
+        view.schema,
+        view.relations,
+        view.etag,
+    )
+
+
+async def update_kind(conn: asyncpg.Connection, kind_key: str, view: Any) -> None:
+    await conn.execute(
+        "UPDATE kinds SET schema = $3, relations = $4, etag = $5, updated_at = now() "
+        "WHERE kind_key = $1 AND api_version = $2",
+        kind_key,
+        view.apiVersion,
+        view.schema,
+        view.relations,
+        view.etag,
+    )
+
+
+async def delete_kind(conn: asyncpg.Connection, kind_key: str, api_version: str) -> None:
+    await conn.execute("DELETE FROM kinds WHERE kind_key = $1 AND api_version = $2", kind_key, api_version)
+
+
+async def entities_of_kind(
+    conn: asyncpg.Connection, kind_key: str, api_version: str, *, limit: int | None = None
+) -> list[StoredEntity]:
+    """Entities of a kind and apiVersion at every scope."""
+    rows = await conn.fetch(
+        f"SELECT {_COLUMNS} FROM entities WHERE kind = $1 AND document->>'apiVersion' = $2 ORDER BY scope, ref"
+        + (f" LIMIT {int(limit)}" if limit is not None else ""),
+        kind_key,
+        api_version,
+    )
+    return [StoredEntity(**dict(r)) for r in rows]
+
+
+def scope_sql(selector: ScopeSelector, args: list[Any]) -> str:
+    """The entities a read covers: at its scope, and the scopes above and/or below it when asked."""
+    args.append(selector.exact_scopes())
+    condition = f"scope = ANY(${len(args)}::text[])"
+    prefix = selector.child_prefix()
+    if prefix is not None:
+        args.append(prefix)
+        condition = f"({condition} OR starts_with(scope, ${len(args)}))"
+    return condition
+
+
+async def served_nearest(conn: asyncpg.Connection, scopes: list[str], refs: list[str]) -> dict[str, ServedEntity]:
+    """Per ref, the entity as served at the deepest of `scopes` that has it (`scopes` are a scope and its
+    ancestors)."""
+    rows = await conn.fetch(
+        "SELECT DISTINCT ON (ref) ref, etag, final_entity FROM entities "
+        "WHERE scope = ANY($1::text[]) AND ref = ANY($2::text[]) AND final_entity IS NOT NULL "
+        "ORDER BY ref, length(scope) DESC",
+        scopes,
+        refs,
+    )
+    return {row["ref"]: ServedEntity(row["etag"], row["final_entity"]) for row in rows}
+
+
+async def entities_after(conn: asyncpg.Connection, after_uid: str | None, limit: int) -> list[str]:
+    """The served JSON of a page of entities of every scope in uid order, after `after_uid` (keyset paging for
+    full scans)."""
+    rows = await conn.fetch(
+        "SELECT final_entity FROM entities WHERE ($1::uuid IS NULL OR uid > $1::uuid) AND final_entity IS NOT NULL "
+        "ORDER BY uid LIMIT $2",
+        after_uid,
+        limit,
+    )
+    return [r["final_entity"] for r in rows]

@@ -1,4 +1,1 @@
-"""Identity-sync: users, groups, service accounts, SCIM, LDAP and tokens.
-
-Not built yet: health, readiness and its schema only.
-"""
+"""Identity-sync: users, groups and service accounts, their tokens, and the sources they are synced from."""

@@ -1,4 +1,1 @@
-"""Plugin-proxy: HTTP proxy to internal systems, directly or through delegates.
-
-Not built yet: health, readiness and its schema only.
-"""
+"""Plugin-proxy: named endpoints that reach internal systems, directly or through delegate agents."""

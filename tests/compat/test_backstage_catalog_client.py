@@ -38,8 +38,11 @@ def client_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest_asyncio.fixture
-async def catalog(make_settings, http):
-    async with running_service(CATALOG, make_settings(CatalogSettings)) as service:
+async def catalog(make_settings, http, tmp_path):
+    (tmp_path / "catalog-info.yaml").write_text(
+        "apiVersion: backstage.io/v1alpha1\nkind: Group\nmetadata: {name: team-b}\nspec: {type: team, children: []}\n"
+    )
+    async with running_service(CATALOG, make_settings(CatalogSettings, file_location_roots=str(tmp_path))) as service:
         entities = [
             {"kind": "Group", "metadata": {"name": "team-a"}, "spec": {"type": "team", "children": []}},
             {
@@ -60,12 +63,13 @@ async def catalog(make_settings, http):
         yield service
 
 
-async def test_the_official_catalog_client_reads_and_deletes(client_dir, catalog):
+async def test_the_official_catalog_client_reads_and_deletes(client_dir, catalog, tmp_path):
     process = await asyncio.create_subprocess_exec(
         "node",
         PROBE.name,
         catalog.url,
         DEV_TOKEN,
+        str(tmp_path),
         cwd=client_dir,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
@@ -87,6 +91,12 @@ async def test_the_official_catalog_client_reads_and_deletes(client_dir, catalog
                 {"value": "website", "count": 1},
             ]
         },
+        "predicate": {"total": 1, "first": "petstore"},
+        "predicateFacets": {"kind": [{"value": "Component", "count": 2}]},
+        "predicateByRefs": [None, "website"],
+        "ancestry": 1,
+        "analyzed": [["team-b", False]],
+        "error": {"status": 400, "name": "InputError"},
         "ownedBy": ["group:default/team-a"],
         "afterDelete": None,
     }

@@ -11,8 +11,8 @@ from opentelemetry.trace import SpanKind
 from services.audit.app import DEFINITION as AUDIT
 from services.audit.app import Settings as AuditSettings
 from services.scorecard.app import DEFINITION as SCORECARD
+from shared.authz import all_permissions
 from shared.bus import publish_event
-from shared.config import BaseSettings
 from shared.service import running_service
 from tests.helpers import eventually, sample_event
 
@@ -61,13 +61,14 @@ async def test_every_service_serves_the_standard_routes(module, make_settings, a
             for method, operation in operations.items():
                 if "x-permission" not in operation:
                     continue
+                assert operation["x-permission"] in all_permissions(), ("not in shared.authz.PERMISSIONS", path)
                 url = svc.url + path.replace("{", "").replace("}", "")
                 async with anonymous_http.request(method, url) as r:
                     assert r.status == 401, (method, path)
 
 
 async def test_readiness_fails_when_the_database_is_unreachable(make_settings, anonymous_http):
-    settings = make_settings(BaseSettings)
+    settings = make_settings(SCORECARD.settings_type)
     async with running_service(SCORECARD, settings) as svc:
         await svc.deps.pool.close()
         async with anonymous_http.get(svc.url + "/readyz") as r:
@@ -75,7 +76,7 @@ async def test_readiness_fails_when_the_database_is_unreachable(make_settings, a
 
 
 async def test_scorecard_consumer_records_the_last_event_processed(make_settings, http):
-    async with running_service(SCORECARD, make_settings(BaseSettings)) as scorecard:
+    async with running_service(SCORECARD, make_settings(SCORECARD.settings_type)) as scorecard:
         async with http.get(f"{scorecard.url}/api/scorecard/consumer-progress") as r:
             assert r.status == 404 and r.content_type == "application/problem+json"
         events = [sample_event(i) for i in range(5)]

@@ -120,7 +120,7 @@ async def test_locations_outside_the_allowed_roots_are_refused(catalog, http, tm
     )
     body = await register(http, catalog, tmp_path / "peek.yaml")
     assert body["entities"] == [] and body["location"]["errors"]
-    async with http.post(f"{catalog.url}/api/catalog/locations", json={"type": "url", "target": "http://x"}) as r:
+    async with http.post(f"{catalog.url}/api/catalog/locations", json={"type": "svn", "target": "svn://x"}) as r:
         assert r.status == 400 and (await r.json())["errors"][0]["field"] == "$.type"
     await register(http, catalog, tmp_path / "peek.yaml", status=409)
 

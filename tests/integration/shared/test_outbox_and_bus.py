@@ -53,7 +53,7 @@ async def stream_events(js, subject="idp.evt.>") -> list[Event]:
 
 @contextlib.asynccontextmanager
 async def relay_running(pool, js, **options):
-    relay = OutboxRelay(pool, js, "test", sweep_interval=0.2, **options)
+    relay = OutboxRelay(pool, js, "test", **{"sweep_interval": 0.2, **options})
     task = asyncio.create_task(relay.run())
     try:
         yield relay
@@ -87,6 +87,16 @@ async def test_outbox_delivers_after_a_crash_between_commit_and_publish(pool, js
         await eventually(lambda: pending_is(pool, 0))
     published = await stream_events(js)
     assert [e.id for e in published] == [e.id for e in events]
+
+
+async def test_rows_committed_while_a_batch_is_published_go_out_without_waiting_for_the_sweep(pool, js):
+    """A notification that arrives while the relay publishes must wake its next round (the sweep is an hour)."""
+    async with relay_running(pool, js, sweep_interval=3600):
+        for round_ in range(20):
+            for i in range(5):
+                async with transaction(pool) as conn:
+                    await write_event(conn, sample_event(round_ * 5 + i))
+            await eventually(lambda: pending_is(pool, 0), timeout=5)
 
 
 async def test_relay_republishing_sent_rows_is_deduplicated(pool, js):

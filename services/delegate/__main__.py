@@ -1,0 +1,3 @@
+from services.delegate.agent import main
+
+main()

@@ -1,0 +1,166 @@
+"""The plugin-proxy service and real upstream aiohttp servers on loopback."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest_asyncio
+from aiohttp import web
+
+from services.plugin_proxy.app import DEFINITION, Settings
+from shared.service import RunningService, running_service
+from tests.helpers import eventually
+
+
+@pytest_asyncio.fixture
+async def proxy(make_settings: Callable[..., Any]) -> AsyncIterator[RunningService]:
+    """The proxy with every call sampled into an access event; agents heartbeat every half second."""
+    settings = make_settings(
+        Settings, access_sample_rate=1.0, agent_heartbeat_seconds=0.5, agent_offline_after_seconds=2.0
+    )
+    async with running_service(DEFINITION, settings) as service:
+        yield service
+
+
+def upstream_app(interrupted: asyncio.Event | None = None) -> web.Application:
+    """An internal system: echoes what it got, streams, stalls, redirects; sets `interrupted` when a caller hangs
+    up on a stream or a stall."""
+
+    async def echo(request: web.Request) -> web.Response:
+        body = await request.read()
+        return web.json_response(
+            {
+                "method": request.method,
+                "path": request.raw_path,
+                "headers": dict(request.headers),
+                "body_bytes": len(body),
+            },
+            headers={"ETag": '"v1"', "Set-Cookie": "session=internal", "X-Internal-Debug": "yes"},
+        )
+
+    async def stream(request: web.Request) -> web.StreamResponse:
+        size = int(request.query.get("bytes", "0"))
+        response = web.StreamResponse(headers={"Content-Type": "application/octet-stream"})
+        response.content_length = size
+        await response.prepare(request)
+        block = b"x" * 65536
+        try:
+            while size > 0:
+                await response.write(block[: min(size, len(block))])
+                size -= len(block)
+        except (ConnectionResetError, asyncio.CancelledError):
+            if interrupted is not None:
+                interrupted.set()
+            raise
+        await response.write_eof()
+        return response
+
+    async def upload(request: web.Request) -> web.Response:
+        total = 0
+        async for chunk in request.content.iter_any():
+            total += len(chunk)
+        return web.json_response({"received": total})
+
+    async def slow(request: web.Request) -> web.Response:
+        try:
+            await asyncio.sleep(float(request.query.get("seconds", "5")))
+        except asyncio.CancelledError:
+            if interrupted is not None:
+                interrupted.set()
+            raise
+        return web.json_response({"late": True})
+
+    async def redirect(request: web.Request) -> web.Response:
+        raise web.HTTPFound(request.query["to"])
+
+    app = web.Application()
+    app.router.add_route("*", "/echo{tail:.*}", echo)
+    app.router.add_get("/stream", stream)
+    app.router.add_post("/upload", upload)
+    app.router.add_get("/slow", slow)
+    app.router.add_get("/redirect", redirect)
+    return app
+
+
+async def serve(app: web.Application, host: str = "127.0.0.1") -> tuple[web.AppRunner, str]:
+    runner = web.AppRunner(app, access_log=None, handler_cancellation=True)
+    await runner.setup()
+    site = web.TCPSite(runner, host, 0)
+    await site.start()
+    port = runner.addresses[0][1]
+    return runner, f"http://{host}:{port}"
+
+
+@pytest_asyncio.fixture
+async def upstream() -> AsyncIterator[str]:
+    """Base URL of an upstream on 127.0.0.1."""
+    runner, url = await serve(upstream_app())
+    yield url
+    await runner.cleanup()
+
+
+@dataclass
+class Agents:
+    """Delegate agent replicas running as their own processes."""
+
+    id: str
+    token: str
+    processes: list[subprocess.Popen]
+
+
+def start_agent_process(token: str, nats_url: str, instance: str, tags: list[str], allow: list[str], log: Path):
+    arguments = ["--token", token, "--nats", nats_url, "--instance", instance]
+    arguments += [a for tag in tags for a in ("--tag", tag)] + [a for entry in allow for a in ("--allow", entry)]
+    with open(log, "ab") as out:
+        return subprocess.Popen(
+            [sys.executable, "-m", "services.delegate", *arguments],
+            stdout=out,
+            stderr=out,
+            env={**os.environ, "IDP_LOG_LEVEL": "WARNING"},
+        )
+
+
+@pytest_asyncio.fixture
+async def start_agents(proxy, http, nats_url, tmp_path) -> AsyncIterator[Callable[..., Any]]:
+    """Mint an agent and start replicas of it; waits until the proxy routes to all of them. Kills them after."""
+    started: list[subprocess.Popen] = []
+
+    async def start(agent_id: str, *, replicas: int = 2, tags=("eu",), allow=("127.0.0.2/32",)) -> Agents:
+        async with http.post(f"{proxy.url}/api/proxy/agents", json={"id": agent_id}) as r:
+            assert r.status == 201, await r.text()
+            token = (await r.json())["token"]
+        processes = [
+            start_agent_process(token, nats_url, f"{agent_id}-{i}", list(tags), list(allow), tmp_path / "agents.log")
+            for i in range(replicas)
+        ]
+        started.extend(processes)
+
+        async def all_online() -> bool:
+            async with http.get(f"{proxy.url}/api/proxy/agents") as r:
+                agent = next(a for a in (await r.json())["items"] if a["id"] == agent_id)
+            routed = any(a.id == agent_id for a in proxy.deps.context.agents)
+            return agent["status"] == "online" and len(agent["instances"]) == replicas and routed
+
+        await eventually(all_online, timeout=30)
+        return Agents(agent_id, token, processes)
+
+    yield start
+    for process in started:
+        if process.poll() is None:
+            process.kill()
+            process.wait(10)
+
+
+@pytest_asyncio.fixture
+async def internal_upstream() -> AsyncIterator[str]:
+    """An upstream on 127.0.0.2, which only the agents' allowlist reaches."""
+    runner, url = await serve(upstream_app(), host="127.0.0.2")
+    yield url
+    await runner.cleanup()
