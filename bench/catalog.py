@@ -1,33 +1,50 @@
 """Catalog benchmark on the shared generator's realistic organisation (../shared/bench/gen_entities.py).
 
-    python bench/catalog.py --entities 10000 [--concurrency 50] [--seconds 10]
+    python bench/catalog.py --entities 100000 [--concurrency 50] [--seconds 10]
 
 Starts NATS and PostgreSQL (embedded, or IDP_NATS_URL / IDP_DATABASE_URL) and the catalog as its own process,
 registers the generated `location.yaml` (one `file:` Location whose targets hold all N entities) and times it
-until the response, when every entity and relation is committed and queryable. Then, with `--concurrency`
-clients for `--seconds` each: `GET /entities/by-name` of random components, a filtered `by-query`, and a
-full-text `by-query`; reports req/s, p50 and p99, and the catalog's peak RSS.
+until the response, when every entity and relation is committed and queryable (checked afterwards: entities
+served and relations in the served entities against the generator's manifest), with the CPU seconds the catalog
+and the embedded PostgreSQL spent. Then it times the ingestion API setting one property on every component
+(batches of 10,000; `--skip-ingest-api` leaves it out), waits until the outbox has published every event and the
+VACUUM after the bulk read is done, and loads the catalog with `--concurrency` clients, then with one, for
+`--seconds` each: `GET /entities/by-name` of random components, a filtered `by-query`, a full-text `by-query`
+(name prefix) and ranked `GET /search` (name prefix); req/s, p50 and p99 of each. Load comes from `wrk` when it
+is installed (the tool of Backstage's baseline in ../shared/bench/README.md), else from an aiohttp client in this
+process. Peak RSS is the catalog process's.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import json
 import random
+import re
+import shutil
 import statistics
 import subprocess
 import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import aiohttp
+import asyncpg
 import psutil
 import stack
 
 GENERATOR = stack.ROOT.parent / "shared" / "bench" / "gen_entities.py"
+INGEST_BATCH = 10_000
+WRK_SCRIPT = """
+local paths = {}
+for line in io.lines(os.getenv("BENCH_PATHS")) do paths[#paths + 1] = line end
+request = function() return wrk.format("GET", paths[math.random(#paths)]) end
+"""
 
 
 class PeakRss(threading.Thread):
@@ -43,20 +60,22 @@ class PeakRss(threading.Thread):
             time.sleep(0.1)
 
 
-async def load(session: aiohttp.ClientSession, make_url, concurrency: int, seconds: float) -> dict[str, float]:
+async def python_load(
+    session: aiohttp.ClientSession, base: str, paths: list[str], args, clients: int
+) -> dict[str, float]:
     latencies: list[float] = []
-    deadline = time.perf_counter() + seconds
+    deadline = time.perf_counter() + args.seconds
 
     async def client() -> None:
         while time.perf_counter() < deadline:
             started = time.perf_counter()
-            async with session.get(make_url()) as response:
+            async with session.get(base + random.choice(paths)) as response:
                 await response.read()
                 assert response.status == 200, response.status
             latencies.append(time.perf_counter() - started)
 
     started = time.perf_counter()
-    await asyncio.gather(*(client() for _ in range(concurrency)))
+    await asyncio.gather(*(client() for _ in range(clients)))
     elapsed = time.perf_counter() - started
     latencies.sort()
     return {
@@ -66,11 +85,92 @@ async def load(session: aiohttp.ClientSession, make_url, concurrency: int, secon
     }
 
 
+def _ms(text: str) -> float:
+    value, unit = re.fullmatch(r"([\d.]+)(us|ms|s)", text).groups()
+    return float(value) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
+
+
+def wrk_load(wrk: str, base: str, paths: list[str], args, tmp: Path, clients: int) -> dict[str, float]:
+    (tmp / "paths.txt").write_text("\n".join(paths) + "\n")
+    (tmp / "paths.lua").write_text(WRK_SCRIPT)
+    threads = min(2, clients)
+    command = [wrk, f"-t{threads}", f"-c{clients}", f"-d{args.seconds}s", "--timeout", "60s", "--latency"]
+    command += ["-s", str(tmp / "paths.lua")]
+    output = subprocess.run(
+        [*command, "-H", f"Authorization: Bearer {stack.DEV_TOKEN}", base],
+        check=True,
+        capture_output=True,
+        text=True,
+        env={"BENCH_PATHS": str(tmp / "paths.txt")},
+    ).stdout
+    assert "Non-2xx" not in output, output
+    return {
+        "req_per_s": float(re.search(r"Requests/sec:\s+([\d.]+)", output).group(1)),
+        "p50_ms": _ms(re.search(r"\s50%\s+(\S+)", output).group(1)),
+        "p99_ms": _ms(re.search(r"\s99%\s+(\S+)", output).group(1)),
+    }
+
+
+def cpu_seconds(catalog_pid: int, postgres_dir: Path) -> dict[str, float]:
+    """CPU time used so far by the catalog and by the embedded PostgreSQL's processes: on a shared machine it
+    says what the work cost where wall time also says how busy the neighbours were."""
+    used = {"catalog": sum(psutil.Process(catalog_pid).cpu_times()[:2])}
+    pid_file = postgres_dir / "postmaster.pid"
+    if pid_file.exists():
+        postmaster = psutil.Process(int(pid_file.read_text().split()[0]))
+        used["postgres"] = sum(sum(p.cpu_times()[:2]) for p in [postmaster, *postmaster.children()])
+    return used
+
+
+def progress(message: str) -> None:
+    print(time.strftime("%H:%M:%S"), message, file=sys.stderr, flush=True)
+
+
+async def served_counts(database_url: str) -> tuple[int, int]:
+    """Entities served and relations in their served form, read straight from the catalog's schema."""
+    conn = await asyncpg.connect(database_url)
+    try:
+        row = await conn.fetchrow(
+            "SELECT count(*) AS entities, sum(jsonb_array_length(final_entity::jsonb -> 'relations')) AS relations "
+            "FROM catalog.entities WHERE final_entity IS NOT NULL"
+        )
+        return row["entities"], row["relations"]
+    finally:
+        await conn.close()
+
+
+async def settled(database_url: str) -> float:
+    """Seconds until the catalog's outbox has published every event and its VACUUM after the bulk read is done."""
+    started = time.perf_counter()
+    conn = await asyncpg.connect(database_url)
+    try:
+        busy = True
+        while busy:
+            busy = await conn.fetchval(
+                "SELECT (SELECT count(*) FROM catalog.outbox WHERE sent_at IS NULL) + (SELECT count(*) "
+                "FROM pg_stat_activity WHERE datname = current_database() AND query ILIKE 'VACUUM%')"
+            )
+            await asyncio.sleep(0.5 if busy else 0)
+    finally:
+        await conn.close()
+    return time.perf_counter() - started
+
+
+async def ingest_properties(session: aiohttp.ClientSession, url: str, refs: list[str]) -> float:
+    """Seconds to set one annotation on every entity of `refs` through the ingestion API."""
+    items = [{"entityRef": ref, "properties": {"metadata.annotations.bench/tier": "gold"}} for ref in refs]
+    started = time.perf_counter()
+    for start in range(0, len(items), INGEST_BATCH):
+        async with session.post(f"{url}/api/catalog/ingest", json={"items": items[start : start + INGEST_BATCH]}) as r:
+            assert r.status == 200, await r.text()
+    return time.perf_counter() - started
+
+
 async def run(args: argparse.Namespace, data: Path, tmp: Path) -> dict[str, object]:
-    names = (
-        json.loads((data / "manifest.json").read_text()).get("component_names")
-        or (data / "component-names.txt").read_text().split()
-    )
+    manifest = json.loads((data / "manifest.json").read_text())
+    names = manifest.get("component_names") or (data / "component-names.txt").read_text().split()
+    wrk = shutil.which("wrk")
+    postgres_dir = tmp / "postgres"  # where `stack.servers` puts the embedded cluster
     with stack.servers(tmp) as servers:
         catalog = stack.start_service(
             "catalog",
@@ -86,6 +186,7 @@ async def run(args: argparse.Namespace, data: Path, tmp: Path) -> dict[str, obje
             timeout = aiohttp.ClientTimeout(total=None)
             connector = aiohttp.TCPConnector(limit=args.concurrency)
             async with aiohttp.ClientSession(headers=headers, timeout=timeout, connector=connector) as session:
+                cpu_before = cpu_seconds(catalog.process.pid, postgres_dir)
                 started = time.perf_counter()
                 async with session.post(
                     f"{catalog.url}/api/catalog/locations", json={"type": "file", "target": str(data / "location.yaml")}
@@ -93,41 +194,59 @@ async def run(args: argparse.Namespace, data: Path, tmp: Path) -> dict[str, obje
                     body = await r.json()
                     assert r.status == 201, body
                 ingest_s = time.perf_counter() - started
-                async with session.get(f"{catalog.url}/api/catalog/entity-facets", params={"facet": "kind"}) as r:
-                    counted = sum(v["count"] for v in (await r.json())["facets"]["kind"])
-                base = f"{catalog.url}/api/catalog/entities"
-                by_name = await load(
-                    session,
-                    lambda: f"{base}/by-name/component/default/{random.choice(names)}",
-                    args.concurrency,
-                    args.seconds,
-                )
-                filtered = await load(
-                    session,
-                    lambda: f"{base}/by-query?filter=kind=component,spec.type=service&limit=100",
-                    args.concurrency,
-                    args.seconds,
-                )
-                full_text = await load(
-                    session,
-                    lambda: (
-                        f"{base}/by-query?fullTextFilterTerm="
-                        f"{random.choice(names)[:6]}&fullTextFilterFields=metadata.name&limit=20"
+                cpu_after = cpu_seconds(catalog.process.pid, postgres_dir)
+                ingest_cpu = {k: round(v - cpu_before[k], 1) for k, v in cpu_after.items()}
+                progress(f"location ingested in {ingest_s:.1f} s, CPU {ingest_cpu}, RSS {rss.peak / 2**20:.0f} MiB")
+                entities, relations = await served_counts(servers.database_url)
+                properties_s = None
+                if not args.skip_ingest_api:
+                    properties_s = await ingest_properties(session, catalog.url, [f"component:{n}" for n in names])
+                    progress(f"ingestion API: {properties_s:.1f} s")
+                settled_s = await settled(servers.database_url)
+                progress(f"outbox drained and VACUUM done {settled_s:.1f} s later")
+
+                async def load(make_path: Callable[[], str]) -> dict[str, dict[str, float]]:
+                    """The scenario at `--concurrency` clients, then alone (one client: its own cost, no queue)."""
+                    paths = [make_path() for _ in range(5000)]
+                    result = {}
+                    for name, clients in (("loaded", args.concurrency), ("one_client", 1)):
+                        if wrk:
+                            measure = functools.partial(wrk_load, wrk, catalog.url, paths, args, tmp, clients)
+                            result[name] = await asyncio.to_thread(measure)
+                        else:
+                            result[name] = await python_load(session, catalog.url, paths, args, clients)
+                    progress(f"{paths[0]}: {result}")
+                    return result
+
+                api = "/api/catalog/entities"
+                results = {
+                    "by_name": await load(lambda: f"{api}/by-name/component/default/{random.choice(names)}"),
+                    "filtered_by_query": await load(
+                        lambda: f"{api}/by-query?filter=kind=component,spec.type=service&limit=100"
                     ),
-                    args.concurrency,
-                    args.seconds,
-                )
+                    "full_text_by_query": await load(
+                        lambda: (
+                            f"{api}/by-query?fullTextFilterTerm={random.choice(names)[:6]}"
+                            "&fullTextFilterFields=metadata.name&limit=20"
+                        )
+                    ),
+                    "search": await load(lambda: f"/api/catalog/search?q={random.choice(names)[:6]}&limit=20"),
+                }
         finally:
             rss.running = False
             catalog.stop()
     return {
         "entities": args.entities,
+        "load_generator": "wrk" if wrk else "aiohttp",
         "ingest_s": ingest_s,
-        "entities_served": counted,
+        "ingest_cpu_s": ingest_cpu,
+        "entities_served": entities,
+        "relations_served": relations,
+        "relations_expected": manifest["expected_relations"],
         "location_errors": len(body["location"].get("errors", [])),
-        "by_name": by_name,
-        "filtered_by_query": filtered,
-        "full_text": full_text,
+        "ingest_api_all_components_s": properties_s,
+        "settled_after_s": settled_s,
+        **results,
         "peak_rss_mib": rss.peak / 2**20,
     }
 
@@ -136,7 +255,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--entities", type=int, default=10_000)
     parser.add_argument("--concurrency", type=int, default=50)
-    parser.add_argument("--seconds", type=float, default=10)
+    parser.add_argument("--seconds", type=int, default=10)
+    parser.add_argument("--skip-ingest-api", action="store_true", help="do not time the ingestion API")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="idp-bench-catalog-") as tmp:
         data = Path(tmp) / "entities"

@@ -13,15 +13,14 @@ from __future__ import annotations
 
 import fnmatch
 import posixpath
-from typing import Any
 from urllib.parse import urljoin
 
 import asyncpg
+import msgspec
 
 from services.catalog import store
 from services.catalog.entity_ref import parse_entity_ref
 from services.catalog.model import Ancestry, AncestryItem, StoredEntity, check_scope
-from services.catalog.service import _serve as serve_entities
 from shared.errors import NotFoundError
 
 
@@ -70,8 +69,10 @@ async def ancestry(pool: asyncpg.Pool, scope: str, kind: str, namespace: str, na
                 if ref not in seen:
                     seen.add(ref)
                     pending.append(by_ref[ref])
-        served: list[dict[str, Any]] = await serve_entities(conn, [entity for entity, _ in chain])
+        served = await store.served_in_order(conn, [entity.uid for entity, _ in chain])
     return Ancestry(
         rootEntityRef=root_ref,
-        items=[AncestryItem(entity, parents) for entity, (_, parents) in zip(served, chain, strict=True)],
+        items=[
+            AncestryItem(msgspec.json.decode(json), parents) for json, (_, parents) in zip(served, chain, strict=True)
+        ],
     )

@@ -30,6 +30,9 @@ from services.catalog.model import (
     RefreshRequest,
     ScopeQuery,
     ScopeReadQuery,
+    SearchPage,
+    SearchQuery,
+    ServedEntity,
     ValidateEntityRequest,
 )
 from shared.etag import quoted
@@ -49,6 +52,11 @@ def _path_ref(request: web.Request) -> tuple[str, str, str]:
 
 def _entity_response(entity: dict[str, Any], status: int = 200) -> web.Response:
     return json_response(entity, status=status, headers={"ETag": quoted(entity["metadata"]["etag"])})
+
+
+def _served_response(entity: ServedEntity) -> web.Response:
+    """The stored JSON as it is: nothing is decoded or encoded per request."""
+    return web.Response(text=entity.json, content_type="application/json", headers={"ETag": quoted(entity.etag)})
 
 
 def routes(deps: Deps) -> Routes:
@@ -83,7 +91,7 @@ def routes(deps: Deps) -> Routes:
     )
     async def get_entity_by_name(request: web.Request) -> web.Response:
         query = parse_query(request, ByNameQuery)
-        return _entity_response(await service.get_by_name(pool, query, *_path_ref(request)))
+        return _served_response(await service.get_by_name(pool, query, *_path_ref(request)))
 
     @api.put(
         BY_NAME,
@@ -113,7 +121,7 @@ def routes(deps: Deps) -> Routes:
 
     @api.get(BY_UID, summary="An entity by uid", permission="catalog_entity_view")
     async def get_entity_by_uid(request: web.Request) -> web.Response:
-        return _entity_response(await service.get_by_uid(pool, request.match_info["uid"]))
+        return _served_response(await service.get_by_uid(pool, request.match_info["uid"]))
 
     @api.delete(BY_UID, summary="Delete an entity by uid", permission="catalog_entity_delete", status=204)
     async def delete_entity_by_uid(request: web.Request) -> web.Response:
@@ -154,6 +162,16 @@ def routes(deps: Deps) -> Routes:
     async def get_entities_by_refs(request: web.Request) -> web.Response:
         query = parse_query(request, ByRefsQuery)
         return json_response(await service.get_by_refs(pool, query, await read_json(request, ByRefsRequest)))
+
+    @api.get(
+        "/api/catalog/search",
+        summary="Ranked full-text search, filterable by kind, type, owner, tag and scope",
+        permission="catalog_entity_view",
+        query=SearchQuery,
+        response=SearchPage,
+    )
+    async def search_entities(request: web.Request) -> web.Response:
+        return json_response(await service.search_entities(pool, parse_query(request, SearchQuery)))
 
     @api.get(
         "/api/catalog/entity-facets",

@@ -8,7 +8,7 @@ from typing import Annotated, Literal
 
 import msgspec
 
-from services.catalog import api, handlers, ingestion
+from services.catalog import api, handlers, ingestion, stitching
 from services.catalog.url_reader import DirectFetcher, UrlPolicy
 from shared.config import BaseSettings
 from shared.service import Deps, ServiceDefinition, run_service
@@ -43,6 +43,7 @@ class Settings(BaseSettings, kw_only=True, forbid_unknown_fields=True):
 
 async def refresh_locations(deps: Deps) -> None:
     settings: Settings = deps.settings
+    await stitching.stitch_unstitched(deps.pool)
     await ingestion.refresh_periodically(deps.pool, settings.ingestion_policy(), settings.refresh_interval_seconds)
 
 

@@ -4,6 +4,7 @@ request/reply reads of stitched entities for other services."""
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import uuid
 from collections.abc import Sequence
@@ -68,25 +69,26 @@ async def apply_identity_events(conn: asyncpg.Connection, events: Sequence[Event
             entry = mirrored[write.target]
             entry.document, entry.orphan, entry.actor = write.document, write.orphan, event.actor
     kinds = await kinds_module.load(conn)
+    changes = []
     for target, entry in mirrored.items():
         if entry.actor is not None and entry.document is not None:
-            await _write(conn, kinds, target, entry.stored, entry.document, entry.orphan, entry.actor)
+            write = _write(kinds, target, entry.stored, entry.document, entry.orphan)
+            if write is not None:
+                changes.append((target.scope, entry.actor, write))
+    # Consecutive writes at one scope by one actor go together, so events keep the order of the batch.
+    for (scope, actor), group in itertools.groupby(changes, key=lambda change: change[:2]):
+        await service.apply_writes(conn, actor, scope, [write for _, _, write in group], kinds=kinds)
 
 
-async def _write(
-    conn: asyncpg.Connection,
-    kinds: Kinds,
-    target: MirrorTarget,
-    current: StoredEntity | None,
-    raw: dict[str, Any],
-    orphan: bool,
-    actor: Actor,
-) -> None:
+def _write(
+    kinds: Kinds, target: MirrorTarget, current: StoredEntity | None, raw: dict[str, Any], orphan: bool
+) -> service.EntityWrite | None:
+    """The change mirroring `raw` makes to `current`; None when there is none or `raw` cannot be mirrored."""
     try:
         document, relations = service.prepare_document(raw, kinds)
     except InputError as exc:  # one unmirrorable principal must not hold back the others
         log.error("cannot mirror %s: %s", target.ref, exc.detail)
-        return
+        return None
     if current is None:
         created = StoredEntity(
             str(uuid.uuid4()),
@@ -97,10 +99,11 @@ async def _write(
             1,
             orphan=orphan,
         )
-        await service.insert_entity(conn, actor, created, relations)
-    elif current.document != document or current.orphan != orphan:
+        return service.EntityWrite(None, created, relations)
+    if current.document != document or current.orphan != orphan:
         updated = service.revised(current, document, orphan=orphan)
-        await service.update_entity(conn, actor, current, updated, service.served_relations(updated, kinds))
+        return service.EntityWrite(current, updated, service.served_relations(updated, kinds))
+    return None
 
 
 # --- request/reply reads ------------------------------------------------------------------------------
@@ -129,8 +132,9 @@ async def serve_entity_reads(deps: Deps) -> None:
             by_refs = await service.get_by_refs(
                 pool, ByRefsQuery(scope=request.scope), ByRefsRequest(entityRefs=request.refs)
             )
+            found = [msgspec.json.decode(i) for i in by_refs.items if i is not None]  # as served: raw JSON
             seen = {item["metadata"]["uid"] for item in items}
-            items += [i for i in by_refs.items if i is not None and i["metadata"]["uid"] not in seen]
+            items += [i for i in found if i["metadata"]["uid"] not in seen]
         return EntitiesReply(items=items)
 
     async def page(request: EntityPageRequest) -> EntityPageReply:

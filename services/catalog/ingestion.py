@@ -11,30 +11,35 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import itertools
 import logging
 import uuid
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
 import asyncpg
 import msgspec
+import uuid_utils
 
 from services.catalog import kinds as kinds_module
 from services.catalog import store
 from services.catalog.entity_ref import parse_entity_ref, ref_of
 from services.catalog.kinds import Kinds
 from services.catalog.model import LocationSpec, LocationView, StoredEntity, check_scope, document_etag
-from services.catalog.reader import ReadResult, read_location
+from services.catalog.reader import ReadEntity, ReadError, ReadResult, iter_location, read_location
+from services.catalog.relations import Relation
 from services.catalog.scopes import parse_scoped_ref
 from services.catalog.service import (
-    insert_entity,
+    EntityWrite,
+    apply_writes,
     prepare_document,
-    remove_entity,
     revised,
     served_relations,
-    update_entity,
+    write_entities,
 )
+from services.catalog.stitching import restitch
 from services.catalog.url_reader import UrlFetcher, blocking_fetch
 from shared.db import transaction
 from shared.errors import ConflictError, InputError, NotFoundError
@@ -42,8 +47,10 @@ from shared.events import SYSTEM, Actor, ResourceRef, new_event
 from shared.outbox import write_event
 
 SUPPORTED_TYPES = ("file", "url")
+READ_BATCH = 1000
+"""Entities read, validated and written per batch of a location read."""
 BULK_CHANGES = 500
-"""A read that changes at least this many entities refreshes the planner's statistics afterwards."""
+"""A read that changes at least this many entities vacuums and analyzes the catalog's tables afterwards."""
 log = logging.getLogger(__name__)
 
 
@@ -67,7 +74,8 @@ def confine(target: str, policy: IngestionPolicy) -> Path:
     raise InputError.for_field("$.target", f"{target} is outside the directories locations may read: {allowed}")
 
 
-async def read(spec: LocationSpec, policy: IngestionPolicy) -> ReadResult:
+def _checked(spec: LocationSpec, policy: IngestionPolicy) -> tuple[str, Callable[[str], bytes] | None]:
+    """The target to read (a confined path, or an http(s) URL) and what reads URLs; the type is checked too."""
     if spec.type not in SUPPORTED_TYPES or (spec.type == "url" and policy.fetcher is None):
         supported = ", ".join(SUPPORTED_TYPES if policy.fetcher else ("file",))
         raise InputError.for_field("$.type", f"location type {spec.type!r} is not supported (supported: {supported})")
@@ -78,10 +86,20 @@ async def read(spec: LocationSpec, policy: IngestionPolicy) -> ReadResult:
         target = spec.target
     else:
         target = str(confine(spec.target, policy))
-    fetch_url = blocking_fetch(policy.fetcher, asyncio.get_running_loop()) if policy.fetcher else None
+    return target, blocking_fetch(policy.fetcher, asyncio.get_running_loop()) if policy.fetcher else None
+
+
+async def read(spec: LocationSpec, policy: IngestionPolicy) -> ReadResult:
+    target, fetch_url = _checked(spec, policy)
     return await asyncio.to_thread(
         read_location, spec.type, target, allowed_roots=policy.file_roots, fetch_url=fetch_url
     )
+
+
+def open_read(spec: LocationSpec, policy: IngestionPolicy) -> Iterator[ReadEntity | ReadError]:
+    """What a location emits, read lazily by `apply_read`; the type and target are checked now."""
+    target, fetch_url = _checked(spec, policy)
+    return iter_location(spec.type, target, allowed_roots=policy.file_roots, fetch_url=fetch_url)
 
 
 async def add_location(
@@ -89,24 +107,26 @@ async def add_location(
 ) -> dict[str, Any]:
     """Backstage's `POST /locations`: register (or, dry run, only read) a location and ingest its entities."""
     check_scope(scope)
-    result = await read(spec, policy)
-    async with transaction(pool) as conn:
-        existing = await store.find_location(conn, scope, spec.type, spec.target)
-        if dry_run:
+    if dry_run:
+        result = await read(spec, policy)
+        async with transaction(pool) as conn:  # the shared lock on kinds lasts until the transaction ends
+            existing = await store.find_location(conn, scope, spec.type, spec.target)
             kinds = await kinds_module.load(conn)
-            documents = [_try_prepare(e.document, kinds) for e in result.entities]
-            view = LocationView(id=existing["id"] if existing else "", type=spec.type, target=spec.target)
-            return {"location": view, "entities": [d for d in documents if d], "exists": existing is not None}
-        if existing is not None:
+        documents = [_try_prepare(e.document, kinds) for e in result.entities]
+        view = LocationView(id=existing["id"] if existing else "", type=spec.type, target=spec.target)
+        return {"location": view, "entities": [d for d in documents if d], "exists": existing is not None}
+    found = open_read(spec, policy)
+    async with transaction(pool) as conn:
+        if await store.find_location(conn, scope, spec.type, spec.target) is not None:
             raise ConflictError(f"location {spec.type}:{spec.target} is already registered at scope {scope}")
         location_id = str(uuid.uuid4())
         await store.insert_location(conn, location_id, scope, spec.type, spec.target)
-        applied = await apply_read(conn, actor, policy, location_id, scope, result)
+        applied = await apply_read(conn, actor, policy, location_id, scope, found)
         await write_event(conn, _location_event("added", actor, scope, location_id, spec, applied))
-        entities = await store.entities_of_location(conn, location_id)
-    await _analyze_after_bulk(pool, applied)
+        documents = await store.documents_of_location(conn, location_id)
+    _maintain_after_bulk(pool, applied)
     view = LocationView(id=location_id, type=spec.type, target=spec.target, errors=applied["errors"])
-    return {"location": view, "entities": [e.document for e in entities]}
+    return {"location": view, "entities": [msgspec.Raw(d) for d in documents]}
 
 
 def _try_prepare(document: dict[str, Any], kinds: Kinds) -> dict[str, Any] | None:
@@ -116,73 +136,134 @@ def _try_prepare(document: dict[str, Any], kinds: Kinds) -> dict[str, Any] | Non
         return None
 
 
-async def apply_read(
-    conn: asyncpg.Connection, actor: Actor, policy: IngestionPolicy, location_id: str, scope: str, result: ReadResult
-) -> dict[str, Any]:
-    """Bring the location's entities in line with what was just read; returns counts and errors."""
-    errors = [{"location": e.location, "message": e.message, "document": e.document_index} for e in result.errors]
-    counts = {"created": 0, "updated": 0, "orphaned": 0, "deleted": 0, "unchanged": 0}
-    seen: set[str] = set()
-    kinds = await kinds_module.load(conn)
-    for read_entity in result.entities:
+@dataclasses.dataclass(frozen=True)
+class _Prepared:
+    """A read entity that validated, with its relations."""
+
+    read: ReadEntity
+    document: dict[str, Any]
+    relations: list[Relation]
+    ref: str
+
+
+def _error(read: ReadError | ReadEntity, exc: InputError | None = None) -> dict[str, Any]:
+    if isinstance(read, ReadError):
+        return {"location": read.location, "message": read.message, "document": read.document_index}
+    assert exc is not None
+    return {"location": read.location, "message": exc.detail, "errors": [msgspec.structs.asdict(e) for e in exc.errors]}
+
+
+def _take_prepared(
+    found: Iterator[ReadEntity | ReadError], kinds: Kinds, size: int
+) -> list[_Prepared | dict[str, Any]]:
+    """The next `size` things a location emits, validated; run in a worker thread."""
+    batch: list[_Prepared | dict[str, Any]] = []
+    for item in itertools.islice(found, size):
+        if isinstance(item, ReadError):
+            batch.append(_error(item))
+            continue
         try:
-            document, relations = prepare_document(read_entity.document, kinds)
+            document, relations = prepare_document(item.document, kinds)
         except InputError as exc:
-            errors.append(
-                {
-                    "location": read_entity.location,
-                    "message": exc.detail,
-                    "errors": [msgspec.structs.asdict(e) for e in exc.errors],
-                }
-            )
+            batch.append(_error(item, exc))
             continue
-        ref = str(ref_of(document))
-        if ref in seen:
-            errors.append({"location": read_entity.location, "message": f"{ref} is emitted twice by this location"})
-            continue
-        seen.add(ref)
-        current = await store.get_by_ref(conn, scope, ref, lock=True)
-        if current is None:
-            entity = StoredEntity(
-                str(uuid.uuid4()),
-                scope,
-                ref,
-                document,
-                document_etag(document),
-                1,
-                location_id,
-                read_entity.location_key,
-            )
-            await insert_entity(conn, actor, entity, relations)
-            counts["created"] += 1
-        elif current.location_key not in (None, read_entity.location_key):
-            errors.append(
-                {
-                    "location": read_entity.location,
-                    "message": f"Detected conflicting entityRef {ref} "
-                    f"already referenced by {current.location_key} and now also {read_entity.location_key}",
-                }
-            )
-        elif current.document != document or current.orphan or current.location_id != location_id:
-            updated = revised(
-                current, document, location_id=location_id, location_key=read_entity.location_key, orphan=False
-            )
-            await update_entity(conn, actor, current, updated, served_relations(updated, kinds))
-            counts["updated"] += 1
-        else:
-            counts["unchanged"] += 1
-    for entity in await store.entities_of_location(conn, location_id):
-        if entity.ref in seen:
-            continue
-        if policy.orphan_strategy == "delete":
-            await remove_entity(conn, actor, entity)
-            counts["deleted"] += 1
-        elif not entity.orphan:
-            orphaned = dataclasses.replace(entity, orphan=True)
-            await update_entity(conn, actor, entity, orphaned, served_relations(entity, kinds))
-            counts["orphaned"] += 1
+        batch.append(_Prepared(item, document, relations, str(ref_of(document))))
+    return batch
+
+
+async def _prepared_batches(found: Iterator[ReadEntity | ReadError], kinds: Kinds) -> AsyncIterator[list]:
+    """Batches of what a location emits; the next batch is read and validated in a thread while the caller
+    writes this one, so parsing and PostgreSQL work overlap."""
+    pending = asyncio.ensure_future(asyncio.to_thread(_take_prepared, found, kinds, READ_BATCH))
+    try:
+        while batch := await pending:
+            pending = asyncio.ensure_future(asyncio.to_thread(_take_prepared, found, kinds, READ_BATCH))
+            yield batch
+    finally:
+        pending.cancel()
+
+
+async def apply_read(
+    conn: asyncpg.Connection,
+    actor: Actor,
+    policy: IngestionPolicy,
+    location_id: str,
+    scope: str,
+    found: Iterator[ReadEntity | ReadError],
+) -> dict[str, Any]:
+    """Bring the location's entities in line with what it emits now, batch by batch, then stitch every entity
+    touched once; returns counts and errors."""
+    errors: list[dict[str, Any]] = []
+    counts = {"created": 0, "updated": 0, "orphaned": 0, "deleted": 0, "unchanged": 0, "conflicts": 0}
+    seen: set[str] = set()
+    stale: set[str] = set()
+    kinds = await kinds_module.load(conn)
+    async for batch in _prepared_batches(found, kinds):
+        fresh: list[_Prepared] = []
+        for item in batch:
+            if isinstance(item, dict):
+                errors.append(item)
+            elif item.ref in seen:
+                message = f"{item.ref} is emitted twice by this location"
+                errors.append({"location": item.read.location, "message": message})
+            else:
+                seen.add(item.ref)
+                fresh.append(item)
+        current = await store.get_many(conn, scope, [item.ref for item in fresh], lock=True)
+        writes = []
+        for item in fresh:
+            outcome, write = _classify(item, current.get(item.ref), location_id, scope, kinds, errors)
+            counts[outcome] += 1
+            if write is not None:
+                writes.append(write)
+        stale |= await write_entities(conn, actor, scope, writes, kinds=kinds)
+    gone = sorted(set(await store.refs_of_location(conn, location_id)) - seen)
+    orphans = list((await store.get_many(conn, scope, gone, lock=True)).values())
+    if policy.orphan_strategy == "delete":
+        writes = [EntityWrite(entity, None) for entity in orphans]
+        counts["deleted"] += len(writes)
+    else:
+        writes = [
+            EntityWrite(entity, dataclasses.replace(entity, orphan=True), served_relations(entity, kinds))
+            for entity in orphans
+            if not entity.orphan
+        ]
+        counts["orphaned"] += len(writes)
+    stale |= await write_entities(conn, actor, scope, writes, kinds=kinds)
+    await restitch(conn, scope, stale)
     await store.record_location_read(conn, location_id, errors)
     return {**counts, "errors": errors}
+
+
+def _classify(
+    item: _Prepared,
+    current: StoredEntity | None,
+    location_id: str,
+    scope: str,
+    kinds: Kinds,
+    errors: list[dict[str, Any]],
+) -> tuple[str, EntityWrite | None]:
+    """What an emitted entity does to what is stored: created, updated, unchanged, or a conflict with another
+    location (reported in `errors`, nothing written)."""
+    key = item.read.location_key
+    if current is None:
+        entity = StoredEntity(
+            str(uuid_utils.uuid4()), scope, item.ref, item.document, document_etag(item.document), 1, location_id, key
+        )
+        return "created", EntityWrite(None, entity, item.relations)
+    if current.location_key not in (None, key):
+        errors.append(
+            {
+                "location": item.read.location,
+                "message": f"Detected conflicting entityRef {item.ref} "
+                f"already referenced by {current.location_key} and now also {key}",
+            }
+        )
+        return "conflicts", None
+    if current.document != item.document or current.orphan or current.location_id != location_id:
+        updated = revised(current, item.document, location_id=location_id, location_key=key, orphan=False)
+        return "updated", EntityWrite(current, updated, served_relations(updated, kinds))
+    return "unchanged", None
 
 
 async def refresh_location(pool: asyncpg.Pool, policy: IngestionPolicy, actor: Actor, location_id: str) -> dict:
@@ -191,18 +272,32 @@ async def refresh_location(pool: asyncpg.Pool, policy: IngestionPolicy, actor: A
         location = await store.get_location(conn, location_id)
     if location is None:
         raise NotFoundError(f"no location {location_id}")
-    spec = LocationSpec(type=location["type"], target=location["target"])
-    result = await read(spec, policy)
+    found = open_read(LocationSpec(type=location["type"], target=location["target"]), policy)
     async with transaction(pool) as conn:
-        applied = await apply_read(conn, actor, policy, location_id, location["scope"], result)
-    await _analyze_after_bulk(pool, applied)
+        applied = await apply_read(conn, actor, policy, location_id, location["scope"], found)
+    _maintain_after_bulk(pool, applied)
     return applied
 
 
-async def _analyze_after_bulk(pool: asyncpg.Pool, applied: dict[str, Any]) -> None:
+_maintenance: set[asyncio.Task] = set()
+"""Running VACUUM tasks (held so they are not garbage-collected before they finish)."""
+
+
+def _maintain_after_bulk(pool: asyncpg.Pool, applied: dict[str, Any]) -> None:
+    """VACUUM (ANALYZE) after a large read, in the background: the read is committed and queryable already, and
+    at 100,000 entities the VACUUM takes seconds nobody has to wait for."""
     if sum(applied[k] for k in ("created", "updated", "orphaned", "deleted")) >= BULK_CHANGES:
+        task = asyncio.create_task(_vacuum(pool))
+        _maintenance.add(task)
+        task.add_done_callback(_maintenance.discard)
+
+
+async def _vacuum(pool: asyncpg.Pool) -> None:
+    try:
         async with pool.acquire() as conn:
-            await store.analyze(conn)
+            await store.vacuum_analyze(conn)
+    except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        log.warning("VACUUM after a bulk read failed: %s", exc)
 
 
 async def refresh_entity(pool: asyncpg.Pool, policy: IngestionPolicy, actor: Actor, scope: str, entity_ref: str):
@@ -222,8 +317,8 @@ async def remove_location(pool: asyncpg.Pool, actor: Actor, location_id: str) ->
         location = await store.get_location(conn, location_id)
         if location is None:
             raise NotFoundError(f"no location {location_id}")
-        for entity in await store.entities_of_location(conn, location_id):
-            await remove_entity(conn, actor, entity)
+        writes = [EntityWrite(entity, None) for entity in await store.entities_of_location(conn, location_id)]
+        await apply_writes(conn, actor, location["scope"], writes, kinds=await kinds_module.load(conn))
         await store.delete_location(conn, location_id)
         spec = LocationSpec(type=location["type"], target=location["target"])
         await write_event(conn, _location_event("removed", actor, location["scope"], location_id, spec, {}))

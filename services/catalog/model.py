@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import re
 from dataclasses import dataclass, field
@@ -10,6 +11,7 @@ from typing import Annotated, Any, Literal
 import msgspec
 
 from services.catalog.properties import apply_properties
+from services.catalog.query import SearchRow, build_search_rows, full_text_fields
 from services.catalog.relations import Relation
 from shared.errors import FieldError, InputError
 
@@ -39,8 +41,9 @@ class StoredEntity:
     properties: dict[str, Any] = field(default_factory=dict)
     """Set through the ingestion API; overlaid on `document` when served."""
 
-    @property
+    @functools.cached_property
     def served_document(self) -> dict[str, Any]:
+        """The document with the ingested properties set; computed once (a deep copy when there are any)."""
         return apply_properties(self.document, self.properties)
 
 
@@ -90,6 +93,34 @@ def stitch(entity: StoredEntity, relations: list[Relation]) -> dict[str, Any]:
         "metadata": metadata,
         "relations": [{"type": kind, "targetRef": target} for kind, target in ordered],
     }
+
+
+@dataclass(frozen=True, slots=True)
+class StitchedEntity:
+    """What stitching stores for one entity: the JSON reads serve, and what filters and searches match."""
+
+    uid: str
+    final_entity: str
+    search_rows: list[SearchRow]
+    full_text: tuple[str, str, str, str]
+
+
+_json = msgspec.json.Encoder()
+
+
+def stitched(entity: StoredEntity, relations: list[Relation]) -> StitchedEntity:
+    served = stitch(entity, relations)
+    return StitchedEntity(
+        entity.uid, _json.encode(served).decode(), build_search_rows(served), full_text_fields(served)
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class ServedEntity:
+    """A stored entity ready to send: its stitched JSON and etag."""
+
+    etag: str
+    json: str
 
 
 def body_ref_mismatches(document: dict[str, Any], kind: str, namespace: str, name: str) -> list[FieldError]:
@@ -183,8 +214,57 @@ class PageInfo(msgspec.Struct, frozen=True, omit_defaults=True):
     prevCursor: str | None = None
 
 
+Served = dict[str, Any] | msgspec.Raw
+"""An entity in a response: its stored JSON as it is, or a dict when `fields` cut it down."""
+
+
 class QueryPage(msgspec.Struct, frozen=True):
-    items: list[dict[str, Any]]
+    items: list[Served]
+    totalItems: int
+    pageInfo: PageInfo
+
+
+class SearchQuery(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """`GET /search`: ranked full-text search. Filters of one name match any of their values; different
+    filters must all match. With `cursor`, everything but `limit` comes from the cursor."""
+
+    q: Annotated[str, msgspec.Meta(max_length=200)] = ""
+    """Words to find in name, title, description, tags, owner and annotation values; each word matches the
+    start of a word (`bill` finds `billing-api`)."""
+    kind: list[str] | str | None = None
+    type: list[str] | str | None = None
+    """`spec.type`."""
+    owner: list[str] | str | None = None
+    """Owner entity ref; kind defaults to `group`, namespace to `default`."""
+    tag: list[str] | str | None = None
+    scope: str = "account"
+    """Searches this scope and the scopes below it."""
+    limit: Annotated[int, msgspec.Meta(ge=1, le=100)] = 20
+    cursor: str | None = None
+
+
+class SearchCursor(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """What a search `nextCursor`/`prevCursor` carries: the search and the page position."""
+
+    q: str
+    kind: list[str]
+    type: list[str]
+    owner: list[str]
+    tag: list[str]
+    scope: str
+    offset: int
+
+
+class SearchHit(msgspec.Struct, frozen=True):
+    entity: Served
+    score: float
+    """Higher is better: `ts_rank` over the weighted document (name and title weigh most), +1 for the exact name."""
+    highlight: str
+    """Name, title and description with the matched words between `**`; plain text, not HTML."""
+
+
+class SearchPage(msgspec.Struct, frozen=True):
+    items: list[SearchHit]
     totalItems: int
     pageInfo: PageInfo
 
@@ -197,7 +277,7 @@ class ByRefsRequest(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 
 
 class ByRefsResponse(msgspec.Struct, frozen=True):
-    items: list[dict[str, Any] | None]
+    items: list[Served | None]
 
 
 class FacetsQuery(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):

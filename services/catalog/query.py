@@ -7,6 +7,7 @@ and an in-memory evaluation of a filter tree over search rows. The SQL translati
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
@@ -73,6 +74,50 @@ def build_search_rows(entity: dict[str, Any]) -> list[SearchRow]:
     return rows
 
 
+FULL_TEXT_LIMIT = 10_000
+"""Characters kept of each full-text weight class; enough for any description, bounded for odd documents."""
+
+
+def full_text_fields(entity: dict[str, Any]) -> tuple[str, str, str, str]:
+    """The text of a stitched entity per full-text weight: A name and title, B tags and owner, C description,
+    D annotation values."""
+    metadata = entity.get("metadata") or {}
+    owners = [r["targetRef"].partition("/")[2] for r in entity.get("relations") or () if r["type"] == "ownedBy"]
+    tags = metadata.get("tags")
+    annotations = metadata.get("annotations")
+    classes = (
+        [metadata.get("name"), metadata.get("title")],
+        [*(tags if isinstance(tags, list) else ()), *owners],
+        [metadata.get("description")],
+        list(annotations.values()) if isinstance(annotations, dict) else [],
+    )
+    texts = (" ".join(v for v in values if isinstance(v, str))[:FULL_TEXT_LIMIT] for values in classes)
+    return tuple(texts)  # type: ignore[return-value]
+
+
+FULL_TEXT_KEYS = ("metadata.name", "metadata.title", "metadata.description", "metadata.tags", "spec.owner")
+FULL_TEXT_KEY_PREFIXES = ("metadata.annotations.",)
+"""Search keys whose values are in the full-text document, so a `fullTextFilter` on them can use its index."""
+_WORD = re.compile(r"\w+")
+MAX_SEARCH_WORDS = 16
+
+
+def search_words(text: str) -> list[str]:
+    """The words of a search text, lower-cased: letters, digits and `_`; everything else separates words."""
+    return list(dict.fromkeys(_WORD.findall(text.lower())))[:MAX_SEARCH_WORDS]
+
+
+def prefix_tsquery(words: list[str]) -> str:
+    """A `to_tsquery` text matching documents with a word starting with each of `words` (all of them)."""
+    # `\w` words hold no tsquery operator or quote, so quoting them is enough.
+    return " & ".join(f"'{word}':*" for word in words)
+
+
+def full_text_indexed(keys: tuple[str, ...]) -> bool:
+    """Whether every one of these search keys is in the full-text document."""
+    return bool(keys) and all(k in FULL_TEXT_KEYS or k.startswith(FULL_TEXT_KEY_PREFIXES) for k in keys)
+
+
 def _traverse(root: Any) -> list[tuple[str, Any]]:
     output: list[tuple[str, Any]] = []
     seen_path_keys: set[str] = set()
@@ -98,10 +143,13 @@ def _traverse(root: Any) -> list[tuple[str, Any]]:
 
 
 def _reject_case_duplicates(raw: list[tuple[str, Any]]) -> None:
+    keys = {key for key, _ in raw}
+    if len({key.lower() for key in keys}) == len(keys):  # the common case, checked without grouping
+        return
     spellings: dict[str, set[str]] = {}
     for key, _ in raw:
         spellings.setdefault(key.lower(), set()).add(key)
-    bad = [lower for lower, keys in spellings.items() if len(keys) > 1]
+    bad = [lower for lower, spelt in spellings.items() if len(spelt) > 1]
     if bad:
         listed = "', '".join(bad)
         raise InputError(
@@ -125,8 +173,8 @@ def _to_row(kv: tuple[str, Any]) -> SearchRow | None:
 
 
 def _js_length(text: str) -> int:
-    # JavaScript measures strings in UTF-16 code units.
-    return len(text.encode("utf-16-le")) // 2
+    # JavaScript measures strings in UTF-16 code units (one per character in ASCII).
+    return len(text) if text.isascii() else len(text.encode("utf-16-le")) // 2
 
 
 def _js_string(value: str | int | float) -> str:

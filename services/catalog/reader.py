@@ -20,7 +20,7 @@ from __future__ import annotations
 import json
 import os.path
 import re
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -78,20 +78,18 @@ class _EntityError(Exception):
     """A document that cannot become an entity; the others of its file still can."""
 
 
+_Found = Iterator[ReadEntity | ReadError]
+
+
 @dataclass
 class _Run:
-    """One read: where it started, where it may read, what it found so far, and the files already read."""
+    """One read: where it started, where it may read, and the files and URLs already read."""
 
     origin: str
     max_depth: int
     roots: tuple[Path, ...] | None
     fetch_url: Callable[[str], bytes] | None = None
-    entities: list[ReadEntity] = field(default_factory=list)
-    errors: list[ReadError] = field(default_factory=list)
     seen: set[Path | str] = field(default_factory=set)
-
-    def fail(self, location: str, message: str, document_index: int | None = None) -> None:
-        self.errors.append(ReadError(location, message, document_index))
 
     def allows(self, path: Path) -> bool:
         if self.roots is None:
@@ -122,12 +120,31 @@ def read_location(
     fetch_url: Callable[[str], bytes] | None = None,
 ) -> ReadResult:
     """Every entity reachable from a location, following Location entities, and every problem met on the way."""
+    entities, errors = [], []
+    found = iter_location(
+        type, target, base_dir=base_dir, max_depth=max_depth, allowed_roots=allowed_roots, fetch_url=fetch_url
+    )
+    for item in found:
+        (entities if isinstance(item, ReadEntity) else errors).append(item)
+    return ReadResult(entities, errors)
+
+
+def iter_location(
+    type: str,
+    target: str,
+    *,
+    base_dir: Path | None = None,
+    max_depth: int = 20,
+    allowed_roots: Iterable[Path] | None = None,
+    fetch_url: Callable[[str], bytes] | None = None,
+) -> _Found:
+    """`read_location` one entity or problem at a time, reading files only as far as the caller consumes: a
+    large location is ingested in batches without holding every document in memory."""
     base = (base_dir or Path.cwd()).absolute()
     roots = None if allowed_roots is None else tuple(Path(root).resolve() for root in allowed_roots)
     origin = f"{type}:{_resolved(type, target, base)}"
     run = _Run(origin=origin, max_depth=max_depth, roots=roots, fetch_url=fetch_url)
-    _read_target(run, type, target, base=base, depth=0, optional=False)
-    return ReadResult(run.entities, run.errors)
+    yield from _read_target(run, type, target, base=base, depth=0, optional=False)
 
 
 def _resolved(type: str, target: str, base: Base) -> str:
@@ -138,34 +155,34 @@ def _resolved(type: str, target: str, base: Base) -> str:
     return os.path.normpath(os.path.join(base, target))
 
 
-def _read_target(run: _Run, type: str, target: str, *, base: Base, depth: int, optional: bool) -> None:
+def _read_target(run: _Run, type: str, target: str, *, base: Base, depth: int, optional: bool) -> _Found:
     pattern = _resolved(type, target, base)
     location = f"{type}:{pattern}"
     if type == "file" and isinstance(base, str):
-        run.fail(location, f"a document read from {base} may not name file targets")
+        yield ReadError(location, f"a document read from {base} may not name file targets")
     elif type != "file" and (type != "url" or run.fetch_url is None):
-        run.fail(location, f"location type {type} is not supported yet")
+        yield ReadError(location, f"location type {type} is not supported yet")
     elif depth > run.max_depth:
-        run.fail(location, f"Location entities are nested deeper than {run.max_depth} levels")
+        yield ReadError(location, f"Location entities are nested deeper than {run.max_depth} levels")
     elif type == "url":
-        _read_url(run, pattern, depth, optional)
+        yield from _read_url(run, pattern, depth, optional)
     elif target.endswith(("/", os.sep)):
-        run.fail(location, f"cannot read file location {target}: it ends with a path separator")
+        yield ReadError(location, f"cannot read file location {target}: it ends with a path separator")
     else:
-        _read_files(run, pattern, depth=depth, optional=optional)
+        yield from _read_files(run, pattern, depth=depth, optional=optional)
 
 
-def _read_files(run: _Run, pattern: str, *, depth: int, optional: bool) -> None:
+def _read_files(run: _Run, pattern: str, *, depth: int, optional: bool) -> _Found:
     root, glob = _split_glob(pattern)
     # Checked before looking: outside the roots, even whether a file exists is not the reader's to tell.
     if not run.allows(root):
-        run.fail(f"file:{pattern}", f"file {pattern} is outside the directories locations may read")
+        yield ReadError(f"file:{pattern}", f"file {pattern} is outside the directories locations may read")
         return
     paths = _matching(root, glob)
     if not paths and not optional:
-        run.fail(f"file:{pattern}", f"file {pattern} does not exist")
+        yield ReadError(f"file:{pattern}", f"file {pattern} does not exist")
     for path in paths:
-        _read_file(run, path, depth)
+        yield from _read_file(run, path, depth)
 
 
 def _matching(root: Path, glob: str | None) -> list[Path]:
@@ -183,7 +200,7 @@ def _split_glob(pattern: str) -> tuple[Path, str | None]:
     return Path(*parts[:first_glob]), str(Path(*parts[first_glob:]))
 
 
-def _read_file(run: _Run, path: Path, depth: int) -> None:
+def _read_file(run: _Run, path: Path, depth: int) -> _Found:
     # Each file is read once per run: that ends cycles of Location entities and keeps one location per entity.
     identity = path.resolve()
     if identity in run.seen:
@@ -193,13 +210,15 @@ def _read_file(run: _Run, path: Path, depth: int) -> None:
     try:
         data = run.read(path)
     except _FileError as exc:
-        run.fail(location, f"file {exc}")
+        yield ReadError(location, f"file {exc}")
         return
     for index, document in iter_yaml_documents(data):
-        _take_document(run, document, location, path.parent, lambda ref: run.read(path.parent / ref), index, depth)
+        yield from _take_document(
+            run, document, location, path.parent, lambda ref: run.read(path.parent / ref), index, depth
+        )
 
 
-def _read_url(run: _Run, url: str, depth: int, optional: bool) -> None:
+def _read_url(run: _Run, url: str, depth: int, optional: bool) -> _Found:
     if url in run.seen:
         return
     run.seen.add(url)
@@ -209,10 +228,10 @@ def _read_url(run: _Run, url: str, depth: int, optional: bool) -> None:
     except _FileError as exc:
         cause = exc.__cause__
         if not (optional and isinstance(cause, FetchError) and cause.not_found):
-            run.fail(location, str(exc))
+            yield ReadError(location, str(exc))
         return
     for index, document in iter_yaml_documents(data):
-        _take_document(run, document, location, url, lambda ref: run.fetch(urljoin(url, ref)), index, depth)
+        yield from _take_document(run, document, location, url, lambda ref: run.fetch(urljoin(url, ref)), index, depth)
 
 
 def _read_limited(path: Path) -> bytes:
@@ -231,21 +250,21 @@ def _read_limited(path: Path) -> bytes:
 
 def _take_document(
     run: _Run, document: Any, location: str, base: Base, read_relative: _ReadRelative, index: int, depth: int
-) -> None:
+) -> _Found:
     if isinstance(document, YamlError):
-        run.fail(location, f"YAML error at {location}, {document}", index)
+        yield ReadError(location, f"YAML error at {location}, {document}", index)
         return
     if not isinstance(document, dict):
-        run.fail(location, f"Expected object at root, got {_JSON_TYPES.get(type(document), 'object')}", index)
+        yield ReadError(location, f"Expected object at root, got {_JSON_TYPES.get(type(document), 'object')}", index)
         return
     try:
         entity = _annotated(_resolve_placeholders(document, read_relative), location, run.origin)
     except _EntityError as exc:
-        run.fail(location, str(exc), index)
+        yield ReadError(location, str(exc), index)
         return
-    run.entities.append(ReadEntity(entity, location_key=location, location=location))
+    yield ReadEntity(entity, location_key=location, location=location)
     if _is_location(entity):
-        _follow(run, entity, location.partition(":")[0], base, depth)
+        yield from _follow(run, entity, location.partition(":")[0], base, depth)
 
 
 def _annotated(entity: dict[str, Any], location: str, origin: str) -> dict[str, Any]:
@@ -266,7 +285,7 @@ def _is_location(entity: dict[str, Any]) -> bool:
     return isinstance(kind, str) and kind.lower() == "location"
 
 
-def _follow(run: _Run, entity: dict[str, Any], reading_type: str, base: Base, depth: int) -> None:
+def _follow(run: _Run, entity: dict[str, Any], reading_type: str, base: Base, depth: int) -> _Found:
     spec = entity.get("spec")
     if not isinstance(spec, dict):
         return
@@ -274,7 +293,7 @@ def _follow(run: _Run, entity: dict[str, Any], reading_type: str, base: Base, de
     type = spec.get("type") or reading_type
     optional = spec.get("presence") == "optional"
     for target in _targets(spec):
-        _read_target(run, str(type), target, base=base, depth=depth + 1, optional=optional)
+        yield from _read_target(run, str(type), target, base=base, depth=depth + 1, optional=optional)
 
 
 def _targets(spec: dict[str, Any]) -> list[str]:

@@ -1,7 +1,8 @@
 """Catalog use cases: the direct Entity API (create, replace, delete) and Backstage's reads.
 
-Every write is one transaction: the entity, the relations it emits, the search rows of every entity whose
-relations changed (the entity itself and the targets on both sides), and its event in the outbox.
+Every write is one transaction: the entities, the relations they emit, one event per entity in the outbox, and
+the stitched form (served JSON, search rows, tokens, full text) of every entity whose relations changed (the
+entities themselves and the targets on both sides). Reads serve the stored JSON as it is.
 """
 
 from __future__ import annotations
@@ -11,14 +12,14 @@ import binascii
 import dataclasses
 import uuid
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeVar
 
 import asyncpg
 import msgspec
 
 from services.catalog import kinds as kinds_module
 from services.catalog import store
-from services.catalog.entity_ref import parse_entity_ref, ref_of
+from services.catalog.entity_ref import EntityRefError, parse_entity_ref, ref_of
 from services.catalog.kinds import Kinds
 from services.catalog.model import (
     ByNameQuery,
@@ -43,26 +44,39 @@ from services.catalog.model import (
     QueryCursor,
     QueryPage,
     ScopeReadQuery,
+    SearchCursor,
+    SearchPage,
+    SearchQuery,
+    Served,
+    ServedEntity,
     StoredEntity,
     body_ref_mismatches,
     check_scope,
     document_etag,
     ingestible_document,
     next_generation,
-    stitch,
 )
 from services.catalog.predicates import Predicate, parse_predicate
 from services.catalog.predicates import matches as predicate_matches
 from services.catalog.properties import apply_properties, check_path
-from services.catalog.query import AllOf, build_search_rows, parse_fields_param, parse_filter_params, project_fields
-from services.catalog.relations import relations_of
+from services.catalog.query import (
+    AllOf,
+    KeyValues,
+    build_search_rows,
+    parse_fields_param,
+    parse_filter_params,
+    project_fields,
+    search_words,
+)
+from services.catalog.relations import Relation, relations_of
 from services.catalog.scopes import ScopeSelector, names_scope, parse_scoped_ref
+from services.catalog.stitching import restitch
 from services.catalog.validation import default_namespace, validate_entity
 from shared.db import transaction
 from shared.errors import ConflictError, FieldError, InputError, NotFoundError
 from shared.etag import check_if_match
 from shared.events import Actor, ResourceRef, diff_fields, new_event
-from shared.outbox import write_event
+from shared.outbox import write_event, write_events
 
 SOURCE = "catalog"
 
@@ -90,13 +104,6 @@ def prepare_document(raw: Any, kinds: Kinds) -> tuple[dict[str, Any], list]:
     return document, relations
 
 
-async def _restitch(conn: asyncpg.Connection, scope: str, refs: set[str]) -> None:
-    """Rebuild the search rows of the existing entities among `refs`, whose relations may have changed."""
-    entities = await store.get_many(conn, scope, sorted(refs))
-    relations = await store.relations_from(conn, scope, entities)
-    await store.replace_search_rows(conn, {e.uid: build_search_rows(stitch(e, relations)) for e in entities.values()})
-
-
 def _event(kind: str, actor: Actor, entity: StoredEntity, data: dict[str, Any]):
     return new_event(
         f"catalog.entity.{kind}",
@@ -108,27 +115,64 @@ def _event(kind: str, actor: Actor, entity: StoredEntity, data: dict[str, Any]):
     )
 
 
-async def insert_entity(conn: asyncpg.Connection, actor: Actor, entity: StoredEntity, relations: list) -> None:
-    """Store a new entity with its relations, re-stitch what it touches, and emit `catalog.entity.created`."""
-    await store.insert_entity(conn, entity)
-    await store.replace_relations(conn, entity.uid, entity.scope, relations)
-    await _restitch(conn, entity.scope, {entity.ref} | {r.target for r in relations})
-    await write_event(conn, _event("created", actor, entity, {"entity": entity.document}))
+@dataclasses.dataclass(frozen=True)
+class EntityWrite:
+    """One entity change: created (no `before`), updated, or deleted (no `after`)."""
+
+    before: StoredEntity | None
+    after: StoredEntity | None
+    relations: list[Relation] = dataclasses.field(default_factory=list)
+    """The relations `after` emits."""
+
+    def event(self, actor: Actor):
+        if self.before is None:
+            return _event("created", actor, self.after, {"entity": self.after.document})
+        if self.after is None:
+            return _event("deleted", actor, self.before, {"entity": self.before.document})
+        changes = diff_fields(self.before.served_document, self.after.served_document)
+        if self.before.orphan != self.after.orphan:
+            changes["orphan"] = {"before": self.before.orphan, "after": self.after.orphan}
+        verb = "orphaned" if self.after.orphan and list(changes) == ["orphan"] else "updated"
+        return _event(verb, actor, self.after, {"changes": changes, "generation": self.after.generation})
 
 
-async def update_entity(
-    conn: asyncpg.Connection, actor: Actor, current: StoredEntity, updated: StoredEntity, relations: list
+async def write_entities(
+    conn: asyncpg.Connection, actor: Actor, scope: str, writes: list[EntityWrite], *, kinds: Kinds
+) -> set[str]:
+    """Store entity changes at one scope set-based: rows, the relations they emit, and one event each in the
+    outbox. Returns the refs whose served form is now stale: the entities, and both ends of their old and new
+    relations where those changed (an entity's served form depends on its own document and the relations
+    from it only); the caller stitches them, once per batch."""
+    if not writes:
+        return set()
+    rewired = [
+        w for w in writes if w.after is None or w.before is None or w.relations != served_relations(w.before, kinds)
+    ]
+    existing = [w.before.uid for w in rewired if w.before is not None]
+    stale = await store.emitted_targets(conn, existing) if existing else set()
+    deleted = [w.before.uid for w in writes if w.after is None and w.before is not None]
+    created = [w.after for w in writes if w.before is None and w.after is not None]
+    updated = [w.after for w in writes if w.before is not None and w.after is not None]
+    if deleted:
+        await store.delete_entities(conn, deleted)
+    if created:
+        await store.insert_entities(conn, created)
+    if updated:
+        await store.update_entities(conn, updated)
+    emitted = {w.after.uid: w.relations for w in rewired if w.after is not None}
+    if emitted:
+        await store.replace_relations(conn, scope, emitted)
+    stale.update(w.after.ref for w in writes if w.after is not None)
+    stale.update(r.target for w in rewired for r in w.relations)
+    await write_events(conn, [write.event(actor) for write in writes])
+    return stale
+
+
+async def apply_writes(
+    conn: asyncpg.Connection, actor: Actor, scope: str, writes: list[EntityWrite], *, kinds: Kinds
 ) -> None:
-    """Store a changed entity, re-stitch both old and new relation targets, and emit the changed fields."""
-    affected = await store.emitted_targets(conn, current.uid)
-    await store.update_entity(conn, updated)
-    await store.replace_relations(conn, updated.uid, updated.scope, relations)
-    await _restitch(conn, updated.scope, affected | {updated.ref} | {r.target for r in relations})
-    changes = diff_fields(current.served_document, updated.served_document)
-    if current.orphan != updated.orphan:
-        changes["orphan"] = {"before": current.orphan, "after": updated.orphan}
-    verb = "orphaned" if updated.orphan and list(changes) == ["orphan"] else "updated"
-    await write_event(conn, _event(verb, actor, updated, {"changes": changes, "generation": updated.generation}))
+    """`write_entities`, then stitch what it touched: the whole change is queryable when the transaction commits."""
+    await restitch(conn, scope, await write_entities(conn, actor, scope, writes, kinds=kinds))
 
 
 def revised(current: StoredEntity, document: dict[str, Any], **fields: Any) -> StoredEntity:
@@ -150,15 +194,22 @@ def served_relations(entity: StoredEntity, kinds: Kinds) -> list:
     return relations_of(document, kinds.relation_rules(document))[0]
 
 
+async def _served_document(conn: asyncpg.Connection, scope: str, ref: str) -> dict[str, Any]:
+    served = await store.served_by_ref(conn, scope, ref)
+    assert served is not None, "read in the transaction that stitched it"
+    return msgspec.json.decode(served.json)
+
+
 async def create_entity(pool: asyncpg.Pool, actor: Actor, scope: str, raw: Any) -> dict[str, Any]:
     check_scope(scope)
     try:
         async with transaction(pool) as conn:
-            document, relations = prepare_document(raw, await kinds_module.load(conn))
+            kinds = await kinds_module.load(conn)
+            document, relations = prepare_document(raw, kinds)
             ref = str(ref_of(document))
             entity = StoredEntity(str(uuid.uuid4()), scope, ref, document, document_etag(document), 1)
-            await insert_entity(conn, actor, entity, relations)
-            return stitch(entity, await store.relations_from(conn, scope, [ref]))
+            await apply_writes(conn, actor, scope, [EntityWrite(None, entity, relations)], kinds=kinds)
+            return await _served_document(conn, scope, ref)
     except asyncpg.UniqueViolationError:
         raise ConflictError(f"{ref} already exists at scope {scope}") from None
 
@@ -179,11 +230,11 @@ async def replace_entity(
         if current is None:
             raise NotFoundError(f"no entity {ref} at scope {scope}")
         check_if_match(if_match, current.etag)
-        if current.document == document:
-            return stitch(current, await store.relations_from(conn, scope, [ref]))
-        updated = revised(current, document)
-        await update_entity(conn, actor, current, updated, served_relations(updated, kinds))
-        return stitch(updated, await store.relations_from(conn, scope, [ref]))
+        if current.document != document:
+            updated = revised(current, document)
+            write = EntityWrite(current, updated, served_relations(updated, kinds))
+            await apply_writes(conn, actor, scope, [write], kinds=kinds)
+        return await _served_document(conn, scope, ref)
 
 
 async def delete_entity(pool: asyncpg.Pool, actor: Actor, uid: str) -> None:
@@ -191,54 +242,42 @@ async def delete_entity(pool: asyncpg.Pool, actor: Actor, uid: str) -> None:
         entity = await store.get_by_uid(conn, uid, lock=True)
         if entity is None:
             raise NotFoundError(f"no entity with uid {uid}")
-        await remove_entity(conn, actor, entity)
+        await apply_writes(conn, actor, entity.scope, [EntityWrite(entity, None)], kinds=await kinds_module.load(conn))
 
 
-async def remove_entity(conn: asyncpg.Connection, actor: Actor, entity: StoredEntity) -> None:
-    """Delete an entity and its relations, re-stitch what they pointed at, and emit `catalog.entity.deleted`."""
-    affected = await store.emitted_targets(conn, entity.uid)
-    await store.delete_entity(conn, entity.uid)
-    await _restitch(conn, entity.scope, affected - {entity.ref})
-    await write_event(conn, _event("deleted", actor, entity, {"entity": entity.document}))
-
-
-async def _serve(conn: asyncpg.Connection, entities: list[StoredEntity]) -> list[dict[str, Any]]:
-    """Stitch many entities with one relations query per scope among them."""
-    refs_by_scope: dict[str, list[str]] = {}
-    for entity in entities:
-        refs_by_scope.setdefault(entity.scope, []).append(entity.ref)
-    relations = [r for scope, refs in refs_by_scope.items() for r in await store.relations_from(conn, scope, refs)]
-    return [stitch(entity, relations) for entity in entities]
-
-
-async def _served(conn: asyncpg.Connection, entity: StoredEntity | None, missing: str) -> dict[str, Any]:
-    if entity is None:
+def _found(served: ServedEntity | None, missing: str) -> ServedEntity:
+    if served is None:
         raise NotFoundError(missing)
-    return stitch(entity, await store.relations_from(conn, entity.scope, [entity.ref]))
+    return served
 
 
-async def get_by_name(pool: asyncpg.Pool, query: ByNameQuery, kind: str, namespace: str, name: str) -> dict[str, Any]:
+def _items(jsons: list[str], fields: tuple[str, ...] | None) -> list[Served]:
+    """Page items: the stored JSON as it is, or decoded and cut down to `fields`."""
+    if fields:
+        return [project_fields(msgspec.json.decode(json), fields) for json in jsons]
+    return [msgspec.Raw(json) for json in jsons]
+
+
+async def get_by_name(pool: asyncpg.Pool, query: ByNameQuery, kind: str, namespace: str, name: str) -> ServedEntity:
     ref = str(parse_entity_ref({"kind": kind, "namespace": namespace, "name": name}))
     scopes = ScopeSelector.of(query.scope, parents=query.includeParents).exact_scopes()
     async with pool.acquire() as conn:
-        return await _served(conn, (await store.get_nearest(conn, scopes, [ref])).get(ref), f"no entity {ref}")
+        return _found((await store.served_nearest(conn, scopes, [ref])).get(ref), f"no entity {ref}")
 
 
-async def get_by_uid(pool: asyncpg.Pool, uid: str) -> dict[str, Any]:
+async def get_by_uid(pool: asyncpg.Pool, uid: str) -> ServedEntity:
     async with pool.acquire() as conn:
-        return await _served(conn, await store.get_by_uid(conn, uid), f"no entity with uid {uid}")
+        return _found(await store.served_by_uid(conn, uid), f"no entity with uid {uid}")
 
 
-async def list_entities(pool: asyncpg.Pool, query: EntityListQuery) -> list[dict[str, Any]]:
+async def list_entities(pool: asyncpg.Pool, query: EntityListQuery) -> list[Served]:
     """Backstage's `GET /entities`: filter, fields, offset and limit, at a scope (and those around it, if asked)."""
     scope = ScopeSelector.of(query.scope, parents=query.includeParents, children=query.includeChildren)
     where = parse_filter_params(_as_list(query.filter))
     fields = parse_fields_param(_as_list(query.fields))
     async with pool.acquire() as conn:
-        served = await _serve(
-            conn, await store.list_entities(conn, scope, where, offset=query.offset, limit=query.limit)
-        )
-    return [project_fields(e, fields) for e in served] if fields else served
+        served = await store.list_entities(conn, scope, where, offset=query.offset, limit=query.limit)
+    return _items(served, fields)
 
 
 async def get_by_refs(pool: asyncpg.Pool, query: ByRefsQuery, request: ByRefsRequest) -> ByRefsResponse:
@@ -264,26 +303,47 @@ async def get_by_refs(pool: asyncpg.Pool, query: ByRefsQuery, request: ByRefsReq
         refs_by_scope.setdefault(scope_of, []).append(ref)
     async with pool.acquire() as conn:
         found = {
-            (scope_of, ref): entity
+            (scope_of, ref): served.json
             for scope_of, refs in refs_by_scope.items()
-            for ref, entity in (await store.get_nearest(conn, [scope_of] if scope_of else default_scopes, refs)).items()
+            for ref, served in (
+                await store.served_nearest(conn, [scope_of] if scope_of else default_scopes, refs)
+            ).items()
         }
-        served = dict(zip(found, await _serve(conn, list(found.values())), strict=True))
-    items = [served.get(key) for key in wanted]
-    if predicate is not None:
-        items = [i if i is not None and predicate_matches(predicate, build_search_rows(i)) else None for i in items]
-    return ByRefsResponse([project_fields(i, fields) if i is not None and fields else i for i in items])
+    return ByRefsResponse([_by_refs_item(found.get(key), predicate, fields) for key in wanted])
 
 
-def _encode_cursor(cursor: QueryCursor) -> str:
+def _by_refs_item(json: str | None, predicate: Predicate | None, fields: tuple[str, ...] | None) -> Served | None:
+    """A found entity as by-refs serves it: `None` where the predicate does not select it."""
+    if json is None or predicate is None:
+        return None if json is None else _items([json], fields)[0]
+    entity = msgspec.json.decode(json)
+    if not predicate_matches(predicate, build_search_rows(entity)):
+        return None
+    return project_fields(entity, fields) if fields else entity
+
+
+Cursor = TypeVar("Cursor", QueryCursor, SearchCursor)
+
+
+def _encode_cursor(cursor: QueryCursor | SearchCursor) -> str:
     return base64.urlsafe_b64encode(msgspec.json.encode(cursor)).decode()
 
 
-def _decode_cursor(raw: str) -> QueryCursor:
+def _decode_cursor(raw: str, cursor_type: type[Cursor]) -> Cursor:
     try:
-        return msgspec.json.decode(base64.urlsafe_b64decode(raw.encode()), type=QueryCursor)
+        return msgspec.json.decode(base64.urlsafe_b64decode(raw.encode()), type=cursor_type)
     except (ValueError, binascii.Error, msgspec.DecodeError, msgspec.ValidationError):
         raise InputError.for_field("query.cursor", "not a cursor returned by this API") from None
+
+
+def _page_info(offset: int, count: int, total: int, limit: int, cursor_at: Callable[[int], str]) -> PageInfo:
+    """Cursors (made by `cursor_at(offset)`) to the next page (when there is more) and the previous one (when
+    this is not the first)."""
+    after = offset + count
+    return PageInfo(
+        nextCursor=cursor_at(after) if after < total else None,
+        prevCursor=cursor_at(max(0, offset - limit)) if offset > 0 else None,
+    )
 
 
 def _order_fields(values: list[str]) -> list[tuple[str, bool]]:
@@ -300,7 +360,7 @@ def _order_fields(values: list[str]) -> list[tuple[str, bool]]:
 async def query_entities(pool: asyncpg.Pool, query: EntityQuery) -> QueryPage:
     """Backstage's `GET /entities/by-query`: a page, the total, and cursors to the next and previous pages."""
     cursor = (
-        _decode_cursor(query.cursor)
+        _decode_cursor(query.cursor, QueryCursor)
         if query.cursor
         else QueryCursor(
             filter=_as_list(query.filter),
@@ -314,12 +374,13 @@ async def query_entities(pool: asyncpg.Pool, query: EntityQuery) -> QueryPage:
         )
     )
     term = (cursor.fullTextFilterTerm or "").strip()
-    full_text = (term, tuple(f.strip().lower() for f in cursor.fullTextFilterFields if f.strip())) if term else None
+    # Backstage's client sends the fields comma-separated in one parameter.
+    keys = tuple(f.strip().lower() for value in cursor.fullTextFilterFields for f in value.split(",") if f.strip())
     return await query_page(
         pool,
         ScopeSelector.of(cursor.scope, parents=cursor.includeParents, children=cursor.includeChildren),
         parse_filter_params(cursor.filter),
-        full_text=full_text,
+        full_text=(term, keys) if term else None,
         order=_order_fields(cursor.orderField),
         offset=cursor.offset,
         limit=query.limit,
@@ -345,14 +406,55 @@ async def query_page(
         page, total = await store.query_entities(
             conn, scope, where, full_text=full_text, order=order, offset=offset, limit=limit
         )
-        items = await _serve(conn, page)
-    after = offset + len(page)
-    return QueryPage(
-        items=[project_fields(i, fields) for i in items] if fields else items,
-        totalItems=total,
-        pageInfo=PageInfo(
-            nextCursor=cursor_at(after) if after < total else None,
-            prevCursor=cursor_at(max(0, offset - limit)) if offset > 0 else None,
+    return QueryPage(_items(page, fields), total, _page_info(offset, len(page), total, limit, cursor_at))
+
+
+async def search_entities(pool: asyncpg.Pool, query: SearchQuery) -> SearchPage:
+    """Ranked full-text search over name, title, description, tags, owner and annotations, filtered by kind,
+    type, owner and tag, at a scope and the scopes below it."""
+    cursor = (
+        _decode_cursor(query.cursor, SearchCursor)
+        if query.cursor
+        else SearchCursor(
+            q=query.q,
+            kind=_as_list(query.kind),
+            type=_as_list(query.type),
+            owner=_as_list(query.owner),
+            tag=_as_list(query.tag),
+            scope=query.scope,
+            offset=0,
+        )
+    )
+    scope = check_scope(cursor.scope)
+    words = search_words(cursor.q)
+    if not words:
+        raise InputError.for_field("query.q", "give at least one word (letters or digits) to search for")
+    owners = []
+    for owner in cursor.owner:
+        try:
+            owners.append(str(parse_entity_ref(owner, default_kind="group")))
+        except EntityRefError as exc:
+            raise InputError.for_field("query.owner", str(exc)) from None
+    wanted = {
+        "kind": [k.lower() for k in cursor.kind],
+        "spec.type": [t.lower() for t in cursor.type],
+        "relations.ownedby": owners,
+        "metadata.tags": [t.lower() for t in cursor.tag],
+    }
+    filters = tuple(KeyValues(key, tuple(values)) for key, values in wanted.items() if values)
+    async with pool.acquire() as conn:
+        hits, total = await store.search_entities(
+            conn, scope, AllOf(filters) if filters else None, words, offset=cursor.offset, limit=query.limit
+        )
+    return SearchPage(
+        hits,
+        total,
+        _page_info(
+            cursor.offset,
+            len(hits),
+            total,
+            query.limit,
+            lambda offset: _encode_cursor(msgspec.structs.replace(cursor, offset=offset)),
         ),
     )
 
@@ -499,8 +601,14 @@ async def ingest_properties(pool: asyncpg.Pool, actor: Actor, scope: str, reques
     updated_count = 0
     async with transaction(pool) as conn:
         kinds = await kinds_module.load(conn)
+        originals: dict[tuple[str, str], StoredEntity] = {}
+        for item_scope in sorted({item_scope for _, _, item_scope, _ in plans}):
+            refs = sorted({ref for _, ref, s, _ in plans if s == item_scope})
+            found = await store.get_many(conn, item_scope, refs, lock=True)
+            originals.update(((item_scope, ref), entity) for ref, entity in found.items())
+        latest = dict(originals)
         for field, ref, item_scope, properties in plans:
-            current = await store.get_by_ref(conn, item_scope, ref, lock=True)
+            current = latest.get((item_scope, ref))
             if current is None:
                 raise InputError.for_field(f"{field}.entityRef", f"no entity {ref} at scope {item_scope}")
             merged = properties if request.mode == "replace" else {**current.properties, **properties}
@@ -513,8 +621,15 @@ async def ingest_properties(pool: asyncpg.Pool, actor: Actor, scope: str, reques
                     f"{ref} would not be valid: {errors[0].message}",
                     errors=[FieldError(f"{field}.properties", f"{e.field}: {e.message}") for e in errors],
                 )
-            await update_entity(conn, actor, current, updated, served_relations(updated, kinds))
+            latest[(item_scope, ref)] = updated
             updated_count += 1
+        writes: dict[str, list[EntityWrite]] = {}
+        for (item_scope, _), entity in latest.items():
+            original = originals[(item_scope, entity.ref)]
+            if entity is not original:
+                writes.setdefault(item_scope, []).append(EntityWrite(original, entity, served_relations(entity, kinds)))
+        for item_scope, scope_writes in writes.items():
+            await apply_writes(conn, actor, item_scope, scope_writes, kinds=kinds)
     return IngestResult(updated=updated_count, unchanged=len(plans) - updated_count)
 
 
@@ -543,26 +658,26 @@ async def set_favorite(pool: asyncpg.Pool, actor: Actor, uid: str, starred: bool
 
 async def favorites(pool: asyncpg.Pool, actor: Actor) -> list[dict[str, Any]]:
     async with pool.acquire() as conn:
-        return await _serve(conn, await store.favorite_entities(conn, f"{actor.kind}:{actor.id}"))
+        return _items(await store.favorite_entities(conn, f"{actor.kind}:{actor.id}"), None)
 
 
 async def get_by_uids(pool: asyncpg.Pool, uids: list[str]) -> list[dict[str, Any]]:
-    """The entities with these uids, stitched, in the order asked; unknown uids are left out."""
+    """The entities with these uids as served (stitched), in the order asked; unknown uids are left out."""
     for index, uid in enumerate(uids):
         try:
             uuid.UUID(uid)
         except ValueError:
             raise InputError.for_field(f"$.uids[{index}]", f"{uid!r} is not a uid") from None
     async with pool.acquire() as conn:
-        return await _serve(conn, await store.get_in_order(conn, uids))
+        return [msgspec.json.decode(json) for json in await store.served_in_order(conn, uids)]
 
 
 async def entity_page(pool: asyncpg.Pool, after_uid: str | None, limit: int) -> list[dict[str, Any]]:
-    """Entities of every scope in uid order after `after_uid`, stitched: one page of a full scan."""
+    """Entities of every scope in uid order after `after_uid` as served (stitched): one page of a full scan."""
     if after_uid is not None:
         try:
             uuid.UUID(after_uid)
         except ValueError:
             raise InputError.for_field("$.after", f"{after_uid!r} is not a uid") from None
     async with pool.acquire() as conn:
-        return await _serve(conn, await store.entities_after(conn, after_uid, limit))
+        return [msgspec.json.decode(json) for json in await store.entities_after(conn, after_uid, limit)]

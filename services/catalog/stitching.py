@@ -1,0 +1,70 @@
+"""Stitching: the entity as reads serve it, rebuilt in the writing transaction for every entity a write touches.
+
+Backstage stitches asynchronously into `final_entities` after processing. Here a set of refs is stitched at once,
+inside the transaction that changed them (one query for the entities, one for the relations out of them, then
+set-based writes of the served JSON, search rows, filter tokens and full-text document), so a committed write is
+queryable at once and a bulk load stitches each entity once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import defaultdict
+from collections.abc import Iterable
+
+import asyncpg
+
+from services.catalog import store
+from services.catalog.model import StitchedEntity, StoredEntity, stitched
+from services.catalog.relations import Relation
+from shared.db import transaction
+
+STITCH_BATCH = 2000
+"""Entities stitched per round trip: large enough for set-based writes, small enough to bound memory."""
+
+
+async def restitch(conn: asyncpg.Connection, scope: str, refs: Iterable[str]) -> None:
+    """Rebuild what is served for the existing entities among `refs`; refs of missing entities are skipped.
+
+    Chunk by chunk; a chunk's stitching (Python) runs in a thread while the previous chunk is written
+    (PostgreSQL), so both sides work at once."""
+    ordered = sorted(set(refs))
+    chunks = [ordered[start : start + STITCH_BATCH] for start in range(0, len(ordered), STITCH_BATCH)]
+    writing: list[StitchedEntity] | None = None
+    for chunk in chunks:
+        inputs = await _inputs(conn, scope, chunk)
+        if writing is None:  # nothing to write yet: stitch here (a single write never needs a thread)
+            writing = _stitch_all(*inputs)
+            continue
+        stitching = asyncio.ensure_future(asyncio.to_thread(_stitch_all, *inputs))
+        try:
+            await store.write_stitched(conn, writing)
+        finally:
+            writing = await stitching
+    if writing:
+        await store.write_stitched(conn, writing)
+
+
+async def _inputs(
+    conn: asyncpg.Connection, scope: str, refs: list[str]
+) -> tuple[list[StoredEntity], dict[str, list[Relation]]]:
+    entities = await store.get_many(conn, scope, refs)
+    relations: dict[str, list[Relation]] = defaultdict(list)
+    if entities:
+        for relation in await store.relations_from(conn, scope, entities):
+            relations[relation.source].append(relation)
+    return list(entities.values()), relations
+
+
+def _stitch_all(entities: list[StoredEntity], relations: dict[str, list[Relation]]) -> list[StitchedEntity]:
+    return [stitched(entity, relations.get(entity.ref, [])) for entity in entities]
+
+
+async def stitch_unstitched(pool: asyncpg.Pool) -> None:
+    """Stitch entities stored before the catalog kept their served JSON (once, after migration 0006)."""
+    async with transaction(pool) as conn:
+        refs_by_scope: dict[str, list[str]] = defaultdict(list)
+        for scope, ref in await store.unstitched(conn):
+            refs_by_scope[scope].append(ref)
+        for scope, refs in refs_by_scope.items():
+            await restitch(conn, scope, refs)
