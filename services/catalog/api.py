@@ -35,6 +35,7 @@ from services.catalog.model import (
     ServedEntity,
     ValidateEntityRequest,
 )
+from shared.authz import Visibility
 from shared.etag import quoted
 from shared.http import Routes, json_response, parse_query, principal_of, read_json
 from shared.service import Deps
@@ -64,6 +65,10 @@ def routes(deps: Deps) -> Routes:
     policy = deps.settings.ingestion_policy()
     api = Routes(tag="catalog")
 
+    def visible(request: web.Request) -> Visibility:
+        """The scopes the caller's role bindings let it read; lists keep only those (in the SQL)."""
+        return deps.access.visibility(principal_of(request), "catalog_entity_view")
+
     @api.get(
         "/api/catalog/entities",
         summary="List entities (Backstage: filter, fields, offset, limit)",
@@ -71,7 +76,8 @@ def routes(deps: Deps) -> Routes:
         query=EntityListQuery,
     )
     async def list_entities(request: web.Request) -> web.Response:
-        return json_response(await service.list_entities(pool, parse_query(request, EntityListQuery)))
+        query = parse_query(request, EntityListQuery)
+        return json_response(await service.list_entities(pool, query, visible(request)))
 
     @api.post(
         "/api/catalog/entities",
@@ -136,7 +142,8 @@ def routes(deps: Deps) -> Routes:
         response=QueryPage,
     )
     async def query_entities(request: web.Request) -> web.Response:
-        return json_response(await service.query_entities(pool, parse_query(request, EntityQuery)))
+        query = parse_query(request, EntityQuery)
+        return json_response(await service.query_entities(pool, query, visible(request)))
 
     @api.post(
         "/api/catalog/entities/by-query",
@@ -149,7 +156,7 @@ def routes(deps: Deps) -> Routes:
     async def query_entities_by_predicate(request: web.Request) -> web.Response:
         scope = parse_query(request, ScopeReadQuery)
         body = await read_json(request, PredicateQueryRequest)
-        return json_response(await service.query_by_predicate(pool, scope, body))
+        return json_response(await service.query_by_predicate(pool, scope, body, visible(request)))
 
     @api.post(
         "/api/catalog/entities/by-refs",
@@ -181,7 +188,8 @@ def routes(deps: Deps) -> Routes:
         response=FacetsResponse,
     )
     async def get_entity_facets(request: web.Request) -> web.Response:
-        return json_response(await service.entity_facets(pool, parse_query(request, FacetsQuery)))
+        query = parse_query(request, FacetsQuery)
+        return json_response(await service.entity_facets(pool, query, visible(request)))
 
     @api.post(
         "/api/catalog/entity-facets",
@@ -194,7 +202,7 @@ def routes(deps: Deps) -> Routes:
     async def query_entity_facets_by_predicate(request: web.Request) -> web.Response:
         scope = parse_query(request, ScopeReadQuery)
         body = await read_json(request, PredicateFacetsRequest)
-        return json_response(await service.facets_by_predicate(pool, scope, body))
+        return json_response(await service.facets_by_predicate(pool, scope, body, visible(request)))
 
     @api.post(
         "/api/catalog/locations",

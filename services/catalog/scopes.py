@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 from services.catalog.entity_ref import EntityRef, EntityRefError, parse_entity_ref
 from services.catalog.model import check_scope
+from shared.authz import EVERYTHING, Visibility
 from shared.errors import InputError
 
 SCOPE_SEPARATOR = "@"
@@ -25,10 +26,14 @@ class ScopeSelector:
     scope: str
     parents: bool = False
     children: bool = False
+    visible: Visibility = EVERYTHING
+    """What the caller's role bindings let it see; the read keeps only those scopes."""
 
     @classmethod
-    def of(cls, scope: str, *, parents: bool = False, children: bool = False) -> ScopeSelector:
-        return cls(check_scope(scope), parents, children)
+    def of(
+        cls, scope: str, *, parents: bool = False, children: bool = False, visible: Visibility = EVERYTHING
+    ) -> ScopeSelector:
+        return cls(check_scope(scope), parents, children, visible)
 
     def exact_scopes(self) -> list[str]:
         """The scope itself and, with `parents`, every scope above it (`account.a.b` → `account`, `account.a`)."""

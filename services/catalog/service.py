@@ -72,6 +72,7 @@ from services.catalog.relations import Relation, relations_of
 from services.catalog.scopes import ScopeSelector, names_scope, parse_scoped_ref
 from services.catalog.stitching import restitch
 from services.catalog.validation import default_namespace, validate_entity
+from shared.authz import EVERYTHING, Visibility
 from shared.db import transaction
 from shared.errors import ConflictError, FieldError, InputError, NotFoundError
 from shared.etag import check_if_match
@@ -270,9 +271,10 @@ async def get_by_uid(pool: asyncpg.Pool, uid: str) -> ServedEntity:
         return _found(await store.served_by_uid(conn, uid), f"no entity with uid {uid}")
 
 
-async def list_entities(pool: asyncpg.Pool, query: EntityListQuery) -> list[Served]:
-    """Backstage's `GET /entities`: filter, fields, offset and limit, at a scope (and those around it, if asked)."""
-    scope = ScopeSelector.of(query.scope, parents=query.includeParents, children=query.includeChildren)
+async def list_entities(pool: asyncpg.Pool, query: EntityListQuery, visible: Visibility = EVERYTHING) -> list[Served]:
+    """Backstage's `GET /entities`: filter, fields, offset and limit, at a scope (and those around it, if asked),
+    among what the caller may see."""
+    scope = ScopeSelector.of(query.scope, parents=query.includeParents, children=query.includeChildren, visible=visible)
     where = parse_filter_params(_as_list(query.filter))
     fields = parse_fields_param(_as_list(query.fields))
     async with pool.acquire() as conn:
@@ -357,7 +359,7 @@ def _order_fields(values: list[str]) -> list[tuple[str, bool]]:
     return order
 
 
-async def query_entities(pool: asyncpg.Pool, query: EntityQuery) -> QueryPage:
+async def query_entities(pool: asyncpg.Pool, query: EntityQuery, visible: Visibility = EVERYTHING) -> QueryPage:
     """Backstage's `GET /entities/by-query`: a page, the total, and cursors to the next and previous pages."""
     cursor = (
         _decode_cursor(query.cursor, QueryCursor)
@@ -378,7 +380,7 @@ async def query_entities(pool: asyncpg.Pool, query: EntityQuery) -> QueryPage:
     keys = tuple(f.strip().lower() for value in cursor.fullTextFilterFields for f in value.split(",") if f.strip())
     return await query_page(
         pool,
-        ScopeSelector.of(cursor.scope, parents=cursor.includeParents, children=cursor.includeChildren),
+        ScopeSelector.of(cursor.scope, parents=cursor.includeParents, children=cursor.includeChildren, visible=visible),
         parse_filter_params(cursor.filter),
         full_text=(term, keys) if term else None,
         order=_order_fields(cursor.orderField),
@@ -471,7 +473,9 @@ def _decode_predicate_cursor(raw: str) -> PredicateCursor:
         raise InputError.for_field("$.cursor", "not a cursor returned by this API") from None
 
 
-async def query_by_predicate(pool: asyncpg.Pool, scope: ScopeReadQuery, request: PredicateQueryRequest) -> QueryPage:
+async def query_by_predicate(
+    pool: asyncpg.Pool, scope: ScopeReadQuery, request: PredicateQueryRequest, visible: Visibility = EVERYTHING
+) -> QueryPage:
     """Backstage's `POST /entities/by-query`: the predicate form of `GET /entities/by-query`."""
     cursor = (
         _decode_predicate_cursor(request.cursor)
@@ -492,7 +496,7 @@ async def query_by_predicate(pool: asyncpg.Pool, scope: ScopeReadQuery, request:
     full_text = (term, tuple(f.strip().lower() for f in text.fields or [] if f.strip())) if text and term else None
     return await query_page(
         pool,
-        ScopeSelector.of(cursor.scope, parents=cursor.includeParents, children=cursor.includeChildren),
+        ScopeSelector.of(cursor.scope, parents=cursor.includeParents, children=cursor.includeChildren, visible=visible),
         predicate,
         full_text=full_text,
         order=[(o.field.strip().lower(), o.order == "desc") for o in cursor.orderBy],
@@ -504,18 +508,22 @@ async def query_by_predicate(pool: asyncpg.Pool, scope: ScopeReadQuery, request:
 
 
 async def facets_by_predicate(
-    pool: asyncpg.Pool, scope: ScopeReadQuery, request: PredicateFacetsRequest
+    pool: asyncpg.Pool, scope: ScopeReadQuery, request: PredicateFacetsRequest, visible: Visibility = EVERYTHING
 ) -> FacetsResponse:
     """Backstage's `POST /entity-facets`: facets among the entities a predicate selects."""
     predicate = parse_predicate(request.query) if request.query is not None else None
-    selector = ScopeSelector.of(scope.scope, parents=scope.includeParents, children=scope.includeChildren)
+    selector = ScopeSelector.of(
+        scope.scope, parents=scope.includeParents, children=scope.includeChildren, visible=visible
+    )
     return await facet_counts(pool, selector, predicate, request.facets, field="$.facets")
 
 
-async def entity_facets(pool: asyncpg.Pool, query: FacetsQuery) -> FacetsResponse:
+async def entity_facets(pool: asyncpg.Pool, query: FacetsQuery, visible: Visibility = EVERYTHING) -> FacetsResponse:
     """Backstage's `GET /entity-facets`: value counts per facet among the entities the filter selects."""
     where = parse_filter_params(_as_list(query.filter))
-    selector = ScopeSelector.of(query.scope, parents=query.includeParents, children=query.includeChildren)
+    selector = ScopeSelector.of(
+        query.scope, parents=query.includeParents, children=query.includeChildren, visible=visible
+    )
     return await facet_counts(pool, selector, where, _as_list(query.facet), field="query.facet")
 
 

@@ -23,6 +23,7 @@ from services.catalog.query import (
 )
 from services.catalog.relations import Relation
 from services.catalog.scopes import ScopeSelector
+from shared.authz import visibility_condition
 
 _COLUMNS = (
     "uid::text AS uid, scope, ref, document, etag, generation, location_id::text AS location_id, location_key, "
@@ -554,6 +555,13 @@ def scope_sql(selector: ScopeSelector, args: list[Any]) -> str:
     if prefix is not None:
         args.append(prefix)
         condition = f"({condition} OR starts_with(scope, ${len(args)}))"
+    if not selector.visible.everything:
+
+        def arg(value: Any) -> str:
+            args.append(value)
+            return f"${len(args)}"
+
+        condition += " AND " + visibility_condition(selector.visible, "scope", arg)
     return condition
 
 

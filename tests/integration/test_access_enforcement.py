@@ -187,3 +187,51 @@ async def test_an_api_keys_permissions_reach_only_its_scope(suite, http, anonymo
         await call(anonymous_http, "POST", f"{base}/roles", 201, json={**role, "scope": "account.acme.pay"}, **as_key)
         await call(anonymous_http, "POST", f"{base}/roles", 403, json={**role, "scope": "account.other"}, **as_key)
         await call(anonymous_http, "POST", f"{base}/roles", 403, json={**role, "scope": "account"}, **as_key)
+
+
+async def test_catalog_lists_and_facets_keep_what_the_caller_may_see(suite, http, anonymous_http):
+    identity, catalog = suite["identity_sync"], suite["catalog"]
+    for scope, name in [("account.acme.pay", "in-pay"), ("account.acme", "in-acme"), ("account.other", "elsewhere")]:
+        entity = {
+            "apiVersion": "backstage.io/v1alpha1",
+            "kind": "Component",
+            "metadata": {"name": name},
+            "spec": {"type": "service", "lifecycle": "production", "owner": "team"},
+        }
+        await call(http, "POST", f"{catalog.url}/api/catalog/entities", 201, params={"scope": scope}, json=entity)
+    ann_id, ann = await user_with_token(http, identity, "cat")
+    await everywhere(
+        suite, await grant(http, identity, f"user:{ann_id}", "account.acme", permissions=["catalog_entity_view"])
+    )
+    as_ann = {"headers": bearer(ann)}
+    everywhere_below = {"scope": "account", "includeChildren": "true", "filter": "kind=component"}
+    listed = await call(
+        anonymous_http, "GET", f"{catalog.url}/api/catalog/entities", 200, params=everywhere_below, **as_ann
+    )
+    assert sorted(e["metadata"]["name"] for e in listed) == ["in-acme", "in-pay"]
+    page = await call(
+        anonymous_http, "GET", f"{catalog.url}/api/catalog/entities/by-query", 200, params=everywhere_below, **as_ann
+    )
+    assert page["totalItems"] == 2
+    page = await call(
+        anonymous_http,
+        "POST",
+        f"{catalog.url}/api/catalog/entities/by-query",
+        200,
+        params={"scope": "account", "includeChildren": "true"},
+        json={"query": {"kind": "component"}},
+        **as_ann,
+    )
+    assert sorted(e["metadata"]["name"] for e in page["items"]) == ["in-acme", "in-pay"]
+    facets = await call(
+        anonymous_http,
+        "GET",
+        f"{catalog.url}/api/catalog/entity-facets",
+        200,
+        params={**everywhere_below, "facet": "metadata.name"},
+        **as_ann,
+    )
+    assert sorted(v["value"] for v in facets["facets"]["metadata.name"]) == ["in-acme", "in-pay"]
+    # The administrator still sees all three.
+    listed = await call(http, "GET", f"{catalog.url}/api/catalog/entities", 200, params=everywhere_below)
+    assert len(listed) == 3
