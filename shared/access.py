@@ -28,9 +28,19 @@ from shared.authz import (
     Visibility,
 )
 from shared.bus import request_rpc
+from shared.db import transaction
 from shared.errors import NotAllowedError, ProblemError
-from shared.events import DEFAULT_SCOPE, decode_event
-from shared.policy import Policy, PolicyDeniedError, PolicyEngine, PolicyOutcome, PolicySet
+from shared.events import DEFAULT_SCOPE, ResourceRef, decode_event, new_event
+from shared.outbox import write_event
+from shared.policy import (
+    WARNING_HEADER,
+    Policy,
+    PolicyDeniedError,
+    PolicyEngine,
+    PolicyOutcome,
+    PolicySet,
+    outcome_data,
+)
 from shared.scopes import contains
 
 log = logging.getLogger(__name__)
@@ -127,6 +137,14 @@ class AccessReplica:
         """Whether some grant of the caller's includes `permission`: the route-level check before a handler
         decides on the resource itself and lists filter by `visibility`."""
         return caller.is_admin or permission in caller.permissions or self.control.holds(subject_of(caller), permission)
+
+    def authorize_write(self, caller: Caller, permission: str, resource: Resource, document: Any) -> PolicyOutcome:
+        """A write's two gates: the caller holds `permission` on the resource (at its scope), and the policy sets
+        on `permission` there pass. Raises NotAllowedError / PolicyDeniedError; returns the outcome (warnings)."""
+        self.require(caller, permission, resource)
+        return self.enforce_policies(
+            permission, resource.scope, {"resource": document, "principal": {"kind": caller.kind, "id": caller.id}}
+        )
 
     def enforce_policies(self, action: str, scope: str, document: Any) -> PolicyOutcome:
         """Evaluate the policy sets attached to `action` at `scope`; raises PolicyDeniedError when a `deny` set
@@ -268,3 +286,28 @@ async def _reconnected(nc: NatsClient) -> None:
     seen = nc.stats["reconnects"]
     while nc.stats["reconnects"] == seen:  # noqa: ASYNC110 - no event to wait on; a counter read is free
         await asyncio.sleep(0.5)
+
+
+async def record_policy_outcome(
+    pool: Any, service: str, actor: Any, action: str, scope: str, resource: ResourceRef, outcome: PolicyOutcome
+) -> None:
+    """`<service>.policy.evaluated` through the outbox when any policy set applied (warnings are recorded
+    here; denials reach the trail as `<service>.access.denied`)."""
+    if not outcome.applied:
+        return
+    event = new_event(
+        f"{service}.policy.evaluated",
+        source=service,
+        actor=actor,
+        scope=scope,
+        resource=resource,
+        data=outcome_data(action, outcome),
+    )
+    async with transaction(pool) as conn:
+        await write_event(conn, event)
+
+
+def warning_headers(outcome: PolicyOutcome) -> list[tuple[str, str]]:
+    """One `X-Policy-Warning` per distinct warning; header-safe (one line, ASCII)."""
+    messages = dict.fromkeys(" ".join(w.message.split()) for w in outcome.warnings)  # once each, in order
+    return [(WARNING_HEADER, message.encode("ascii", "replace").decode()[:500]) for message in messages]

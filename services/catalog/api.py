@@ -7,6 +7,7 @@ from typing import Any
 from aiohttp import web
 
 from services.catalog import analyze, ancestry, convert, ingestion, kinds, service
+from services.catalog.entity_ref import ref_of
 from services.catalog.model import (
     Ancestry,
     ByNameQuery,
@@ -34,9 +35,12 @@ from services.catalog.model import (
     SearchQuery,
     ServedEntity,
     ValidateEntityRequest,
+    check_scope,
 )
-from shared.authz import Visibility
+from shared.access import record_policy_outcome, warning_headers
+from shared.authz import Resource, Visibility
 from shared.etag import quoted
+from shared.events import ResourceRef
 from shared.http import Routes, json_response, parse_query, principal_of, read_json
 from shared.service import Deps
 
@@ -51,8 +55,13 @@ def _path_ref(request: web.Request) -> tuple[str, str, str]:
     return info["kind"], info["namespace"], info["name"]
 
 
-def _entity_response(entity: dict[str, Any], status: int = 200) -> web.Response:
-    return json_response(entity, status=status, headers={"ETag": quoted(entity["metadata"]["etag"])})
+def _entity_response(
+    entity: dict[str, Any], status: int = 200, headers: list[tuple[str, str]] | None = None
+) -> web.Response:
+    response = json_response(entity, status=status, headers={"ETag": quoted(entity["metadata"]["etag"])})
+    for name, value in headers or []:
+        response.headers.add(name, value)
+    return response
 
 
 def _served_response(entity: ServedEntity) -> web.Response:
@@ -64,6 +73,15 @@ def routes(deps: Deps) -> Routes:
     pool = deps.pool
     policy = deps.settings.ingestion_policy()
     api = Routes(tag="catalog")
+
+    def authorize_write(request: web.Request, permission: str, scope: str, ref: str | None, body: Any):
+        """The caller may write at this scope (not only somewhere), and the policy sets on the action pass."""
+        resource = Resource("catalog_entity", check_scope(scope), ref)
+        return deps.access.authorize_write(principal_of(request), permission, resource, body)
+
+    async def recorded(request: web.Request, action: str, scope: str, entity: dict[str, Any], outcome) -> None:
+        ref = ResourceRef("entity", str(ref_of(entity)))
+        await record_policy_outcome(pool, "catalog", principal_of(request).actor(), action, scope, ref, outcome)
 
     def visible(request: web.Request) -> Visibility:
         """The scopes the caller's role bindings let it read; lists keep only those (in the SQL)."""
@@ -90,7 +108,10 @@ def routes(deps: Deps) -> Routes:
     async def create_entity(request: web.Request) -> web.Response:
         scope = parse_query(request, ScopeQuery).scope
         body = await read_json(request, dict[str, Any])
-        return _entity_response(await service.create_entity(pool, principal_of(request).actor(), scope, body), 201)
+        outcome = authorize_write(request, "catalog_entity_create", scope, None, body)
+        created = await service.create_entity(pool, principal_of(request).actor(), scope, body)
+        await recorded(request, "catalog_entity_create", scope, created, outcome)
+        return _entity_response(created, 201, warning_headers(outcome))
 
     @api.get(
         BY_NAME, summary="An entity by kind, namespace and name", permission="catalog_entity_view", query=ByNameQuery
@@ -109,10 +130,13 @@ def routes(deps: Deps) -> Routes:
     async def replace_entity(request: web.Request) -> web.Response:
         scope = parse_query(request, ScopeQuery).scope
         body = await read_json(request, dict[str, Any])
+        kind, namespace, name = _path_ref(request)
+        outcome = authorize_write(request, "catalog_entity_edit", scope, f"{kind}:{namespace}/{name}".lower(), body)
         entity = await service.replace_entity(
             pool, principal_of(request).actor(), scope, _path_ref(request), body, request.headers.get("If-Match")
         )
-        return _entity_response(entity)
+        await recorded(request, "catalog_entity_edit", scope, entity, outcome)
+        return _entity_response(entity, headers=warning_headers(outcome))
 
     @api.get(
         f"{BY_NAME}/ancestry",

@@ -235,3 +235,65 @@ async def test_catalog_lists_and_facets_keep_what_the_caller_may_see(suite, http
     # The administrator still sees all three.
     listed = await call(http, "GET", f"{catalog.url}/api/catalog/entities", 200, params=everywhere_below)
     assert len(listed) == 3
+
+
+LIFECYCLE_POLICY = """package idp.catalog
+import rego.v1
+deny contains msg if { input.resource.kind == "Component"; not input.resource.spec.lifecycle; msg := "no lifecycle" }
+deny contains msg if { input.resource.kind == "Component"; not input.resource.spec.owner; msg := "needs an owner" }
+warn contains msg if { count(object.get(input.resource.metadata, "tags", [])) == 0; msg := "no tags" }
+"""
+
+
+async def test_catalog_writes_need_the_permission_at_their_scope_and_pass_the_policies(suite, http, anonymous_http):
+    identity, catalog, audit = suite["identity_sync"], suite["catalog"], suite["audit"]
+    base = f"{identity.url}/api/identity"
+    policy = await call(
+        http, "POST", f"{base}/policies", 201, json={"scope": "account", "name": "c", "source": LIFECYCLE_POLICY}
+    )
+    for mode, action in (("deny", "catalog_entity_create"), ("warn", "catalog_entity_create")):
+        await call(
+            http,
+            "POST",
+            f"{base}/policy-sets",
+            201,
+            json={
+                "scope": "account.acme",
+                "name": mode,
+                "actions": [action],
+                "policy_ids": [policy["id"]],
+                "mode": mode,
+            },
+        )
+    editor_id, editor = await user_with_token(http, identity, "editor")
+    await everywhere(suite, await grant(http, identity, f"user:{editor_id}", "account.acme", role_id="_catalog_editor"))
+    as_editor = {"headers": bearer(editor)}
+    entities = f"{catalog.url}/api/catalog/entities"
+    component = {"apiVersion": "backstage.io/v1alpha1", "kind": "Component", "metadata": {"name": "svc"}}
+    incomplete = {**component, "spec": {"type": "service"}}
+    complete = {**component, "spec": {"type": "service", "lifecycle": "production", "owner": "team"}}
+
+    # Holding catalog_entity_create at acme does not reach another org.
+    await call(anonymous_http, "POST", entities, 403, params={"scope": "account.other"}, json=complete, **as_editor)
+    denied = await call(
+        anonymous_http, "POST", entities, 403, params={"scope": "account.acme.pay"}, json=incomplete, **as_editor
+    )
+    assert denied["title"] == "Denied by policy"
+    assert sorted(e["message"] for e in denied["errors"]) == ["needs an owner", "no lifecycle"]
+    async with anonymous_http.post(entities, params={"scope": "account.acme.pay"}, json=complete, **as_editor) as r:
+        assert r.status == 201, await r.text()
+        assert r.headers.getall("X-Policy-Warning") == ["no tags"]
+    # Outside the sets' scope the policies do not apply (the admin writes at account.other).
+    async with http.post(entities, params={"scope": "account.other"}, json=complete) as r:
+        assert r.status == 201 and "X-Policy-Warning" not in r.headers
+
+    async def recorded() -> list[dict] | None:
+        body = await call(
+            http, "GET", f"{audit.url}/api/audit/events", 200, params={"type": "catalog.policy.evaluated"}
+        )
+        return body["items"] or None
+
+    evaluated = (await eventually(recorded))[0]
+    assert evaluated["actor"]["id"] == editor_id and evaluated["scope"] == "account.acme.pay"
+    assert {w["message"] for w in evaluated["data"]["warnings"]} == {"no tags"}
+    assert len(evaluated["data"]["policy_sets"]) == 2
