@@ -24,6 +24,7 @@ from services.catalog.query import (
 from services.catalog.relations import Relation
 from services.catalog.scopes import ScopeSelector
 from shared.authz import visibility_condition
+from shared.db import like_escape
 
 _COLUMNS = (
     "uid::text AS uid, scope, ref, document, etag, generation, location_id::text AS location_id, location_key, "
@@ -223,7 +224,7 @@ async def list_entities(
 
 
 def _like_fragment(term: str) -> str:
-    return "%" + term.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+    return "%" + like_escape(term) + "%"
 
 
 def _query_where(
@@ -462,7 +463,7 @@ def predicate_sql(node: Predicate, args: list[Any]) -> str:
     if isinstance(node, Not):
         return f"NOT {predicate_sql(node.item, args)}"
     if isinstance(node, HasPrefix):
-        args.extend([node.key, node.prefix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"])
+        args.extend([node.key, like_escape(node.prefix) + "%"])
         return f"uid IN (SELECT entity_uid FROM search WHERE key = ${len(args) - 1} AND value LIKE ${len(args)})"
     if isinstance(node, AnyOf | AllOf):
         if not node.items:

@@ -19,6 +19,7 @@ from services.identity_sync.model import (
     User,
     UserQuery,
 )
+from shared.db import like_escape
 
 _USER_COLUMNS = """u.id::text AS id, u.username, u.display_name, u.emails, u.active, u.external_id, u.source,
     u.attributes, u.version, u.created_at, u.updated_at, u.deactivated_at, u.last_seen,
@@ -50,13 +51,13 @@ class _Where:
 
 
 def _like(value: str) -> str:
-    return "%" + value.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+    return "%" + like_escape(value) + "%"
 
 
 def _scope_clause(w: _Where, column: str, scope: str, include_subscopes: bool) -> str:
     if not include_subscopes:
         return f"{column} = {w.arg(scope)}"
-    prefix = scope.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + ".%"
+    prefix = like_escape(scope) + ".%"
     return f"({column} = {w.arg(scope)} OR {column} LIKE {w.arg(prefix)})"
 
 
