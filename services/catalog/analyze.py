@@ -20,9 +20,10 @@ import msgspec
 from services.catalog import ingestion, store
 from services.catalog import kinds as kinds_module
 from services.catalog.entity_ref import ref_of
-from services.catalog.model import LocationSpec, check_scope
+from services.catalog.model import LocationSpec
 from services.catalog.service import prepare_document
 from shared.errors import FieldError, InputError
+from shared.scopes import check_scope
 
 DEFAULT_CATALOG_FILENAME = "catalog-info.yaml"
 _NOT_FOUND = ("does not exist", "was not found (404)")

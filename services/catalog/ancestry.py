@@ -20,8 +20,9 @@ import msgspec
 
 from services.catalog import store
 from services.catalog.entity_ref import parse_entity_ref
-from services.catalog.model import Ancestry, AncestryItem, StoredEntity, check_scope
+from services.catalog.model import Ancestry, AncestryItem, StoredEntity
 from shared.errors import NotFoundError
+from shared.scopes import check_scope
 
 
 def _target_keys(location: StoredEntity) -> list[str]:

@@ -35,13 +35,13 @@ from services.catalog.model import (
     SearchQuery,
     ServedEntity,
     ValidateEntityRequest,
-    check_scope,
 )
 from shared.access import record_policy_outcome, warning_headers
 from shared.authz import Resource, Visibility
 from shared.etag import quoted
 from shared.events import ResourceRef
 from shared.http import Routes, json_response, parse_query, principal_of, read_json
+from shared.scopes import check_scope
 from shared.service import Deps
 
 BY_NAME = "/api/catalog/entities/by-name/{kind}/{namespace}/{name}"

@@ -35,10 +35,11 @@ import yaml
 from services.catalog import kinds as kinds_module
 from services.catalog.entity_ref import ref_of
 from services.catalog.kinds import Kinds
-from services.catalog.model import SCOPE_ANNOTATION, check_scope, ingestible_document
+from services.catalog.model import SCOPE_ANNOTATION, ingestible_document
 from services.catalog.scopes import scoped_ref
 from services.catalog.service import prepare_document
 from shared.errors import FieldError, InputError
+from shared.scopes import check_scope
 from shared.yamlsafe import YamlError, iter_yaml_documents
 
 NATIVE_API_VERSION = "seed-idp.dev/v1"

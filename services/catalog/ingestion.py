@@ -27,7 +27,7 @@ from services.catalog import kinds as kinds_module
 from services.catalog import store
 from services.catalog.entity_ref import parse_entity_ref, ref_of
 from services.catalog.kinds import Kinds
-from services.catalog.model import LocationSpec, LocationView, StoredEntity, check_scope, document_etag
+from services.catalog.model import LocationSpec, LocationView, StoredEntity, document_etag
 from services.catalog.reader import ReadEntity, ReadError, ReadResult, iter_location, read_location
 from services.catalog.relations import Relation
 from services.catalog.scopes import parse_scoped_ref
@@ -45,6 +45,7 @@ from shared.db import transaction
 from shared.errors import ConflictError, InputError, NotFoundError
 from shared.events import SYSTEM, Actor, ResourceRef, new_event
 from shared.outbox import write_event
+from shared.scopes import check_scope
 
 SUPPORTED_TYPES = ("file", "url")
 READ_BATCH = 1000

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import re
 from dataclasses import dataclass, field
 from typing import Annotated, Any, Literal
 
@@ -13,12 +12,11 @@ import msgspec
 from services.catalog.properties import apply_properties
 from services.catalog.query import SearchRow, build_search_rows, full_text_fields
 from services.catalog.relations import Relation
-from shared.errors import FieldError, InputError
+from shared.errors import FieldError
 
 SCOPE_ANNOTATION = "seed-idp.dev/scope"
 """Where a served entity says which scope it lives at (Backstage clients ignore unknown annotations)."""
 SERVER_METADATA = ("uid", "etag", "generation")
-_SCOPE = re.compile(r"^account(\.[A-Za-z_][A-Za-z0-9_]{0,127}){0,2}$")
 _canonical_json = msgspec.json.Encoder(order="sorted")
 
 
@@ -45,13 +43,6 @@ class StoredEntity:
     def served_document(self) -> dict[str, Any]:
         """The document with the ingested properties set; computed once (a deep copy when there are any)."""
         return apply_properties(self.document, self.properties)
-
-
-def check_scope(scope: str, field: str = "query.scope") -> str:
-    """`account`, `account.<org>` or `account.<org>.<project>` (design.md §5)."""
-    if not _SCOPE.match(scope):
-        raise InputError.for_field(field, f"{scope!r} is not a scope (account, account.<org>, account.<org>.<project>)")
-    return scope
 
 
 def ingestible_document(entity: dict[str, Any]) -> dict[str, Any]:

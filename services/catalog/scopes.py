@@ -12,9 +12,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from services.catalog.entity_ref import EntityRef, EntityRefError, parse_entity_ref
-from services.catalog.model import check_scope
 from shared.authz import EVERYTHING, Visibility
 from shared.errors import InputError
+from shared.scopes import check_scope
 
 SCOPE_SEPARATOR = "@"
 

@@ -51,7 +51,6 @@ from services.catalog.model import (
     ServedEntity,
     StoredEntity,
     body_ref_mismatches,
-    check_scope,
     document_etag,
     ingestible_document,
     next_generation,
@@ -78,6 +77,7 @@ from shared.errors import ConflictError, FieldError, InputError, NotFoundError
 from shared.etag import check_if_match
 from shared.events import Actor, ResourceRef, diff_fields, new_event
 from shared.outbox import write_event, write_events
+from shared.scopes import check_scope
 
 SOURCE = "catalog"
 
