@@ -163,7 +163,7 @@ async def running_service(
             nc=nc,
             js=js,
             authenticate=authenticate or first_of(dev_token_authenticator(settings.dev_token), verifier.authenticate),
-            access=AccessReplica(),
+            access=AccessReplica(owners_may_edit=settings.owners_may_edit),
         )
         if definition.open_context is not None:
             deps = replace(deps, context=await stack.enter_async_context(definition.open_context(deps)))

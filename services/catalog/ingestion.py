@@ -41,6 +41,7 @@ from services.catalog.service import (
 )
 from services.catalog.stitching import restitch
 from services.catalog.url_reader import UrlFetcher, blocking_fetch
+from shared.authz import EVERYTHING, Visibility
 from shared.db import transaction
 from shared.errors import ConflictError, InputError, NotFoundError
 from shared.events import SYSTEM, Actor, ResourceRef, new_event
@@ -312,12 +313,15 @@ async def refresh_entity(pool: asyncpg.Pool, policy: IngestionPolicy, actor: Act
         await refresh_location(pool, policy, actor, entity.location_id)
 
 
-async def remove_location(pool: asyncpg.Pool, actor: Actor, location_id: str) -> None:
-    """Unregister a location and delete the entities it emits."""
+async def remove_location(
+    pool: asyncpg.Pool, actor: Actor, location_id: str, authorize: Callable[[str], object]
+) -> None:
+    """Unregister a location and delete the entities it emits, if `authorize(its scope)` does not raise."""
     async with transaction(pool) as conn:
         location = await store.get_location(conn, location_id)
         if location is None:
             raise NotFoundError(f"no location {location_id}")
+        authorize(location["scope"])
         writes = [EntityWrite(entity, None) for entity in await store.entities_of_location(conn, location_id)]
         await apply_writes(conn, actor, location["scope"], writes, kinds=await kinds_module.load(conn))
         await store.delete_location(conn, location_id)
@@ -345,15 +349,16 @@ def location_view(row: asyncpg.Record) -> LocationView:
     return LocationView(id=row["id"], type=row["type"], target=row["target"], errors=row["errors"])
 
 
-async def list_locations(pool: asyncpg.Pool) -> list[LocationView]:
+async def list_locations(pool: asyncpg.Pool, visible: Visibility = EVERYTHING) -> list[LocationView]:
+    """The registered locations at the scopes `visible` covers."""
     async with pool.acquire() as conn:
-        return [location_view(row) for row in await store.list_locations(conn)]
+        return [location_view(row) for row in await store.list_locations(conn, visible)]
 
 
-async def get_location(pool: asyncpg.Pool, location_id: str) -> LocationView:
+async def get_location(pool: asyncpg.Pool, location_id: str, visible: Visibility = EVERYTHING) -> LocationView:
     async with pool.acquire() as conn:
         row = await store.get_location(conn, location_id)
-    if row is None:
+    if row is None or not visible.covers(row["scope"]):
         raise NotFoundError(f"no location {location_id}")
     return location_view(row)
 

@@ -9,6 +9,7 @@ from typing import Any
 import asyncpg
 import msgspec
 
+from services.catalog.identity_mirror import IDENTITY_ID_ANNOTATION
 from services.catalog.model import SearchHit, ServedEntity, StitchedEntity, StoredEntity
 from services.catalog.predicates import HasPrefix, Not, Predicate
 from services.catalog.query import (
@@ -23,7 +24,8 @@ from services.catalog.query import (
 )
 from services.catalog.relations import Relation
 from services.catalog.scopes import ScopeSelector
-from shared.authz import visibility_condition
+from services.catalog.visibility import RESTRICTED_TAGS, identity_ids
+from shared.authz import EVERYTHING, Visibility, visibility_condition
 from shared.db import like_escape
 
 _COLUMNS = (
@@ -158,6 +160,12 @@ async def emitted_targets(conn: asyncpg.Connection, originators: list[str]) -> s
 
 
 TOKEN_SEPARATOR = "\x1f"
+IDENTITY_ID_KEY = f"metadata.annotations.{IDENTITY_ID_ANNOTATION}"
+
+
+def filter_token(key: str, value: str) -> str:
+    """The token a filter on `key=value` matches (both lower-cased, as in the search rows)."""
+    return key.lower() + TOKEN_SEPARATOR + value.lower()
 
 
 def search_tokens(rows: list[SearchRow]) -> list[str]:
@@ -294,12 +302,12 @@ async def query_entities(
 
 
 async def search_entities(
-    conn: asyncpg.Connection, scope: str, where: Filter | None, words: list[str], *, offset: int, limit: int
+    conn: asyncpg.Connection, scope: ScopeSelector, where: Filter | None, words: list[str], *, offset: int, limit: int
 ) -> tuple[list[SearchHit], int]:
-    """Entities at `scope` or below whose full-text document has a word starting with each of `words`, best
-    first: `ts_rank` over the weighted document, plus 1 when the name is the whole search text."""
-    args: list[Any] = [prefix_tsquery(words), scope, scope + ".%"]
-    condition = "search_text @@ to_tsquery('simple', $1) AND (scope = $2 OR scope LIKE $3)"
+    """Entities in `scope` whose full-text document has a word starting with each of `words`, best first:
+    `ts_rank` over the weighted document, plus 1 when the name is the whole search text."""
+    args: list[Any] = [prefix_tsquery(words)]
+    condition = f"search_text @@ to_tsquery('simple', $1) AND {scope_sql(scope, args)}"
     if where is not None:
         condition += f" AND {filter_sql(where, args)}"
     total = await conn.fetchval(f"SELECT count(*) FROM entities WHERE {condition}", *args)
@@ -394,8 +402,17 @@ async def find_location(conn: asyncpg.Connection, scope: str, type_: str, target
     )
 
 
-async def list_locations(conn: asyncpg.Connection) -> list[asyncpg.Record]:
-    return await conn.fetch(f"SELECT {_LOCATION_COLUMNS} FROM locations ORDER BY created_at, id")
+async def list_locations(conn: asyncpg.Connection, visible: Visibility = EVERYTHING) -> list[asyncpg.Record]:
+    args: list[Any] = []
+
+    def arg(value: Any) -> str:
+        args.append(value)
+        return f"${len(args)}"
+
+    condition = visibility_condition(visible, "scope", arg)
+    return await conn.fetch(
+        f"SELECT {_LOCATION_COLUMNS} FROM locations WHERE {condition} ORDER BY created_at, id", *args
+    )
 
 
 async def record_location_read(conn: asyncpg.Connection, location_id: str, errors: list[dict[str, Any]]) -> None:
@@ -556,14 +573,46 @@ def scope_sql(selector: ScopeSelector, args: list[Any]) -> str:
     if prefix is not None:
         args.append(prefix)
         condition = f"({condition} OR starts_with(scope, ${len(args)}))"
-    if not selector.visible.everything:
+    visible = selector.visible
+    if visible.everything and visible.sees_restricted:
+        return condition
 
-        def arg(value: Any) -> str:
-            args.append(value)
-            return f"${len(args)}"
+    def arg(value: Any) -> str:
+        args.append(value)
+        return f"${len(args)}"
 
-        condition += " AND " + visibility_condition(selector.visible, "scope", arg)
+    if not visible.everything:
+        condition += " AND " + visibility_condition(visible, "scope", arg, id_column="ref")
+    if not visible.sees_restricted:
+        # Restricted entities only for their owners: an `ownedBy` target is an entity mirrored from one of the
+        # caller's identities (visibility.py). Both tests run on the GIN-indexed filter tokens.
+        restricted = arg(sorted(filter_token("metadata.tags", tag) for tag in RESTRICTED_TAGS))
+        identities = arg([filter_token(IDENTITY_ID_KEY, each) for each in identity_ids(visible)])
+        condition += (
+            f" AND (NOT search_tokens && {restricted}::text[] OR search_tokens && ARRAY("
+            f"SELECT 'relations.ownedby' || chr(31) || owner.ref FROM entities owner "
+            f"WHERE owner.search_tokens && {identities}::text[]))"
+        )
     return condition
+
+
+async def identities_of_refs(conn: asyncpg.Connection, refs: list[str]) -> dict[str, str]:
+    """Per ref of an entity mirrored from identity-sync, the principal it mirrors as a subject (`group:<id>`)."""
+    rows = await conn.fetch(
+        "SELECT DISTINCT ref, document #>> $2::text[] AS identity FROM entities WHERE ref = ANY($1::text[])",
+        refs,
+        ["metadata", "annotations", IDENTITY_ID_ANNOTATION],
+    )
+    return {row["ref"]: f"{row['ref'].partition(':')[0]}:{row['identity']}" for row in rows if row["identity"]}
+
+
+async def refs_of_identities(conn: asyncpg.Connection, identity_ids: list[str]) -> frozenset[str]:
+    """The refs of the entities mirrored from these identity-sync principals."""
+    rows = await conn.fetch(
+        "SELECT ref FROM entities WHERE search_tokens && $1::text[]",
+        [filter_token(IDENTITY_ID_KEY, each) for each in identity_ids],
+    )
+    return frozenset(row["ref"] for row in rows)
 
 
 async def served_nearest(conn: asyncpg.Connection, scopes: list[str], refs: list[str]) -> dict[str, ServedEntity]:

@@ -39,6 +39,7 @@ from services.identity_sync.model import (
     user_state,
 )
 from shared.access import ACCESS_EVENTS, VERSION_FIELD
+from shared.authz import EVERYTHING, Visibility
 from shared.db import transaction
 from shared.errors import ConflictError, FieldError, InputError, NotFoundError
 from shared.etag import check_if_match
@@ -271,12 +272,15 @@ async def get_group(pool: asyncpg.Pool, group_id: str) -> Group:
     return await _read(pool, store.get_group, group_id, "group")
 
 
-async def list_groups(pool: asyncpg.Pool, query: GroupQuery) -> GroupPage:
+async def list_groups(pool: asyncpg.Pool, query: GroupQuery, visible: Visibility = EVERYTHING) -> GroupPage:
+    """A page of the groups `visible` reaches that match `query`."""
     if query.scope is not None:
         check_scope(query.scope)
     after = decode_cursor(query.cursor) if query.cursor else None
     async with pool.acquire() as conn:
-        items, total = await store.list_groups(conn, msgspec.structs.replace(query, limit=query.limit + 1), after)
+        items, total = await store.list_groups(
+            conn, msgspec.structs.replace(query, limit=query.limit + 1), after, visible
+        )
     page = items[: query.limit]
     more = len(items) > query.limit
     return GroupPage(items=page, totalItems=total, nextCursor=_next_cursor(page, more, lambda g: g.name))
@@ -435,13 +439,16 @@ async def get_service_account(pool: asyncpg.Pool, account_id: str) -> ServiceAcc
     return await _read(pool, store.get_service_account, account_id, "service account")
 
 
-async def list_service_accounts(pool: asyncpg.Pool, query: ServiceAccountQuery) -> ServiceAccountPage:
+async def list_service_accounts(
+    pool: asyncpg.Pool, query: ServiceAccountQuery, visible: Visibility = EVERYTHING
+) -> ServiceAccountPage:
+    """A page of the service accounts `visible` reaches that match `query`."""
     if query.scope is not None:
         check_scope(query.scope)
     after = decode_cursor(query.cursor) if query.cursor else None
     async with pool.acquire() as conn:
         items, total = await store.list_service_accounts(
-            conn, msgspec.structs.replace(query, limit=query.limit + 1), after
+            conn, msgspec.structs.replace(query, limit=query.limit + 1), after, visible
         )
     page = items[: query.limit]
     more = len(items) > query.limit
