@@ -12,7 +12,7 @@ import binascii
 import dataclasses
 import uuid
 from collections.abc import Callable, Iterable
-from typing import Any, TypeVar
+from typing import Any
 
 import asyncpg
 import msgspec
@@ -73,6 +73,7 @@ from services.catalog.stitching import restitch
 from services.catalog.validation import default_namespace, validate_entity
 from services.catalog.visibility import EntityGate, EntityViewer, gate_of
 from shared.authz import EVERYTHING, Resource, Visibility
+from shared.cursors import decode_cursor, encode_cursor
 from shared.db import transaction
 from shared.errors import ConflictError, FieldError, InputError, NotFoundError
 from shared.etag import check_if_match
@@ -384,20 +385,6 @@ def _by_refs_item(json: str | None, predicate: Predicate | None, fields: tuple[s
     return project_fields(entity, fields) if fields else entity
 
 
-Cursor = TypeVar("Cursor", QueryCursor, SearchCursor)
-
-
-def _encode_cursor(cursor: QueryCursor | SearchCursor) -> str:
-    return base64.urlsafe_b64encode(msgspec.json.encode(cursor)).decode()
-
-
-def _decode_cursor(raw: str, cursor_type: type[Cursor]) -> Cursor:
-    try:
-        return msgspec.json.decode(base64.urlsafe_b64decode(raw.encode()), type=cursor_type)
-    except (ValueError, binascii.Error, msgspec.DecodeError, msgspec.ValidationError):
-        raise InputError.for_field("query.cursor", "not a cursor returned by this API") from None
-
-
 def _page_info(offset: int, count: int, total: int, limit: int, cursor_at: Callable[[int], str]) -> PageInfo:
     """Cursors (made by `cursor_at(offset)`) to the next page (when there is more) and the previous one (when
     this is not the first)."""
@@ -422,7 +409,7 @@ def _order_fields(values: list[str]) -> list[tuple[str, bool]]:
 async def query_entities(pool: asyncpg.Pool, query: EntityQuery, visible: Visibility = EVERYTHING) -> QueryPage:
     """Backstage's `GET /entities/by-query`: a page, the total, and cursors to the next and previous pages."""
     cursor = (
-        _decode_cursor(query.cursor, QueryCursor)
+        decode_cursor(query.cursor, QueryCursor)
         if query.cursor
         else QueryCursor(
             filter=_as_list(query.filter),
@@ -447,7 +434,7 @@ async def query_entities(pool: asyncpg.Pool, query: EntityQuery, visible: Visibi
         offset=cursor.offset,
         limit=query.limit,
         fields=parse_fields_param(_as_list(query.fields)),
-        cursor_at=lambda offset: _encode_cursor(msgspec.structs.replace(cursor, offset=offset)),
+        cursor_at=lambda offset: encode_cursor(msgspec.structs.replace(cursor, offset=offset)),
     )
 
 
@@ -475,7 +462,7 @@ async def search_entities(pool: asyncpg.Pool, query: SearchQuery, visible: Visib
     """Ranked full-text search over name, title, description, tags, owner and annotations, filtered by kind,
     type, owner and tag, at a scope and the scopes below it."""
     cursor = (
-        _decode_cursor(query.cursor, SearchCursor)
+        decode_cursor(query.cursor, SearchCursor)
         if query.cursor
         else SearchCursor(
             q=query.q,
@@ -516,7 +503,7 @@ async def search_entities(pool: asyncpg.Pool, query: SearchQuery, visible: Visib
             len(hits),
             total,
             query.limit,
-            lambda offset: _encode_cursor(msgspec.structs.replace(cursor, offset=offset)),
+            lambda offset: encode_cursor(msgspec.structs.replace(cursor, offset=offset)),
         ),
     )
 
