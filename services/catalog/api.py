@@ -71,7 +71,7 @@ def _served_response(entity: ServedEntity) -> web.Response:
 
 def routes(deps: Deps) -> Routes:
     pool = deps.pool
-    policy = deps.settings.ingestion_policy()
+    policy = deps.settings.ingestion_policy(deps.access)
     api = Routes(tag="catalog")
 
     def authorize_write(request: web.Request, permission: str, resource: Resource, body: Any):

@@ -56,6 +56,10 @@ BULK_CHANGES = 500
 log = logging.getLogger(__name__)
 
 
+EntityAdmission = Callable[[str, str, dict[str, Any]], list[str]]
+"""(action, scope, document) → the messages of the `deny` policy sets the write violates; none: admitted."""
+
+
 @dataclasses.dataclass(frozen=True)
 class IngestionPolicy:
     """Operator settings that govern what locations may read and what happens to orphans."""
@@ -64,6 +68,8 @@ class IngestionPolicy:
     orphan_strategy: str = "keep"
     fetcher: UrlFetcher | None = None
     """Reads `url:` targets; without one they are reported as not supported."""
+    admit: EntityAdmission | None = None
+    """The policy sets on entity writes, which a location's entities pass like any other write."""
 
 
 def confine(target: str, policy: IngestionPolicy) -> Path:
@@ -196,7 +202,7 @@ async def apply_read(
     """Bring the location's entities in line with what it emits now, batch by batch, then stitch every entity
     touched once; returns counts and errors."""
     errors: list[dict[str, Any]] = []
-    counts = {"created": 0, "updated": 0, "orphaned": 0, "deleted": 0, "unchanged": 0, "conflicts": 0}
+    counts = {"created": 0, "updated": 0, "orphaned": 0, "deleted": 0, "unchanged": 0, "conflicts": 0, "denied": 0}
     seen: set[str] = set()
     stale: set[str] = set()
     kinds = await kinds_module.load(conn)
@@ -214,7 +220,7 @@ async def apply_read(
         current = await store.get_many(conn, scope, [item.ref for item in fresh], lock=True)
         writes = []
         for item in fresh:
-            outcome, write = _classify(item, current.get(item.ref), location_id, scope, kinds, errors)
+            outcome, write = _classify(item, current.get(item.ref), location_id, scope, kinds, errors, policy.admit)
             counts[outcome] += 1
             if write is not None:
                 writes.append(write)
@@ -244,10 +250,20 @@ def _classify(
     scope: str,
     kinds: Kinds,
     errors: list[dict[str, Any]],
+    admit: EntityAdmission | None,
 ) -> tuple[str, EntityWrite | None]:
-    """What an emitted entity does to what is stored: created, updated, unchanged, or a conflict with another
-    location (reported in `errors`, nothing written)."""
+    """What an emitted entity does to what is stored: created, updated, unchanged, a conflict with another
+    location, or denied by policy (both reported in `errors`, nothing written: a stored entity stays as it was)."""
     key = item.read.location_key
+    changes = current is None or current.document != item.document
+    if admit is not None and changes:
+        action = "catalog_entity_create" if current is None else "catalog_entity_edit"
+        denials = admit(action, scope, item.document)
+        if denials:
+            errors.append(
+                {"location": item.read.location, "message": f"{item.ref} denied by policy: " + "; ".join(denials)}
+            )
+            return "denied", None
     if current is None:
         entity = StoredEntity(
             str(uuid_utils.uuid4()), scope, item.ref, item.document, document_etag(item.document), 1, location_id, key

@@ -507,3 +507,51 @@ async def test_identity_groups_and_service_accounts_are_managed_where_the_caller
     await call(anonymous_http, "GET", f"{base}/users", 200, **as_admin)
     await call(anonymous_http, "POST", f"{base}/users", 403, json={"username": "new"}, **as_admin)
     await call(anonymous_http, "POST", f"{base}/users/{admin_id}/deactivate", 403, **as_admin)
+
+
+NO_EXPERIMENTS = """package idp.experiments
+import rego.v1
+deny contains msg if { input.resource.spec.lifecycle == "experimental"; msg := "no experiments here" }
+"""
+
+
+def component_yaml(name: str, lifecycle: str) -> str:
+    return (
+        f"apiVersion: backstage.io/v1alpha1\nkind: Component\nmetadata: {{name: {name}}}\n"
+        f"spec: {{type: service, lifecycle: {lifecycle}, owner: team}}\n"
+    )
+
+
+async def test_entities_read_from_locations_pass_the_policy_sets_on_entity_writes(suite, http, tmp_path):
+    identity, catalog = suite["identity_sync"], suite["catalog"]
+    base, api = f"{identity.url}/api/identity", f"{catalog.url}/api/catalog"
+    policy = await call(
+        http, "POST", f"{base}/policies", 201, json={"scope": "account", "name": "e", "source": NO_EXPERIMENTS}
+    )
+    policy_set = {"scope": "account.acme", "name": "deny", "actions": ["catalog_entity_create", "catalog_entity_edit"]}
+    created = await call(
+        http, "POST", f"{base}/policy-sets", 201, json={**policy_set, "policy_ids": [policy["id"]], "mode": "deny"}
+    )
+    await everywhere(suite, created["version"])
+    catalog_file = tmp_path / "catalog-info.yaml"
+    catalog_file.write_text(component_yaml("good", "production") + "---\n" + component_yaml("bad", "experimental"))
+    spec = {"type": "file", "target": str(catalog_file)}
+    pay = {"scope": "account.acme.pay"}
+    registered = await call(http, "POST", f"{api}/locations", 201, params=pay, json=spec)
+    location_url = f"{api}/locations/{registered['location']['id']}"
+    location = await call(http, "GET", location_url, 200)
+    assert [e["message"] for e in location["errors"]] == ["component:default/bad denied by policy: no experiments here"]
+    by_name = f"{api}/entities/by-name/component/default"
+    await call(http, "GET", f"{by_name}/good", 200, params=pay)
+    await call(http, "GET", f"{by_name}/bad", 404, params=pay)
+    # An edit that breaks the policy leaves the stored entity as it was, and the refresh reports it.
+    catalog_file.write_text(component_yaml("good", "experimental"))
+    await call(http, "POST", f"{api}/refresh", 200, params=pay, json={"entityRef": "component:good"})
+    assert (await call(http, "GET", f"{by_name}/good", 200, params=pay))["spec"]["lifecycle"] == "production"
+    location = await call(http, "GET", location_url, 200)
+    assert [e["message"] for e in location["errors"]] == [
+        "component:default/good denied by policy: no experiments here"
+    ]
+    # Outside the set's scope the same file ingests whole.
+    elsewhere = await call(http, "POST", f"{api}/locations", 201, params={"scope": "account.other"}, json=spec)
+    assert (await call(http, "GET", f"{api}/locations/{elsewhere['location']['id']}", 200)).get("errors", []) == []
