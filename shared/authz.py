@@ -473,8 +473,10 @@ def visibility_condition(
     if visibility.scopes or visibility.subtrees:
         clauses.append(f"{scope_column} = ANY({arg(sorted(visibility.scopes | visibility.subtrees))}::text[])")
     if len(visibility.subtrees) <= INDEXED_SUBTREES:
-        # One prefix test per subtree: PostgreSQL turns each into a range scan of a scope index.
-        clauses += [f"starts_with({scope_column}, {arg(scope + '.')})" for scope in sorted(visibility.subtrees)]
+        # One prefix test per subtree, which PostgreSQL turns into a range scan of a scope index. The prefix is a
+        # literal (a checked scope holds only letters, digits, `_` and dots): as a parameter, a cached generic plan
+        # could not use the index.
+        clauses += [f"starts_with({scope_column}, '{check_scope(scope)}.')" for scope in sorted(visibility.subtrees)]
     else:
         below = sorted(like_escape(scope) + ".%" for scope in visibility.subtrees)
         clauses.append(f"{scope_column} LIKE ANY({arg(below)}::text[])")
