@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 
@@ -153,6 +154,9 @@ def routes(deps: Deps) -> Routes:
             return await _relay(request, upstream, response_headers(spec, upstream.headers, public_prefix=prefix))
         except ProblemError as exc:
             status = exc.status
+            raise
+        except asyncio.CancelledError:
+            status = 499  # the caller hung up; the cancellation reaches the upstream call or the agent
             raise
         finally:
             if upstream is not None:
