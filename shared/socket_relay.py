@@ -60,9 +60,9 @@ class AiohttpSocket:
             await self.ws.send_bytes(message)
 
     async def close(self, close: Close) -> None:
-        close = close.sendable()
+        reason = close.reason.encode()[:123].decode(errors="ignore").encode()  # a close frame's limit, whole chars
         with contextlib.suppress(ConnectionError):
-            await self.ws.close(code=close.code, message=close.reason.encode()[:123])
+            await self.ws.close(code=close.code, message=reason)
 
 
 async def splice(a: Socket, b: Socket, close_grace: float = 5.0) -> None:
@@ -82,7 +82,7 @@ async def splice(a: Socket, b: Socket, close_grace: float = 5.0) -> None:
         except Exception:
             await sink.close(Close(WSCloseCode.INTERNAL_ERROR, "the other side of the proxy failed"))
             raise
-        await sink.close(message)
+        await sink.close(message.sendable())
 
     directions = [asyncio.create_task(carry(a, b)), asyncio.create_task(carry(b, a))]
     try:

@@ -62,9 +62,10 @@ async def chat_endpoint(request, proxy, http, start_agents) -> AsyncIterator[tup
     spec = {"delegate": {"tags": ["eu"]}} if delegated else {"allow_networks": ["127.0.0.1/32"]}
     if delegated:
         await start_agents("sockets", replicas=1)
-    body = {"name": "chat", "target": seen.url, "websocket": True, "request_headers": ["X-Tenant"], **spec}
-    async with http.post(f"{proxy.url}/api/proxy/endpoints", json=body) as r:
-        assert r.status == 201, await r.text()
+    for name, limit in [("chat", {}), ("chat-small", {"max_body_bytes": 1024})]:
+        body = {"name": name, "target": seen.url, "websocket": True, "request_headers": ["X-Tenant"], **spec, **limit}
+        async with http.post(f"{proxy.url}/api/proxy/endpoints", json=body) as r:
+            assert r.status == 201, await r.text()
     yield "chat", seen
     await runner.cleanup()
 
@@ -110,6 +111,34 @@ async def test_a_caller_that_vanishes_closes_the_upstream(proxy, chat_endpoint):
         assert await ws.receive_str() == "hello"
     # the session closed the TCP connection under the socket without a closing handshake
     assert await asyncio.wait_for(seen.closes.get(), 30) is not None
+
+
+async def test_a_message_over_the_limit_closes_with_1009(proxy, http, chat_endpoint):
+    _, seen = chat_endpoint
+    async with http.ws_connect(f"{proxy.url}/api/proxy/chat-small/chat") as ws:
+        assert await ws.receive_str() == "hello"
+        await ws.send_bytes(b"z" * 2048)
+        message = await ws.receive()
+        assert message.type == WSMsgType.CLOSE and message.data == 1009
+    await asyncio.wait_for(seen.closes.get(), 30)
+
+
+async def test_a_dead_agent_closes_the_callers_socket(proxy, http, start_agents):
+    seen = WebSocketUpstream()
+    runner, url = await serve(websocket_app(seen), host="127.0.0.2")
+    try:
+        agents = await start_agents("doomed-sockets", replicas=1)
+        body = {"name": "chat", "target": url, "websocket": True, "delegate": {"tags": ["eu"]}}
+        async with http.post(f"{proxy.url}/api/proxy/endpoints", json=body) as r:
+            assert r.status == 201, await r.text()
+        async with http.ws_connect(f"{proxy.url}/api/proxy/chat/chat") as ws:
+            assert await ws.receive_str() == "hello"
+            agents.processes[0].kill()
+            message = await asyncio.wait_for(ws.receive(), 30)  # the keepalives stop: silence ends it
+            assert message.type == WSMsgType.CLOSE and message.data == 1011
+            assert "went silent" in message.extra
+    finally:
+        await runner.cleanup()
 
 
 async def test_upgrades_are_refused_where_not_allowed(proxy, http, anonymous_http):
