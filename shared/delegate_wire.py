@@ -242,7 +242,7 @@ class Channel:
                 if now >= deadline:
                     raise AbortedError(504, stalled) from None
                 if now >= self._heard + SILENCE_LIMIT:
-                    raise AbortedError(503, "the agent replica went silent (it died or lost NATS)") from None
+                    raise AbortedError(503, "the other side went silent (it died or lost NATS)") from None
 
     async def _take_credit(self) -> None:
         while self._credit <= 0:

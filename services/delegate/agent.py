@@ -227,9 +227,8 @@ class Agent:
 
         def connect(headers: list[tuple[str, str]]) -> Awaitable[aiohttp.ClientWebSocketResponse]:
             url = URL(request.url, encoded=True)
-            policy = self.config.policy
             return egress.connect_websocket(
-                self.session, policy, url, headers, request.protocols, request.timeout, WS_MESSAGE_BYTES
+                self.session, self.config.policy, url, headers, request.protocols, request.timeout, WS_MESSAGE_BYTES
             )
 
         ws = await self._reach_upstream(channel, request, connect)
