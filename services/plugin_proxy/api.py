@@ -180,6 +180,8 @@ def routes(deps: Deps) -> Routes:
     for method in METHODS:
         handler = _named(forward, f"proxy_{method.lower()}")
         summary = f"Forward a {method} request to the named endpoint (directly or through a delegate agent)"
+        if method == "GET":
+            summary += "; with `Upgrade: websocket`, open a WebSocket to it (endpoints with `websocket: true`)"
         api.route(method, "/api/proxy/{name}", summary=summary, permission="proxy_endpoint_use")(handler)
         api.route(method, "/api/proxy/{name}/{path:[\\s\\S]*}", summary=summary, permission="proxy_endpoint_use")(
             _named(forward, f"proxy_{method.lower()}_path")
