@@ -7,7 +7,9 @@ import asyncio
 
 from yarl import URL
 
+from shared.events import decode_event
 from tests.conftest import DEV_TOKEN
+from tests.helpers import eventually
 from tests.integration.plugin_proxy.conftest import serve, upstream_app
 
 
@@ -27,6 +29,13 @@ async def hang_up_once_arrived(proxy_url: str, path: str, arrived: asyncio.Event
     await writer.wait_closed()
 
 
+async def access_statuses(proxy, endpoint: str) -> list[int]:
+    async with proxy.deps.pool.acquire() as conn:
+        rows = await conn.fetch("SELECT payload FROM outbox ORDER BY seq")
+    events = [decode_event(r["payload"]) for r in rows]
+    return [e.data["status"] for e in events if e.type == "plugin_proxy.request.proxied" and e.resource.id == endpoint]
+
+
 async def test_direct_upstream_sees_the_hang_up(proxy, http):
     arrived, interrupted = asyncio.Event(), asyncio.Event()
     runner, url = await serve(upstream_app(interrupted, arrived))
@@ -34,6 +43,7 @@ async def test_direct_upstream_sees_the_hang_up(proxy, http):
         await add_endpoint(http, proxy, "slow", url, allow_networks=["127.0.0.1/32"], timeout_seconds=60)
         await hang_up_once_arrived(proxy.url, "/api/proxy/slow/slow?seconds=60", arrived)
         await asyncio.wait_for(interrupted.wait(), 30)  # a guard against hanging, far below the 60 s stall
+        assert await eventually(lambda: access_statuses(proxy, "slow")) == [499]
     finally:
         await runner.cleanup()
 
