@@ -480,9 +480,15 @@ def visibility_condition(
     else:
         below = sorted(like_escape(scope) + ".%" for scope in visibility.subtrees)
         clauses.append(f"{scope_column} LIKE ANY({arg(below)}::text[])")
-    if visibility.named and id_column is not None:
-        named = sorted(f"{scope}\x1f{resource_id}" for scope, resource_id in visibility.named)
-        clauses.append(f"{scope_column} || chr(31) || {id_column} = ANY({arg(named)}::text[])")
+    if id_column is not None:
+        # Per scope, the named ids: an index on (scope, id) serves each, and the whole OR stays a union of scans.
+        named: dict[str, list[str]] = defaultdict(list)
+        for scope, resource_id in visibility.named:
+            named[scope].append(resource_id)
+        clauses += [
+            f"({scope_column} = '{check_scope(scope)}' AND {id_column} = ANY({arg(sorted(ids))}::text[]))"
+            for scope, ids in sorted(named.items())
+        ]
     return "(" + " OR ".join(clauses) + ")" if clauses else "FALSE"
 
 

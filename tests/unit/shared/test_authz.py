@@ -144,9 +144,10 @@ def test_visibility_covers_what_its_sql_condition_selects():
 
     condition = visibility_condition(seen, "scope", arg, id_column="ref")
     assert condition == (
-        "(scope = ANY($1::text[]) OR starts_with(scope, 'account.b.') OR scope || chr(31) || ref = ANY($2::text[]))"
+        "(scope = ANY($1::text[]) OR starts_with(scope, 'account.b.')"
+        " OR (scope = 'account.c' AND ref = ANY($2::text[])))"
     )
-    assert args == [["account.a", "account.b"], ["account.c\x1fcomponent:default/x"]]
+    assert args == [["account.a", "account.b"], ["component:default/x"]]
     assert visibility_condition(Visibility(), "scope", arg) == "FALSE"
 
 
