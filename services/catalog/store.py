@@ -416,12 +416,6 @@ async def refs_of_location(conn: asyncpg.Connection, location_id: str) -> list[s
     return [r["ref"] for r in rows]
 
 
-async def documents_of_location(conn: asyncpg.Connection, location_id: str) -> list[str]:
-    """The stored documents (JSON text, without server fields and relations) of a location's entities."""
-    rows = await conn.fetch("SELECT document::text AS document FROM entities WHERE location_id = $1", location_id)
-    return [r["document"] for r in rows]
-
-
 # --- favorites -----------------------------------------------------------------------------------------
 
 
