@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import uuid
 from collections.abc import Iterable
 from typing import Any
@@ -270,7 +271,7 @@ async def query_entities(
     """The served JSON of one page of matching entities ordered by search fields (then ref), and the total."""
     args: list[Any] = []
     condition = _query_where(scope, where, full_text, args)
-    total = await conn.fetchval(f"SELECT count(*) FROM entities WHERE {condition}", *args)
+    total = await cached_count(conn, f"SELECT count(*) FROM entities WHERE {condition}", args)
     joins, sort = [], []
     for i, (key, descending) in enumerate(order):
         args.append(key)
@@ -291,6 +292,43 @@ async def query_entities(
         *args,
     )
     return await served_in_order(conn, [r["uid"] for r in uids]), total
+
+
+_COUNT_HIT = "SELECT c.total FROM count_cache c JOIN write_generation g ON c.generation = g.value WHERE c.key = $1"
+_COUNT_LOCK = 0x636F756E
+"""Advisory lock class (two-key form) under which one reader at a time counts a query key."""
+
+
+async def cached_count(conn: asyncpg.Connection, count_sql: str, args: list[Any]) -> int:
+    """`count_sql`'s count, from `count_cache` while no entity write has committed since it was counted (migration
+    0012). After a write, the first reader of a query counts it; concurrent readers of the same query wait for
+    its answer instead of counting too."""
+    key = hashlib.sha256(_json_text.encode([count_sql, args])).hexdigest()
+    total = await conn.fetchval(_COUNT_HIT, key)
+    if total is not None:
+        return total
+    async with conn.transaction():
+        await conn.execute("SELECT pg_advisory_xact_lock($1, hashtext($2))", _COUNT_LOCK, key)
+        total = await conn.fetchval(_COUNT_HIT, key)  # counted while this reader waited
+        if total is not None:
+            return total
+        # One statement, one snapshot: the count is exactly that of the generation read with it.
+        generation, total = await conn.fetchrow(f"SELECT (SELECT value FROM write_generation), ({count_sql})", *args)
+        await conn.execute(
+            """INSERT INTO count_cache (key, generation, total) VALUES ($1, $2, $3)
+               ON CONFLICT (key) DO UPDATE SET generation = excluded.generation, total = excluded.total
+               WHERE count_cache.generation < excluded.generation""",
+            key,
+            generation,
+            total,
+        )
+        # Keeps the table to about the queries asked since the last write; SKIP LOCKED: never wait on another reader.
+        await conn.execute(
+            """DELETE FROM count_cache WHERE key IN (
+                   SELECT key FROM count_cache WHERE generation < $1 LIMIT 100 FOR UPDATE SKIP LOCKED)""",
+            generation,
+        )
+    return total
 
 
 async def search_entities(
