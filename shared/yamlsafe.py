@@ -14,9 +14,8 @@ and a lean constructor instead, more than twice as fast on catalog files; the va
 
 from __future__ import annotations
 
-import functools
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -196,6 +195,7 @@ def _plain_documents(text: str | bytes) -> Iterator[tuple[int, Any]]:
         index = 0
         while loader.check_node():
             value = _value(loader, loader.get_node())
+            loader.constructed_objects.clear()
             if value is not None:
                 yield index, value
             index += 1
@@ -203,34 +203,23 @@ def _plain_documents(text: str | bytes) -> Iterator[tuple[int, Any]]:
         loader.dispose()
 
 
-def _value(loader: Any, root: Node) -> Any:
-    """What PyYAML's safe constructor makes of `root`, without a generator per collection: plain strings, maps
-    with string keys and sequences are built here, iteratively; every other node goes to the constructor."""
-    result: list[Any] = [None]
-    pending: list[tuple[Node, Callable[[Any], None]]] = [(root, lambda value: result.__setitem__(0, value))]
-    while pending:
-        node, put = pending.pop()
-        kind = type(node)
-        if kind is ScalarNode and node.tag == _STR:
-            put(node.value)
-        elif kind is SequenceNode and node.tag == _SEQ:
-            items: list[Any] = [None] * len(node.value)
-            put(items)
-            pending.extend((child, functools.partial(items.__setitem__, i)) for i, child in enumerate(node.value))
-        elif (
-            kind is MappingNode
-            and node.tag == _MAP
-            and all(type(key) is ScalarNode and key.tag == _STR for key, _ in node.value)
-        ):
-            # As PyYAML: a repeated key keeps its first place and its last value.
-            children = {key.value: child for key, child in node.value}
-            mapping = dict.fromkeys(children)
-            put(mapping)
-            pending.extend((child, functools.partial(mapping.__setitem__, key)) for key, child in children.items())
-        else:
-            put(loader.construct_object(node, deep=True))
-    loader.constructed_objects.clear()
-    return result[0]
+def _value(loader: Any, node: Node) -> Any:
+    """What PyYAML's safe constructor makes of `node`, without its generator per collection: plain strings, maps
+    with string keys and sequences are built here (recursion is bounded: the text is `_within_limits`); every
+    other node goes to the constructor."""
+    kind = type(node)
+    if kind is ScalarNode:
+        return node.value if node.tag == _STR else loader.construct_object(node, deep=True)
+    if kind is SequenceNode and node.tag == _SEQ:
+        return [_value(loader, child) for child in node.value]
+    if (
+        kind is MappingNode
+        and node.tag == _MAP
+        and all(type(key) is ScalarNode and key.tag == _STR for key, _ in node.value)
+    ):
+        # As PyYAML: a repeated key keeps its first place and its last value.
+        return {key.value: _value(loader, child) for key, child in node.value}
+    return loader.construct_object(node, deep=True)
 
 
 def _document(loader: Any, budget: _Budget) -> Any:
