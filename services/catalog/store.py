@@ -365,7 +365,7 @@ async def search_entities(
     condition = "search_text @@ to_tsquery('simple', $1) AND (scope = $2 OR scope LIKE $3)"
     if where is not None:
         condition += f" AND {filter_sql(where, args)}"
-    total = await conn.fetchval(f"SELECT count(*) FROM entities WHERE {condition}", *args)
+    total = await cached_count(conn, f"SELECT count(*) FROM entities WHERE {condition}", args)
     args.append("-".join(words))
     rows = await conn.fetch(
         f"""SELECT e.final_entity, page.score,

@@ -92,3 +92,14 @@ async def test_a_rolled_back_write_keeps_the_generation(catalog, http):
         await transaction.rollback()
     assert await generation(catalog) == before
     assert await services_total(http, catalog) == 3
+
+
+async def test_a_write_invalidates_the_ranked_search_total(catalog, http):
+    async def total(q: str) -> int:
+        async with http.get(f"{catalog.url}/api/catalog/search", params={"q": q}) as r:
+            assert r.status == 200, await r.text()
+            return (await r.json())["totalItems"]
+
+    assert await total("ledger") == 0
+    await create(http, catalog, component("ledger-api"))
+    assert await total("ledger") == 1
