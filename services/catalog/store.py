@@ -327,7 +327,8 @@ _COUNT_LOCK = 0x636F756E
 async def cached_count(conn: asyncpg.Connection, count_sql: str, args: list[Any]) -> int:
     """`count_sql`'s count, from `count_cache` while no entity write has committed since it was counted (migration
     0012). After a write, the first reader of a query counts it; concurrent readers of the same query wait for
-    its answer instead of counting too."""
+    its answer instead of counting too. Not for a transaction that has written entities: it would cache a count
+    of its uncommitted writes under the generation before them."""
     key = hashlib.sha256(_json_text.encode([count_sql, args])).hexdigest()
     total = await conn.fetchval(_COUNT_HIT, key)
     if total is not None:
