@@ -113,7 +113,8 @@ def open_read(spec: LocationSpec, policy: IngestionPolicy) -> Iterator[ReadEntit
 async def add_location(
     pool: asyncpg.Pool, policy: IngestionPolicy, actor: Actor, scope: str, spec: LocationSpec, *, dry_run: bool
 ) -> dict[str, Any]:
-    """Backstage's `POST /locations`: register (or, dry run, only read) a location and ingest its entities."""
+    """Backstage's `POST /locations`: register and ingest a location, or (dry run) only read it and answer its
+    entities."""
     check_scope(scope)
     if dry_run:
         result = await read(spec, policy)
@@ -131,10 +132,11 @@ async def add_location(
         await store.insert_location(conn, location_id, scope, spec.type, spec.target)
         applied = await apply_read(conn, actor, policy, location_id, scope, found)
         await write_event(conn, _location_event("added", actor, scope, location_id, spec, applied))
-        documents = await store.documents_of_location(conn, location_id)
     _maintain_after_bulk(pool, applied)
     view = LocationView(id=location_id, type=spec.type, target=spec.target, errors=applied["errors"])
-    return {"location": view, "entities": [msgspec.Raw(d) for d in documents]}
+    # As Backstage's DefaultLocationService: a registration answers no entities (only a dry run lists them), so
+    # registering a location of 250,000 entities does not hold all of them in memory to answer.
+    return {"location": view, "entities": []}
 
 
 def _try_prepare(document: dict[str, Any], kinds: Kinds) -> dict[str, Any] | None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import uuid
 from collections.abc import Iterable
 from typing import Any
@@ -19,6 +20,7 @@ from services.catalog.query import (
     KeyValues,
     SearchRow,
     full_text_indexed,
+    pinned_kind,
     prefix_tsquery,
     search_words,
 )
@@ -278,7 +280,7 @@ async def query_entities(
     """The served JSON of one page of matching entities ordered by search fields (then ref), and the total."""
     args: list[Any] = []
     condition = _query_where(scope, where, full_text, args)
-    total = await conn.fetchval(f"SELECT count(*) FROM entities WHERE {condition}", *args)
+    total = await cached_count(conn, f"SELECT count(*) FROM entities WHERE {condition}", args)
     joins, sort = [], []
     for i, (key, descending) in enumerate(order):
         args.append(key)
@@ -293,12 +295,74 @@ async def query_entities(
     # `OFFSET 0` keeps the matches coming from the token index: walking the ref index instead until a page of
     # matches turns up crosses every entity of the kinds sorted before (all APIs before the first component).
     fence = " OFFSET 0" if where is not None or full_text is not None else ""
+    kind = pinned_kind(where)
+    if (
+        kind is not None
+        and not order
+        and not scope.parents
+        and not scope.children
+        and await _walk_is_cheaper(conn, scope.scope, kind, total, offset + limit)
+    ):
+        # The filter pins the kind and the matches are dense: walk the kind's entities in ref order and stop after
+        # the page (1 to 2 ms instead of 200 ms for 36,010 matches at 100,000 entities). `IS TRUE` keeps the token
+        # index out of this plan: asyncpg's prepared statements get generic plans after five runs, and a generic
+        # plan cannot tell dense matches from rare ones; the choice is made here, from the counts.
+        args.extend([scope.scope, kind])
+        condition = f"scope = ${len(args) - 1} AND kind = ${len(args)} AND ({condition}) IS TRUE"
+        fence = ""
     uids = await conn.fetch(
         f"SELECT e.uid FROM (SELECT uid, ref, scope FROM entities WHERE {condition}{fence}) e {' '.join(joins)} "
         f"ORDER BY {', '.join(sort)} OFFSET {int(offset)} LIMIT {int(limit)}",
         *args,
     )
     return await served_in_order(conn, [r["uid"] for r in uids]), total
+
+
+async def _walk_is_cheaper(conn: asyncpg.Connection, scope: str, kind: str, total: int, rows: int) -> bool:
+    """Whether walking a kind's entities in ref order finds `rows` of `total` matches (assumed spread evenly) after
+    reading fewer entities than reading every match would."""
+    if total == 0:
+        return False
+    of_kind = await cached_count(conn, "SELECT count(*) FROM entities WHERE scope = $1 AND kind = $2", [scope, kind])
+    return rows * of_kind < total * total
+
+
+_COUNT_HIT = "SELECT c.total FROM count_cache c JOIN write_generation g ON c.generation = g.value WHERE c.key = $1"
+_COUNT_LOCK = 0x636F756E
+"""Advisory lock class (two-key form) under which one reader at a time counts a query key."""
+
+
+async def cached_count(conn: asyncpg.Connection, count_sql: str, args: list[Any]) -> int:
+    """`count_sql`'s count, from `count_cache` while no entity write has committed since it was counted (migration
+    0012). After a write, the first reader of a query counts it; concurrent readers of the same query wait for
+    its answer instead of counting too. Not for a transaction that has written entities: it would cache a count
+    of its uncommitted writes under the generation before them."""
+    key = hashlib.sha256(_json_text.encode([count_sql, args])).hexdigest()
+    total = await conn.fetchval(_COUNT_HIT, key)
+    if total is not None:
+        return total
+    async with conn.transaction():
+        await conn.execute("SELECT pg_advisory_xact_lock($1, hashtext($2))", _COUNT_LOCK, key)
+        total = await conn.fetchval(_COUNT_HIT, key)  # counted while this reader waited
+        if total is not None:
+            return total
+        # One statement, one snapshot: the count is exactly that of the generation read with it.
+        generation, total = await conn.fetchrow(f"SELECT (SELECT value FROM write_generation), ({count_sql})", *args)
+        await conn.execute(
+            """INSERT INTO count_cache (key, generation, total) VALUES ($1, $2, $3)
+               ON CONFLICT (key) DO UPDATE SET generation = excluded.generation, total = excluded.total
+               WHERE count_cache.generation < excluded.generation""",
+            key,
+            generation,
+            total,
+        )
+        # Keeps the table to about the queries asked since the last write; SKIP LOCKED: never wait on another reader.
+        await conn.execute(
+            """DELETE FROM count_cache WHERE key IN (
+                   SELECT key FROM count_cache WHERE generation < $1 LIMIT 100 FOR UPDATE SKIP LOCKED)""",
+            generation,
+        )
+    return total
 
 
 async def search_entities(
@@ -310,7 +374,7 @@ async def search_entities(
     condition = f"search_text @@ to_tsquery('simple', $1) AND {scope_sql(scope, args)}"
     if where is not None:
         condition += f" AND {filter_sql(where, args)}"
-    total = await conn.fetchval(f"SELECT count(*) FROM entities WHERE {condition}", *args)
+    total = await cached_count(conn, f"SELECT count(*) FROM entities WHERE {condition}", args)
     args.append("-".join(words))
     rows = await conn.fetch(
         f"""SELECT e.final_entity, page.score,
@@ -431,12 +495,6 @@ async def entities_of_location(conn: asyncpg.Connection, location_id: str) -> li
 async def refs_of_location(conn: asyncpg.Connection, location_id: str) -> list[str]:
     rows = await conn.fetch("SELECT ref FROM entities WHERE location_id = $1", location_id)
     return [r["ref"] for r in rows]
-
-
-async def documents_of_location(conn: asyncpg.Connection, location_id: str) -> list[str]:
-    """The stored documents (JSON text, without server fields and relations) of a location's entities."""
-    rows = await conn.fetch("SELECT document::text AS document FROM entities WHERE location_id = $1", location_id)
-    return [r["document"] for r in rows]
 
 
 # --- favorites -----------------------------------------------------------------------------------------
