@@ -623,6 +623,17 @@ async def entities_of_kind(
     return [StoredEntity(**dict(r)) for r in rows]
 
 
+RESTRICTED_SQL = (
+    "search_tokens && ARRAY["
+    + ", ".join(
+        f"E'{filter_token('metadata.tags', tag)}'".replace(TOKEN_SEPARATOR, "\\x1f") for tag in sorted(RESTRICTED_TAGS)
+    )
+    + "]"
+)
+"""Whether an entity is restricted: the predicate of the `entities_restricted` index, which the planner uses only
+for this very expression."""
+
+
 def scope_sql(selector: ScopeSelector, args: list[Any]) -> str:
     """The entities a read covers: at its scope, and the scopes above and/or below it when asked, among those the
     caller may see."""
@@ -644,14 +655,13 @@ def scope_sql(selector: ScopeSelector, args: list[Any]) -> str:
         condition += " AND " + visibility_condition(visible, "scope", arg, id_column="ref")
     if not visible.sees_restricted:
         # Restricted entities only for their owners: an `ownedBy` target is an entity mirrored from one of the
-        # caller's identities (visibility.py). The restricted entities and the caller's own are two lookups in the
-        # GIN-indexed filter tokens, made once, and `NOT IN` probes their difference's hash per row: testing every
-        # row's tokens instead cost ~15 µs a row.
-        restricted = arg(sorted(filter_token("metadata.tags", tag) for tag in RESTRICTED_TAGS))
+        # caller's identities (visibility.py). The restricted entities come from their own index (migration 0014),
+        # the caller's among them from the filter tokens' GIN index, once per query, and `NOT IN` probes the
+        # difference's hash per row: testing every row's tokens instead cost ~15 µs a row.
         identities = arg([filter_token(IDENTITY_ID_KEY, each) for each in identity_ids(visible)])
         condition += (
-            f" AND uid NOT IN (SELECT uid FROM entities WHERE search_tokens && {restricted}::text[]"
-            f" EXCEPT SELECT uid FROM entities WHERE search_tokens && ARRAY("
+            f" AND uid NOT IN (SELECT uid FROM entities WHERE {RESTRICTED_SQL}"
+            f" EXCEPT SELECT uid FROM entities WHERE {RESTRICTED_SQL} AND search_tokens && ARRAY("
             f"SELECT 'relations.ownedby' || chr(31) || owner.ref FROM entities owner"
             f" WHERE owner.search_tokens && {identities}::text[]))"
         )
