@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Annotated
 
 import msgspec
 
 from services.scorecard import api, handlers
-from services.scorecard.files import LocalFiles
+from services.scorecard.files import MAX_FILE_BYTES, LocalFiles, ProxyFiles, RepositoryFiles, parse_repository_hosts
 from shared.config import BaseSettings
 from shared.http import Routes
+from shared.secretref import SecretResolver, parse_secret_ref
 from shared.service import Deps, ServiceDefinition, run_service
 
 
@@ -24,25 +27,72 @@ class Settings(BaseSettings, kw_only=True, forbid_unknown_fields=True):
     """How often alert rules are checked (`IDP_ALERT_INTERVAL_SECONDS`)."""
     alert_webhook_url: str | None = None
     """Where triggered alerts are POSTed as JSON (`IDP_ALERT_WEBHOOK_URL`); none by default."""
+    proxy_url: str | None = None
+    """The plugin-proxy's base URL, through which files of `url:` locations are read (`IDP_PROXY_URL`)."""
+    proxy_token: str | None = None
+    """Secret reference (`env:NAME`, `file:/path`, `vault:…`) to the API key of the service account the scorecard
+    calls the proxy as (`IDP_PROXY_TOKEN`); it needs `proxy_endpoint_use` on the repository endpoints."""
+    repository_hosts: str = ""
+    """Which proxy endpoint serves each repository host's files, and at which path (`IDP_REPOSITORY_HOSTS`):
+    `host=endpoint[/raw path]` entries separated by spaces, the raw path built from `{owner}`, `{repo}`, `{ref}`
+    and `{path}` (default GitHub's `/{owner}/{repo}/{ref}/{path}`)."""
+    file_max_bytes: Annotated[int, msgspec.Meta(ge=1)] = MAX_FILE_BYTES
+    """Largest file a rule reads; a larger one makes the rule `unknown` (`IDP_FILE_MAX_BYTES`)."""
+    file_fetch_timeout_seconds: Annotated[float, msgspec.Meta(gt=0)] = 10.0
+    """Time allowed for one file read through the proxy (`IDP_FILE_FETCH_TIMEOUT_SECONDS`)."""
 
-    def files(self) -> LocalFiles:
-        return LocalFiles(tuple(Path(p).expanduser() for p in self.file_roots.split(os.pathsep) if p))
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        parse_repository_hosts(self.repository_hosts)
+        if self.proxy_token is not None:
+            parse_secret_ref(self.proxy_token)
+        if self.repository_hosts and not (self.proxy_url and self.proxy_token):
+            raise ValueError("IDP_REPOSITORY_HOSTS needs IDP_PROXY_URL and IDP_PROXY_TOKEN")
+
+    def local_files(self) -> LocalFiles:
+        return LocalFiles(
+            tuple(Path(p).expanduser() for p in self.file_roots.split(os.pathsep) if p), self.file_max_bytes
+        )
+
+
+@contextlib.asynccontextmanager
+async def open_files(deps: Deps) -> AsyncIterator[RepositoryFiles]:
+    """The file source: `file:` locations under the file roots; `url:` ones through the proxy when configured."""
+    settings: Settings = deps.settings
+    local = settings.local_files()
+    secrets = SecretResolver()
+    remote = None
+    if settings.proxy_url and settings.proxy_token:
+        remote = ProxyFiles(
+            parse_repository_hosts(settings.repository_hosts),
+            settings.proxy_url,
+            settings.proxy_token,
+            secrets=secrets,
+            max_bytes=settings.file_max_bytes,
+            timeout=settings.file_fetch_timeout_seconds,
+        )
+    files = RepositoryFiles(local, remote)
+    try:
+        yield files
+    finally:
+        await files.close()
+        await secrets.close()
 
 
 def _routes(deps: Deps) -> Routes:
-    return api.routes(deps, deps.settings.files())
+    return api.routes(deps, deps.context)
 
 
 async def consume_events(deps: Deps) -> None:
-    await handlers.consume_events(deps, deps.settings.files())
+    await handlers.consume_events(deps, deps.context)
 
 
 async def run_jobs(deps: Deps) -> None:
-    await handlers.run_jobs(deps, deps.settings.files())
+    await handlers.run_jobs(deps, deps.context)
 
 
 async def sync_and_schedule(deps: Deps) -> None:
-    await handlers.sync_and_schedule(deps, deps.settings.files(), deps.settings.schedule_interval_seconds)
+    await handlers.sync_and_schedule(deps, deps.context, deps.settings.schedule_interval_seconds)
 
 
 async def evaluate_alerts(deps: Deps) -> None:
@@ -57,6 +107,7 @@ DEFINITION = ServiceDefinition(
     routes=_routes,
     migrations=Path(__file__).parent / "migrations",
     background=(consume_events, run_jobs, sync_and_schedule, evaluate_alerts),
+    open_context=open_files,
 )
 
 

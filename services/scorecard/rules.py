@@ -15,7 +15,7 @@ import datetime as dt
 import json
 import re
 import tomllib
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Annotated, Any, Literal, NamedTuple, Protocol
 
@@ -44,9 +44,10 @@ class Outcome(NamedTuple):
 
 
 class FileSource(Protocol):
-    """Reads a file of an entity's source repository: `file:` locations now, the plugin-proxy later."""
+    """Reads a file of an entity's source repository (`files.py`). Files are read before the rules run, which
+    see them through `Context.files`."""
 
-    def read(self, entity: dict[str, Any], path: str) -> bytes | Unreadable: ...
+    async def read(self, entity: dict[str, Any], path: str) -> bytes | Unreadable: ...
 
 
 class Unreadable(NamedTuple):
@@ -65,12 +66,17 @@ class Context:
     data: dict[str, Any] = field(default_factory=dict)
     event_times: Callable[[str, str | None], list[dt.datetime]] = lambda type_, path: []
     """Times of this entity's events of a type (that changed `path`, when given)."""
-    files: FileSource | None = None
+    files: Mapping[str, bytes | Unreadable] | None = None
+    """The entity's files its rules read, by path, read beforehand; None when no file source is configured."""
     now: dt.datetime = field(default_factory=lambda: dt.datetime.now(dt.UTC))
 
     def about(self, entity: Any, data: Any) -> Context:
-        """The same sources with paths starting at another value (a list item, a related entity, a file)."""
+        """The same sources with paths starting at another value (a list item, a file)."""
         return Context(entity, self.related, data, self.event_times, self.files, self.now)
+
+    def about_related(self, entity: dict[str, Any]) -> Context:
+        """A related entity: its fields and relations, not this entity's files."""
+        return Context(entity, self.related, {}, self.event_times, {}, self.now)
 
 
 # --- rule structs -----------------------------------------------------------------------------------------
@@ -247,7 +253,8 @@ class Reads:
     data_keys: set[str] = field(default_factory=set)
     relation_types: set[str] = field(default_factory=set)
     event_types: set[str] = field(default_factory=set)
-    files: bool = False
+    file_paths: set[str] = field(default_factory=set)
+    """Files of the entity's source the rule reads."""
     now: bool = False
     """Depends on the clock (event windows, relative dates): re-run on a schedule."""
     target_paths: set[str] = field(default_factory=set)
@@ -257,7 +264,7 @@ class Reads:
 
     def touched_by(self, changed_paths: set[str] | None) -> bool:
         """Whether an entity change of `changed_paths` (None: everything) can change the outcome."""
-        if changed_paths is None or self.relation_types or self.files:
+        if changed_paths is None or self.relation_types or self.file_paths:
             return True
         return any(paths_overlap(mine, theirs) for mine in self.entity_paths for theirs in changed_paths)
 
@@ -681,7 +688,7 @@ def _relation(rule: Relation, at: str, reads: Reads) -> Evaluate:
     where = compiled_where.evaluate if compiled_where is not None else None
     if compiled_where is not None:
         reads.target_paths |= compiled_where.reads.entity_paths
-        reads.target_relations |= bool(compiled_where.reads.relation_types or compiled_where.reads.files)
+        reads.target_relations |= bool(compiled_where.reads.relation_types or compiled_where.reads.file_paths)
 
     def evaluate(ctx: Context) -> Outcome:
         matching = []
@@ -691,7 +698,7 @@ def _relation(rule: Relation, at: str, reads: Reads) -> Evaluate:
             target = ctx.related(relation.get("targetRef", ""))
             if target is None:
                 continue
-            if where is None or where(ctx.about(target, {})).status == PASS:
+            if where is None or where(ctx.about_related(target)).status == PASS:
                 matching.append(relation["targetRef"])
         n = len(matching)
         return Outcome(PASS if n >= low and (high is None or n <= high) else FAIL, matching)
@@ -718,7 +725,7 @@ def _file(rule: File, at: str, reads: Reads) -> Evaluate:
     path = rule.path
     if path.startswith("/") or ".." in path.split("/"):
         raise InputError.for_field(f"{at}.path", "a file path is relative to the entity's location, without ..")
-    reads.files = True
+    reads.file_paths.add(path)
     reads.now = True
     inner = _compile(rule.rule, f"{at}.rule", Reads(), _entity_of, _data_of, "") if rule.rule else None
     parse = _PARSERS[rule.format]
@@ -726,7 +733,9 @@ def _file(rule: File, at: str, reads: Reads) -> Evaluate:
     def evaluate(ctx: Context) -> Outcome:
         if ctx.files is None:
             return Outcome(UNKNOWN, None, "no file source is configured")
-        content = ctx.files.read(ctx.entity, path)
+        content = ctx.files.get(path)
+        if content is None:
+            return Outcome(UNKNOWN, None, f"{path} was not read (files of related entities are not)")
         if isinstance(content, Unreadable):
             if content.missing and inner is None:
                 return Outcome(FAIL, None)

@@ -23,6 +23,7 @@ from services.scorecard.evaluation import (
     context_for,
     evaluate,
     fewer_collections,
+    file_paths,
     load_inputs,
     run_check,
 )
@@ -533,7 +534,7 @@ async def schedule_clock_checks(pool: asyncpg.Pool) -> int:
         cards = await load_scorecards(conn)
         queued = 0
         for card in cards.values():
-            checks = [c.id for c in card.checks if c.compiled.reads.now or c.compiled.reads.files]
+            checks = [c.id for c in card.checks if c.compiled.reads.now or c.compiled.reads.file_paths]
             if checks:
                 await store.enqueue_job(conn, card.id, checks, "schedule")
                 queued += 1
@@ -551,8 +552,9 @@ async def dry_run(pool: asyncpg.Pool, nc: NatsClient, files: FileSource | None, 
     served = await catalog_client.get_entities(nc, refs=request.entities, scope=request.scope)
     entities = [ProjectedEntity(*projection_row(e)[:4]) for e in served]
     now = dt.datetime.now(dt.UTC)
+    paths = {e.uid: file_paths([(card, None)]) for e in entities if card.applies(e.document)}
     async with pool.acquire() as conn:
-        inputs = await load_inputs(conn, [card], entities, now)
+        inputs = await load_inputs(conn, [card], entities, now, files, paths)
     if any(check.compiled.reads.relation_types for check in card.checks):
         # Relation targets come from the catalog too: the draft sees what the catalog has now.
         targets = sorted({r["targetRef"] for e in entities for r in e.document.get("relations") or ()})
@@ -563,7 +565,7 @@ async def dry_run(pool: asyncpg.Pool, nc: NatsClient, files: FileSource | None, 
         if not card.applies(entity.document):
             not_applicable.append(entity.ref)
             continue
-        ctx = context_for(entity, inputs, files, now)
+        ctx = context_for(entity, inputs, now)
         results = [result_of(card, check, run_check(check, ctx)) for check in card.checks]
         score = score_of(card, {r.check: r.status for r in results})
         evaluations.append(

@@ -152,12 +152,11 @@ def test_event_windows_count_recent_events_only():
     assert run(changes, **ctx).status == PASS
 
 
-class Files:
-    def __init__(self, files: dict[str, bytes | Unreadable]) -> None:
-        self.files = files
+class Files(dict):
+    """Files read before evaluation; every other path was found missing."""
 
-    def read(self, entity, path):
-        return self.files.get(path, Unreadable(f"{path} not found", missing=True))
+    def get(self, path, default=None):
+        return super().get(path, Unreadable(f"{path} not found", missing=True))
 
 
 def test_file_rules_parse_and_report_unknown_with_a_reason():
