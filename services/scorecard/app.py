@@ -12,6 +12,7 @@ import msgspec
 
 from services.scorecard import api, handlers
 from services.scorecard.files import MAX_FILE_BYTES, LocalFiles, ProxyFiles, RepositoryFiles, parse_repository_hosts
+from services.scorecard.webhook import RetryPolicy
 from shared.config import BaseSettings
 from shared.http import Routes
 from shared.secretref import SecretResolver, parse_secret_ref
@@ -27,6 +28,13 @@ class Settings(BaseSettings, kw_only=True, forbid_unknown_fields=True):
     """How often alert rules are checked (`IDP_ALERT_INTERVAL_SECONDS`)."""
     alert_webhook_url: str | None = None
     """Where triggered alerts are POSTed as JSON (`IDP_ALERT_WEBHOOK_URL`); none by default."""
+    alert_webhook_max_attempts: Annotated[int, msgspec.Meta(ge=1, le=50)] = 10
+    """Attempts of one delivery before it is `failed` (`IDP_ALERT_WEBHOOK_MAX_ATTEMPTS`)."""
+    alert_webhook_backoff_seconds: Annotated[float, msgspec.Meta(gt=0)] = 5.0
+    """Delay after a delivery's first failed attempt, doubling (with jitter) up to 10 minutes
+    (`IDP_ALERT_WEBHOOK_BACKOFF_SECONDS`)."""
+    alert_webhook_timeout_seconds: Annotated[float, msgspec.Meta(gt=0)] = 10.0
+    """Time allowed for one delivery attempt (`IDP_ALERT_WEBHOOK_TIMEOUT_SECONDS`)."""
     proxy_url: str | None = None
     """The plugin-proxy's base URL, through which files of `url:` locations are read (`IDP_PROXY_URL`)."""
     proxy_token: str | None = None
@@ -48,6 +56,13 @@ class Settings(BaseSettings, kw_only=True, forbid_unknown_fields=True):
             parse_secret_ref(self.proxy_token)
         if self.repository_hosts and not (self.proxy_url and self.proxy_token):
             raise ValueError("IDP_REPOSITORY_HOSTS needs IDP_PROXY_URL and IDP_PROXY_TOKEN")
+
+    def retry_policy(self) -> RetryPolicy:
+        return RetryPolicy(
+            max_attempts=self.alert_webhook_max_attempts,
+            backoff_seconds=self.alert_webhook_backoff_seconds,
+            timeout_seconds=self.alert_webhook_timeout_seconds,
+        )
 
     def local_files(self) -> LocalFiles:
         return LocalFiles(
@@ -80,7 +95,7 @@ async def open_files(deps: Deps) -> AsyncIterator[RepositoryFiles]:
 
 
 def _routes(deps: Deps) -> Routes:
-    return api.routes(deps, deps.context)
+    return api.routes(deps, deps.context, deps.settings.retry_policy())
 
 
 async def consume_events(deps: Deps) -> None:
@@ -97,7 +112,9 @@ async def sync_and_schedule(deps: Deps) -> None:
 
 async def evaluate_alerts(deps: Deps) -> None:
     settings: Settings = deps.settings
-    await handlers.evaluate_alerts_periodically(deps, settings.alert_webhook_url, settings.alert_interval_seconds)
+    await handlers.evaluate_alerts_periodically(
+        deps, settings.alert_webhook_url, settings.retry_policy(), settings.alert_interval_seconds
+    )
 
 
 DEFINITION = ServiceDefinition(
