@@ -96,8 +96,8 @@ async def load_inputs(
     reads = [check.compiled.reads for card in cards for check in card.checks]
     inputs = _Inputs()
     if files is not None:
-        wanted = [(e.uid, e.document, (paths or {}).get(e.uid, ())) for e in entities]
-        inputs.files = await read_files(files, wanted)
+        wanted = [(e.uid, e.document, p) for e in entities if (p := (paths or {}).get(e.uid))]
+        inputs.files = await read_files(files, wanted) if wanted else {}
     keys = [e.key for e in entities]
     relation_types = {t for r in reads for t in r.relation_types}
     if relation_types:
@@ -177,7 +177,7 @@ async def evaluate(
         if cards_here:
             applicable.append((entity, cards_here))
     used_cards = {card.id: card for _, cards_here in applicable for card, _ in cards_here}
-    paths = {entity.uid: file_paths(cards_here) for entity, cards_here in applicable}
+    paths = {entity.uid: file_paths(cards_here) for entity, cards_here in applicable} if files is not None else {}
     inputs = await load_inputs(conn, used_cards.values(), [e for e, _ in applicable], now, files, paths)
     outcomes: list[tuple[CompiledScorecard, ProjectedEntity, Any, Outcome]] = []
     evaluated: set[tuple[str, str]] = set()
