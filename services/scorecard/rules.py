@@ -261,6 +261,9 @@ class Reads:
     """Fields of related entities that relation rules read (`where`)."""
     target_relations: bool = False
     """A relation rule's `where` follows relations of its own: any change of a target may matter."""
+    target_tests: list[Callable[[dict[str, Any]], bool]] | None = field(default_factory=list)
+    """Whether each relation rule's `where` admits a target, judged from the target's own fields; None when one
+    reads more (its relations, files, events, data, the clock)."""
 
     def touched_by(self, changed_paths: set[str] | None) -> bool:
         """Whether an entity change of `changed_paths` (None: everything) can change the outcome."""
@@ -276,6 +279,11 @@ class Reads:
         if target_changes is None or self.target_relations:
             return True
         return any(paths_overlap(mine, theirs) for mine in self.target_paths for theirs in target_changes)
+
+    def judges_alike(self, before: dict[str, Any], after: dict[str, Any]) -> bool:
+        """Whether every relation rule admits a target changed from `before` to `after` exactly as it did, so the
+        entities related to it keep their outcome."""
+        return self.target_tests is not None and all(test(before) == test(after) for test in self.target_tests)
 
 
 def paths_overlap(a: str, b: str) -> bool:
@@ -687,8 +695,13 @@ def _relation(rule: Relation, at: str, reads: Reads) -> Evaluate:
     compiled_where = compile_rule(rule.where, f"{at}.where") if rule.where is not None else None
     where = compiled_where.evaluate if compiled_where is not None else None
     if compiled_where is not None:
-        reads.target_paths |= compiled_where.reads.entity_paths
-        reads.target_relations |= bool(compiled_where.reads.relation_types or compiled_where.reads.file_paths)
+        inner = compiled_where.reads
+        reads.target_paths |= inner.entity_paths
+        reads.target_relations |= bool(inner.relation_types or inner.file_paths)
+        if inner.relation_types or inner.file_paths or inner.event_types or inner.data_keys or inner.now:
+            reads.target_tests = None
+        elif reads.target_tests is not None:
+            reads.target_tests.append(lambda target: compiled_where.evaluate(Context(target)).status == PASS)
 
     def evaluate(ctx: Context) -> Outcome:
         matching = []

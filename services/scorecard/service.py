@@ -305,10 +305,11 @@ async def observe_events(
             await store.insert_entity_events(conn, changes.entity_events)
         served: list[dict[str, Any]] = []
         neighbours: set[str] = set()
+        before: dict[str, dict[str, Any]] = {}
         deleted = changes.deleted
         if changes.changed_paths or deleted:
             try:
-                served, vanished, neighbours = await _read_changes(conn, nc, changes, deleted)
+                served, vanished, neighbours, before = await _read_changes(conn, nc, changes, deleted)
                 deleted |= vanished
             except ServiceUnavailableError as exc:
                 # Retrying the batch would send it to the dead letters during an outage: note what to read.
@@ -322,16 +323,24 @@ async def observe_events(
         if not cards:
             return Summary()
         work = await _plan(
-            conn, cards, served, changes.changed_paths, removed, changes.data_keys, changes.event_types, neighbours
+            conn,
+            cards,
+            served,
+            changes.changed_paths,
+            removed,
+            changes.data_keys,
+            changes.event_types,
+            neighbours,
+            before,
         )
         return await evaluate(conn, cards, work, files=files)
 
 
 async def _read_changes(
     conn: asyncpg.Connection, nc: NatsClient, changes: _BatchChanges, deleted: set[str]
-) -> tuple[list[dict[str, Any]], set[str], set[str]]:
-    """The changed entities as the catalog serves them now, the uids it no longer has, and the uids of
-    relation targets read again.
+) -> tuple[list[dict[str, Any]], set[str], set[str], dict[str, dict[str, Any]]]:
+    """The changed entities as the catalog serves them now, the uids it no longer has, the uids of relation
+    targets read again, and the projected documents of the changed entities before the changes.
 
     An update that changes no relation is applied to the projected entity from the event's `changes`; the others
     (new entities, relation fields, entities not projected yet) are read from the catalog. The catalog keeps
@@ -366,7 +375,7 @@ async def _read_changes(
                 changed_paths[uid] = {"relations"}
                 neighbours.add(uid)
                 served.append(neighbour)
-    return served, vanished, neighbours
+    return served, vanished, neighbours, before
 
 
 def _relation_pairs(document: dict[str, Any]) -> set[tuple[str, str]]:
@@ -382,9 +391,11 @@ async def _plan(
     data_keys: dict[EntityKey, set[str]],
     event_types: dict[EntityKey, set[str]],
     neighbours: set[str] = frozenset(),
+    before: dict[str, dict[str, Any]] | None = None,
 ) -> dict[str, tuple[ProjectedEntity, Selection]]:
     """Which checks of which entities a batch of changes can affect. Relation checks of the entities pointing
-    at a changed one run again; not for `neighbours`, whose only change is their list of relations."""
+    at a changed one run again when the change can alter how the check judges it (`before`: the changed
+    entities' documents before the batch); not for `neighbours`, whose only change is their list of relations."""
     work: dict[str, tuple[ProjectedEntity, Selection]] = {}
 
     def want(entity: ProjectedEntity, card: CompiledScorecard, checks: set[str] | None) -> None:
@@ -402,22 +413,20 @@ async def _plan(
                 want(entity, card, None)
             else:
                 want(entity, card, {c.id for c in card.checks if c.compiled.reads.touched_by(paths)})
-    targets = [e for e in changed_entities if e.uid not in neighbours]
-    # What changed on the targets, for all of them at once: None when one appeared or went away.
-    target_changes: set[str] | None = set()
-    for entity in targets:
-        paths = changed_paths.get(entity.uid)
-        target_changes = None if paths is None or target_changes is None else target_changes | paths
-    if removed:
-        target_changes = None
-    relation_checks = {
-        card.id: {c.id for c in card.checks if c.compiled.reads.touched_through_relations(target_changes)}
-        for card in cards.values()
-    }
-    if any(relation_checks.values()):
-        for entity in await store.dependents(conn, [e.key for e in targets] + [e.key for e in removed]):
+    relation_checks: dict[str, set[str]] = {}
+    moved = [e.key for e in removed]
+    for entity in removed:
+        _relation_checks_moved_by(cards, None, None, entity.document, relation_checks)
+    for entity in changed_entities:
+        if entity.uid not in neighbours:
+            old = (before or {}).get(entity.uid)
+            paths = changed_paths.get(entity.uid) if old is not None else None
+            if _relation_checks_moved_by(cards, paths, old, entity.document, relation_checks):
+                moved.append(entity.key)
+    if moved and relation_checks:
+        for entity in await store.dependents(conn, moved):
             for card in cards.values():
-                want(entity, card, relation_checks[card.id])
+                want(entity, card, relation_checks.get(card.id, set()))
     others = set(data_keys) | set(event_types)
     for entity in await store.entities_by_keys(conn, others) if others else []:
         keys, types = data_keys.get(entity.key, set()), event_types.get(entity.key, set())
@@ -429,6 +438,28 @@ async def _plan(
                 {cid for cid, r in reads_of.items() if (r.data_keys & keys) or (r.event_types & types)},
             )
     return {uid: item for uid, item in work.items() if item[1]}
+
+
+def _relation_checks_moved_by(
+    cards: dict[str, CompiledScorecard],
+    paths: set[str] | None,
+    before: dict[str, Any] | None,
+    after: dict[str, Any],
+    found: dict[str, set[str]],
+) -> bool:
+    """Add to `found` (card id → check ids) the relation checks whose judgement of a target can change with its
+    change of `paths` from `before` to `after` (None: it appeared or went away); whether there was one."""
+    moved = False
+    for card in cards.values():
+        for check in card.checks:
+            reads = check.compiled.reads
+            if not reads.touched_through_relations(paths):
+                continue
+            if paths is not None and before is not None and reads.judges_alike(before, after):
+                continue
+            found.setdefault(card.id, set()).add(check.id)
+            moved = True
+    return moved
 
 
 # --- whole-catalog work: sync, jobs, schedules -------------------------------------------------------------

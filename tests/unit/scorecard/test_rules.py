@@ -274,3 +274,17 @@ def test_relation_rules_say_which_target_changes_matter():
     existing = compile_rule(rule({"op": "relation", "type": "ownedBy"})).reads
     assert not existing.touched_through_relations({"spec.lifecycle"}) and existing.touched_through_relations(None)
     assert not compile_rule(rule({"op": "exists", "path": "a"})).reads.touched_through_relations(None)
+
+
+def test_relation_rules_tell_whether_a_targets_change_can_change_their_outcome():
+    """Entities pointing at a changed target are evaluated again only when a `where` may judge it differently."""
+    deprecated = {"op": "equals", "path": "spec.lifecycle", "value": "deprecated"}
+    plain = compile_rule(rule({"op": "relation", "type": "dependsOn", "where": deprecated, "max": 0})).reads
+    production, experimental, retired = (
+        {"spec": {"lifecycle": v}} for v in ("production", "experimental", "deprecated")
+    )
+    assert plain.judges_alike(production, experimental)
+    assert not plain.judges_alike(production, retired)
+    assert compile_rule(rule({"op": "relation", "type": "ownedBy"})).reads.judges_alike(production, retired)
+    nested = {"op": "relation", "type": "dependsOn", "where": {"op": "relation", "type": "ownedBy"}}
+    assert not compile_rule(rule(nested)).reads.judges_alike(production, production)
