@@ -265,9 +265,10 @@ class Reads:
     """Whether each relation rule's `where` admits a target, judged from the target's own fields; None when one
     reads more (its relations, files, events, data, the clock)."""
 
-    def touched_by(self, changed_paths: set[str] | None) -> bool:
-        """Whether an entity change of `changed_paths` (None: everything) can change the outcome."""
-        if changed_paths is None or self.relation_types or self.file_paths:
+    def touched_by(self, changed_paths: set[str] | None, relations_changed: bool = True) -> bool:
+        """Whether an entity change of `changed_paths` (None: everything) can change the outcome; relation rules
+        read the entity's relations (and their targets), so they care only when `relations_changed`."""
+        if changed_paths is None or self.file_paths or (self.relation_types and relations_changed):
             return True
         return any(paths_overlap(mine, theirs) for mine in self.entity_paths for theirs in changed_paths)
 

@@ -408,11 +408,13 @@ async def _plan(
     changed_entities = [ProjectedEntity(*projection_row(e)[:4]) for e in served]
     for entity in changed_entities:
         paths = changed_paths.get(entity.uid)
+        old = (before or {}).get(entity.uid)
+        relations_changed = old is None or _relation_pairs(old) != _relation_pairs(entity.document)
         for card in cards.values():
             if paths is None or any(paths_overlap(p, f) for p in paths for f in card.filter_paths):
                 want(entity, card, None)
             else:
-                want(entity, card, {c.id for c in card.checks if c.compiled.reads.touched_by(paths)})
+                want(entity, card, {c.id for c in card.checks if c.compiled.reads.touched_by(paths, relations_changed)})
     relation_checks: dict[str, set[str]] = {}
     moved = [e.key for e in removed]
     for entity in removed:

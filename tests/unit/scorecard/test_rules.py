@@ -254,6 +254,8 @@ def test_reads_say_which_changes_matter():
     assert reads.entity_paths == {"metadata.links", "metadata.links.title"}
     assert reads.touched_by({"metadata.links"}) and not reads.touched_by({"spec.owner"})
     assert compile_rule(rule({"op": "relation", "type": "ownedBy"})).reads.touched_by({"spec.owner"})
+    owned = compile_rule(rule({"op": "relation", "type": "ownedBy"})).reads
+    assert not owned.touched_by({"spec.lifecycle"}, relations_changed=False)
     data = compile_rule(rule({"op": "gte", "path": "coverage", "value": 80, "source": "data"})).reads
     assert data.data_keys == {"coverage"} and not data.entity_paths
 
