@@ -430,7 +430,9 @@ async def _plan(
             for card in cards.values():
                 want(entity, card, relation_checks.get(card.id, set()))
     others = set(data_keys) | set(event_types)
-    for entity in await store.entities_by_keys(conn, others) if others else []:
+    known = {e.key: e for e in changed_entities if e.key in others}
+    unknown = others - known.keys()
+    for entity in [*known.values(), *(await store.entities_by_keys(conn, unknown) if unknown else [])]:
         keys, types = data_keys.get(entity.key, set()), event_types.get(entity.key, set())
         for card in cards.values():
             reads_of = {c.id: c.compiled.reads for c in card.checks}
