@@ -15,7 +15,7 @@ from services.scorecard.files import MAX_FILE_BYTES, LocalFiles, ProxyFiles, Rep
 from services.scorecard.webhook import RetryPolicy
 from shared.config import BaseSettings
 from shared.http import Routes
-from shared.secretref import SecretResolver, parse_secret_ref
+from shared.secretref import SecretError, SecretResolver, parse_secret_ref
 from shared.service import Deps, ServiceDefinition, run_service
 
 
@@ -38,8 +38,8 @@ class Settings(BaseSettings, kw_only=True, forbid_unknown_fields=True):
     proxy_url: str | None = None
     """The plugin-proxy's base URL, through which files of `url:` locations are read (`IDP_PROXY_URL`)."""
     proxy_token: str | None = None
-    """Secret reference (`env:NAME`, `file:/path`, `vault:…`) to the API key of the service account the scorecard
-    calls the proxy as (`IDP_PROXY_TOKEN`); it needs `proxy_endpoint_use` on the repository endpoints."""
+    """Secret reference (`env:NAME` or `file:/path`) to the API key of the service account the scorecard calls the
+    proxy as (`IDP_PROXY_TOKEN`); it needs `proxy_endpoint_use` on the repository endpoints."""
     repository_hosts: str = ""
     """Which proxy endpoint serves each repository host's files, and at which path (`IDP_REPOSITORY_HOSTS`):
     `host=endpoint[/raw path]` entries separated by spaces, the raw path built from `{owner}`, `{repo}`, `{ref}`
@@ -53,7 +53,10 @@ class Settings(BaseSettings, kw_only=True, forbid_unknown_fields=True):
         super().__post_init__()
         parse_repository_hosts(self.repository_hosts)
         if self.proxy_token is not None:
-            parse_secret_ref(self.proxy_token)
+            try:
+                parse_secret_ref(self.proxy_token)
+            except SecretError as exc:
+                raise ValueError(f"IDP_PROXY_TOKEN: {exc}") from None
         if self.repository_hosts and not (self.proxy_url and self.proxy_token):
             raise ValueError("IDP_REPOSITORY_HOSTS needs IDP_PROXY_URL and IDP_PROXY_TOKEN")
 

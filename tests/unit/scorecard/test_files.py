@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 from yarl import URL
 
+from services.scorecard.app import Settings
 from services.scorecard.files import (
     LocalFiles,
     RepositoryFiles,
@@ -15,6 +16,7 @@ from services.scorecard.files import (
     source_of,
 )
 from services.scorecard.rules import Unreadable
+from shared.config import ConfigError, load_settings
 
 
 def entity(location: str, annotation: str = "backstage.io/managed-by-location") -> dict:
@@ -87,3 +89,13 @@ def test_urls_without_a_ref_or_repository_are_unreadable():
     host = RepositoryHost("h", "e")
     assert "no branch" in raw_path_of(host, URL("https://h/acme/billing/main/"), "x").reason
     assert "no owner" in raw_path_of(host, URL("https://h/acme/"), "x").reason
+
+
+def test_settings_refuse_a_malformed_host_map_or_token_reference_in_one_line():
+    base = {"IDP_DATABASE_URL": "postgresql://x", "IDP_NATS_URL": "nats://x"}
+    with pytest.raises(ConfigError, match="IDP_PROXY_TOKEN: 'key' is not a secret reference"):
+        load_settings(Settings, {**base, "IDP_PROXY_TOKEN": "key"})
+    with pytest.raises(ConfigError, match="needs IDP_PROXY_URL and IDP_PROXY_TOKEN"):
+        load_settings(Settings, {**base, "IDP_REPOSITORY_HOSTS": "github.com=github-raw"})
+    configured = {"IDP_PROXY_URL": "http://proxy", "IDP_PROXY_TOKEN": "env:KEY", "IDP_REPOSITORY_HOSTS": "h=e"}
+    assert load_settings(Settings, {**base, **configured}).repository_hosts == "h=e"
