@@ -6,7 +6,7 @@ time), POST `{"alerts": [...]}` with `X-IDP-Delivery: <id>` (receivers deduplica
 recording can repeat an attempt), and are retried with exponential backoff and jitter on 5xx, 408, 429, connection
 errors and timeouts, never on other 4xx (the receiver refused the request; sending it again changes nothing). A
 delivery that exhausts its attempts, or is refused, is `failed` with its last error, announced by
-`scorecard.alert.delivery_failed`, listed by `GET /api/scorecard/alert-deliveries` and may be sent again
+`scorecard.alert_delivery.failed`, listed by `GET /api/scorecard/alert-deliveries` and may be sent again
 (`POST …/{id}/retry`), as GitHub's and Stripe's webhook logs allow.
 """
 
@@ -110,13 +110,13 @@ async def _record(
     await store.finish_delivery(conn, row["id"], "failed", status, error)
     log.error("alert webhook delivery %s failed after %d attempts: %s", row["id"], row["attempts"], error)
     data = {"attempts": row["attempts"], "last_status": status, "last_error": error}
-    await write_event(conn, _delivery_event("delivery_failed", SYSTEM, row, data))
+    await write_event(conn, _delivery_event("failed", SYSTEM, row, data))
 
 
 def _delivery_event(verb: str, actor: Actor, row: asyncpg.Record, data: dict[str, Any]):
     alerts = row["payload"].get("alerts", [])
     return new_event(
-        f"scorecard.alert.{verb}",
+        f"scorecard.alert_delivery.{verb}",
         source=SOURCE,
         actor=actor,
         resource=ResourceRef("alert_delivery", row["id"]),
@@ -186,6 +186,6 @@ async def retry(pool: asyncpg.Pool, actor: Actor, delivery_id: str, policy: Retr
         if row["status"] == "pending":
             raise ConflictError(f"alert delivery {delivery_id} is still pending")
         row = await store.requeue_delivery(conn, delivery_id)
-        await write_event(conn, _delivery_event("delivery_requeued", actor, row, {}))
+        await write_event(conn, _delivery_event("requeued", actor, row, {}))
     await deliver_due(pool, policy)
     return await get_delivery(pool, delivery_id)

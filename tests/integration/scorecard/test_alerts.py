@@ -147,7 +147,7 @@ async def test_a_delivery_failing_every_attempt_is_kept_failed_and_can_be_sent_a
     async with http.get(f"{scorecard.url}/api/scorecard/alert-deliveries", params={"status": "failed"}) as r:
         assert [d["id"] for d in (await r.json())["items"]] == [delivery_id]
     events = await scorecard.deps.pool.fetch("SELECT subject FROM outbox ORDER BY seq")
-    assert [e["subject"] for e in events].count("idp.evt.scorecard.alert.delivery_failed") == 1
+    assert [e["subject"] for e in events].count("idp.evt.scorecard.alert_delivery.failed") == 1
 
     answers.clear()
     async with http.post(f"{scorecard.url}/api/scorecard/alert-deliveries/{delivery_id}/retry") as r:
