@@ -177,7 +177,10 @@ async def evaluate(
         if cards_here:
             applicable.append((entity, cards_here))
     used_cards = {card.id: card for _, cards_here in applicable for card, _ in cards_here}
-    paths = {entity.uid: file_paths(cards_here) for entity, cards_here in applicable} if files is not None else {}
+    reads_files = files is not None and any(
+        c.compiled.reads.file_paths for card in used_cards.values() for c in card.checks
+    )
+    paths = {entity.uid: file_paths(cards_here) for entity, cards_here in applicable} if reads_files else {}
     inputs = await load_inputs(conn, used_cards.values(), [e for e, _ in applicable], now, files, paths)
     outcomes: list[tuple[CompiledScorecard, ProjectedEntity, Any, Outcome]] = []
     evaluated: set[tuple[str, str]] = set()
