@@ -21,6 +21,7 @@ import argparse
 import asyncio
 import functools
 import json
+import os
 import random
 import re
 import shutil
@@ -187,6 +188,7 @@ async def run(args: argparse.Namespace, data: Path, tmp: Path) -> dict[str, obje
             connector = aiohttp.TCPConnector(limit=args.concurrency)
             async with aiohttp.ClientSession(headers=headers, timeout=timeout, connector=connector) as session:
                 cpu_before = cpu_seconds(catalog.process.pid, postgres_dir)
+                load_before = os.getloadavg()[0]
                 started = time.perf_counter()
                 async with session.post(
                     f"{catalog.url}/api/catalog/locations", json={"type": "file", "target": str(data / "location.yaml")}
@@ -196,6 +198,8 @@ async def run(args: argparse.Namespace, data: Path, tmp: Path) -> dict[str, obje
                 ingest_s = time.perf_counter() - started
                 cpu_after = cpu_seconds(catalog.process.pid, postgres_dir)
                 ingest_cpu = {k: round(v - cpu_before[k], 1) for k, v in cpu_after.items()}
+                # The machine is shared: the 1-minute load average before and after says how busy it was.
+                ingest_load = (round(load_before, 1), round(os.getloadavg()[0], 1))
                 progress(f"location ingested in {ingest_s:.1f} s, CPU {ingest_cpu}, RSS {rss.peak / 2**20:.0f} MiB")
                 entities, relations = await served_counts(servers.database_url)
                 properties_s = None
@@ -215,7 +219,7 @@ async def run(args: argparse.Namespace, data: Path, tmp: Path) -> dict[str, obje
                             result[name] = await asyncio.to_thread(measure)
                         else:
                             result[name] = await python_load(session, catalog.url, paths, args, clients)
-                    progress(f"{paths[0]}: {result}")
+                    progress(f"{paths[0]}: {result} (load average {os.getloadavg()[0]:.1f})")
                     return result
 
                 api = "/api/catalog/entities"
@@ -240,6 +244,7 @@ async def run(args: argparse.Namespace, data: Path, tmp: Path) -> dict[str, obje
         "load_generator": "wrk" if wrk else "aiohttp",
         "ingest_s": ingest_s,
         "ingest_cpu_s": ingest_cpu,
+        "ingest_load_average": ingest_load,
         "entities_served": entities,
         "relations_served": relations,
         "relations_expected": manifest["expected_relations"],

@@ -7,6 +7,7 @@ server on 127.0.0.2 and two delegate agent replicas, each as its own process; on
 
 - latency: `--requests` sequential small GETs through a direct endpoint and through a delegated one, alternately;
   p50/p99 of each and the delegate's added p50/p99;
+- WebSocket: as many sequential 32-byte message round trips (sent, echoed) over one socket per endpoint; p50/p99;
 - throughput: req/s with `--concurrency` clients for `--seconds`, direct and delegated, and the CPU time each
   request costs the proxy and the agents (user + system, which machine load does not inflate as it does
   latency);
@@ -42,7 +43,7 @@ MB = 1024 * 1024
 
 
 def serve_upstream(port: int) -> None:
-    """The internal system: a tiny JSON answer, a stream of N bytes, a sink for uploads."""
+    """The internal system: a tiny JSON answer, a stream of N bytes, a sink for uploads, a WebSocket echo."""
 
     async def small(request: web.Request) -> web.Response:
         return web.json_response({"ok": True})
@@ -65,7 +66,15 @@ def serve_upstream(port: int) -> None:
             total += len(chunk)
         return web.json_response({"received": total})
 
+    async def echo(request: web.Request) -> web.WebSocketResponse:
+        ws = web.WebSocketResponse()
+        await ws.prepare(request)
+        async for message in ws:
+            await ws.send_bytes(message.data)
+        return ws
+
     app = web.Application()
+    app.router.add_get("/echo", echo)
     app.router.add_get("/small", small)
     app.router.add_get("/stream", stream)
     app.router.add_post("/sink", sink)
@@ -135,6 +144,27 @@ class Bench:
                 if i >= 50:  # the first calls warm the pools
                     samples.append(time.perf_counter() - started)
         return latencies
+
+    async def websocket_latency(self, messages: int) -> dict[str, float]:
+        """Message round trips over one socket per endpoint, alternately."""
+        samples: dict[str, list[float]] = {"direct": [], "delegated": []}
+        sockets = {e: await self.session.ws_connect(f"{self.proxy.url}/api/proxy/{e}/echo") for e in samples}
+        try:
+            for i in range(messages + 50):
+                for endpoint, ws in sockets.items():
+                    started = time.perf_counter()
+                    await ws.send_bytes(b"m" * 32)
+                    await ws.receive_bytes()
+                    if i >= 50:
+                        samples[endpoint].append(time.perf_counter() - started)
+        finally:
+            for ws in sockets.values():
+                await ws.close()
+        return {
+            f"ws_{endpoint}_{name}_ms": percentile(values, q) * 1000
+            for endpoint, values in samples.items()
+            for name, q in (("p50", 0.5), ("p99", 0.99))
+        }
 
     def cpu_seconds(self) -> tuple[float, float]:
         """CPU time (user + system) used so far by the proxy and by the agents together."""
@@ -242,7 +272,12 @@ async def run(args: argparse.Namespace, log_dir: Path, upstream_port: int) -> li
                     {"name": "direct", "target": target, "allow_networks": [f"{UPSTREAM_HOST}/32"]},
                     {"name": "delegated", "target": target, "delegate": {"tags": ["bench"]}},
                 ]:
-                    body = {**endpoint, "methods": ["GET", "POST"], "max_body_bytes": 2 * args.stream_mb * MB}
+                    body = {
+                        **endpoint,
+                        "methods": ["GET", "POST"],
+                        "max_body_bytes": 2 * args.stream_mb * MB,
+                        "websocket": True,
+                    }
                     async with admin.post(f"{proxy.url}/api/proxy/endpoints", json=body) as r:
                         assert r.status == 201, await r.text()
             bench = Bench(proxy, servers.nats_url, token, log_dir / "agents.log")
@@ -257,6 +292,7 @@ async def run(args: argparse.Namespace, log_dir: Path, upstream_port: int) -> li
                     "direct_p99_ms": percentile(direct, 0.99) * 1000,
                     "delegate_p50_ms": percentile(delegated, 0.5) * 1000,
                     "delegate_p99_ms": percentile(delegated, 0.99) * 1000,
+                    **await bench.websocket_latency(args.requests),
                     **await bench.throughput("direct", args.concurrency, args.seconds),
                     **await bench.throughput("delegated", args.concurrency, args.seconds),
                     **await bench.stream_memory(args.stream_mb * MB),

@@ -18,6 +18,7 @@ from nats.aio.client import Client as NatsClient
 
 from shared.authz import (
     EVERYTHING,
+    OWNER_EDITABLE,
     AccessControl,
     Decision,
     Resource,
@@ -26,6 +27,7 @@ from shared.authz import (
     RoleBinding,
     Snapshot,
     Visibility,
+    resource_type_of,
 )
 from shared.bus import request_rpc
 from shared.db import transaction
@@ -97,8 +99,8 @@ def subject_of(caller: Caller) -> str:
 
 
 class AccessReplica:
-    def __init__(self) -> None:
-        self.control = AccessControl()
+    def __init__(self, *, owners_may_edit: bool = True) -> None:
+        self.control = AccessControl(owners_may_edit)
         self.policies = PolicyEngine()
         self.version: int | None = None
         """The state version applied; None until the first snapshot."""
@@ -122,6 +124,10 @@ class AccessReplica:
         if not self.check(caller, permission, resource).allowed:
             raise NotAllowedError(f"missing permission {permission} at {resource.scope}")
 
+    def require_at(self, caller: Caller, permission: str, scope: str, resource_id: str | None = None) -> None:
+        """`require` on the resource of `permission`'s type at `scope`, named `resource_id` (None: the type)."""
+        self.require(caller, permission, Resource(resource_type_of(permission), scope, resource_id))
+
     def visibility(self, caller: Caller, permission: str) -> Visibility:
         """What the caller may see of `permission`'s resource type; everything for admins."""
         if caller.is_admin:
@@ -135,8 +141,19 @@ class AccessReplica:
 
     def holds_anywhere(self, caller: Caller, permission: str) -> bool:
         """Whether some grant of the caller's includes `permission`: the route-level check before a handler
-        decides on the resource itself and lists filter by `visibility`."""
-        return caller.is_admin or permission in caller.permissions or self.control.holds(subject_of(caller), permission)
+        decides on the resource itself and lists filter by `visibility`. An owner edit needs no grant of the
+        edit permission, so when owners may edit, whoever may view that type of resource passes to the
+        handler, which decides on the resource's owners."""
+        if caller.is_admin or permission in caller.permissions:
+            return True
+        subject = subject_of(caller)
+        if self.control.holds(subject, permission):
+            return True
+        return (
+            self.control.owners_may_edit
+            and permission in OWNER_EDITABLE
+            and self.control.holds(subject, permission.removesuffix("_edit") + "_view")
+        )
 
     def authorize_write(self, caller: Caller, permission: str, resource: Resource, document: Any) -> PolicyOutcome:
         """A write's two gates: the caller holds `permission` on the resource (at its scope), and the policy sets

@@ -70,6 +70,11 @@ PERMISSIONS: dict[str, tuple[str, ...]] = {
 }
 
 
+OWNER_EDITABLE = frozenset({"catalog_entity_edit"})
+"""Permissions an owner holds on its own resources without a role binding, when owners may edit (the IDP 1.0
+rule). Services decide them per resource, where they know the owners."""
+
+
 def all_permissions() -> list[str]:
     return [f"{resource_type}_{action}" for resource_type, actions in PERMISSIONS.items() for action in actions]
 
@@ -157,6 +162,16 @@ class Visibility(msgspec.Struct, frozen=True):
     @property
     def nothing(self) -> bool:
         return not (self.everything or self.scopes or self.subtrees or self.named)
+
+    def covers(self, scope: str, resource_id: str | None = None) -> bool:
+        """Whether a resource at `scope` is within reach (what `visibility_condition` selects, plus `named`),
+        before the restricted-resource rule, which needs the resource's owners."""
+        return (
+            self.everything
+            or scope in self.scopes
+            or any(scope == tree or scope.startswith(tree + ".") for tree in self.subtrees)
+            or (resource_id is not None and (scope, resource_id) in self.named)
+        )
 
 
 class Snapshot(msgspec.Struct):
@@ -354,7 +369,7 @@ class AccessControl:
                 )
         if (
             self.owners_may_edit
-            and permission.endswith("_edit")
+            and permission in OWNER_EDITABLE
             and resource.id is not None
             and subjects & resource.owners
         ):
@@ -441,17 +456,39 @@ def _all(grants: dict[str, tuple[_Grant, ...]]) -> Iterable[_Grant]:
 EVERYTHING = Visibility(everything=True, sees_restricted=True)
 
 
-def visibility_condition(visibility: Visibility, scope_column: str, arg: Callable[[Any], str]) -> str:
-    """A SQL condition on `scope_column` selecting the scopes `visibility` allows; `arg(value)` binds a
-    parameter and returns its placeholder. Named resources are the caller's to add (their id column differs)."""
+INDEXED_SUBTREES = 32
+"""Up to this many subtrees, a visibility condition tests each prefix on its own so that an index on the scope
+column serves it; beyond, one `LIKE ANY` over every row is cheaper than planning that many range scans."""
+
+
+def visibility_condition(
+    visibility: Visibility, scope_column: str, arg: Callable[[Any], str], id_column: str | None = None
+) -> str:
+    """A SQL condition selecting what `visibility` reaches: the scopes on `scope_column` and, given the
+    resources' `id_column` (text), the named resources. `arg(value)` binds a parameter and returns its
+    placeholder. (The restricted-resource rule needs owners, which only the owning service knows.)"""
     if visibility.everything:
         return "TRUE"
     clauses = []
     if visibility.scopes or visibility.subtrees:
         clauses.append(f"{scope_column} = ANY({arg(sorted(visibility.scopes | visibility.subtrees))}::text[])")
-    if visibility.subtrees:
+    if len(visibility.subtrees) <= INDEXED_SUBTREES:
+        # One prefix test per subtree, which PostgreSQL turns into a range scan of a scope index. The prefix is a
+        # literal (a checked scope holds only letters, digits, `_` and dots): as a parameter, a cached generic plan
+        # could not use the index.
+        clauses += [f"starts_with({scope_column}, '{check_scope(scope)}.')" for scope in sorted(visibility.subtrees)]
+    else:
         below = sorted(like_escape(scope) + ".%" for scope in visibility.subtrees)
         clauses.append(f"{scope_column} LIKE ANY({arg(below)}::text[])")
+    if id_column is not None:
+        # Per scope, the named ids: an index on (scope, id) serves each, and the whole OR stays a union of scans.
+        named: dict[str, list[str]] = defaultdict(list)
+        for scope, resource_id in visibility.named:
+            named[scope].append(resource_id)
+        clauses += [
+            f"({scope_column} = '{check_scope(scope)}' AND {id_column} = ANY({arg(sorted(ids))}::text[]))"
+            for scope, ids in sorted(named.items())
+        ]
     return "(" + " OR ".join(clauses) + ")" if clauses else "FALSE"
 
 

@@ -44,6 +44,8 @@ class BaseSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     """Largest accepted request body (`IDP_MAX_BODY_BYTES`)."""
     db_pool_size: Annotated[int, msgspec.Meta(ge=1, le=200)] = 10
     """Connections in this process's PostgreSQL pool (`IDP_DB_POOL_SIZE`)."""
+    owners_may_edit: bool = True
+    """Owners of a catalog entity may edit it without a role binding granting the edit (`IDP_OWNERS_MAY_EDIT`)."""
 
     def __post_init__(self) -> None:
         if self.dev_token is not None:

@@ -19,6 +19,11 @@ kind byte and a payload:
 - `X` abort (msgpack `Abort`): an error from the agent, or the proxy cancelling
 - `K` keepalive, agent to proxy every second while it works on the exchange, so a replica that dies mid-exchange
   is noticed within `SILENCE_LIMIT` seconds rather than at the endpoint's timeout
+- `T` / `B` a WebSocket text / binary message, either way, and `L` its close (msgpack `Close`)
+
+A WebSocket exchange (`OpenRequest.websocket`) answers the head with status 101 once the agent's handshake with the
+upstream succeeded; then messages flow both ways under the same credit, one credit a message, with no idle
+deadline: both sides send keepalives instead, so either notices the other's death within `SILENCE_LIMIT`.
 
 Flow control: a sender starts with `WINDOW` chunks of credit and waits for more before sending on, so at most
 `WINDOW * CHUNK_BYTES` of a body is buffered per direction however large the body is. Every wait is bounded by the
@@ -42,12 +47,16 @@ from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
 from shared.secretref import Credential
+from shared.socket_relay import Close
 
 CHUNK_BYTES = 128 * 1024
 """Largest body chunk per message; well under NATS's default 1 MB payload limit."""
 WINDOW = 8
 """Chunks a sender may have unconsumed in flight."""
 HEAD, DATA, END, CREDIT, ABORT, KEEPALIVE = b"H", b"D", b"E", b"C", b"X", b"K"
+TEXT, BINARY, CLOSE = b"T", b"B", b"L"
+WS_MESSAGE_BYTES = 768 * 1024
+"""Largest WebSocket message carried through an agent: one NATS message, under its default 1 MB limit."""
 KEEPALIVE_SECONDS = 1.0
 """How often an agent tells the proxy it is still working on an exchange."""
 SILENCE_LIMIT = 3.0
@@ -91,6 +100,10 @@ class OpenRequest(msgspec.Struct, frozen=True):
     credentials: list[Credential]
     timeout: float
     has_body: bool
+    websocket: bool = False
+    """Open a WebSocket (the request is its handshake) instead of sending an HTTP request."""
+    protocols: list[str] = []
+    """WebSocket subprotocols the caller offered."""
 
 
 class Accepted(msgspec.Struct, frozen=True):
@@ -125,6 +138,7 @@ _encode = msgspec.msgpack.encode
 _decode_head = msgspec.msgpack.Decoder(ResponseHead).decode
 _decode_abort = msgspec.msgpack.Decoder(Abort).decode
 _decode_credit = msgspec.msgpack.Decoder(int).decode
+_decode_close = msgspec.msgpack.Decoder(Close).decode
 
 
 class Inboxes:
@@ -150,7 +164,7 @@ class Inboxes:
         if channel is not None:  # frames of a closed exchange are dropped
             channel.receive(msg.data)
 
-    def open(self, idle_timeout: float, *, peer_keeps_alive: bool) -> Channel:
+    def open(self, idle_timeout: float | None, *, peer_keeps_alive: bool) -> Channel:
         """A channel whose inbox is live at once; `close()` it when the exchange ends."""
         token = uuid.uuid4().hex
         channel = Channel(self, token, idle_timeout, peer_keeps_alive)
@@ -164,17 +178,19 @@ class Inboxes:
 class Channel:
     """One side of an exchange: its inbox, the peer's inbox, and credit in both directions."""
 
-    def __init__(self, inboxes: Inboxes, token: str, idle_timeout: float, peer_keeps_alive: bool) -> None:
+    def __init__(self, inboxes: Inboxes, token: str, idle_timeout: float | None, peer_keeps_alive: bool) -> None:
         self.nc = inboxes.nc
         self._inboxes = inboxes
         self._token = token
         self.inbox = f"{inboxes.prefix}.{token}"
         self.peer = ""
         self.idle_timeout = idle_timeout
+        """Longest wait for the peer; None for a WebSocket once open, which may idle as long as both sides live."""
         self.peer_keeps_alive = peer_keeps_alive
         self._heard = time.monotonic()
         self._frames: asyncio.Queue[bytes] = asyncio.Queue()
         self._credit = WINDOW
+        self._unreturned = 0
         self._credit_changed = asyncio.Event()
         self._aborted: Abort | None = None
         self.on_abort: Callable[[], object] | None = None
@@ -187,6 +203,11 @@ class Channel:
 
     def close(self) -> None:
         self._inboxes.release(self._token)
+
+    def hold_open(self) -> None:
+        """From now on wait for the peer without a deadline (an open WebSocket), but never past its silence."""
+        self.idle_timeout = None
+        self._heard = time.monotonic()
 
     def receive(self, data: bytes) -> None:
         self._heard = time.monotonic()
@@ -210,17 +231,18 @@ class Channel:
 
     async def _within_limits(self, ready: Callable[[], Awaitable[T]], stalled: str) -> T:
         """Await `ready()` for at most the idle timeout, and only while a peer that keeps alive is heard from."""
-        deadline = time.monotonic() + self.idle_timeout
+        deadline = time.monotonic() + (self.idle_timeout if self.idle_timeout is not None else float("inf"))
         while True:
             limit = min(deadline, self._heard + SILENCE_LIMIT) if self.peer_keeps_alive else deadline
             try:
-                return await asyncio.wait_for(ready(), max(0.0, limit - time.monotonic()))
+                wait = None if limit == float("inf") else max(0.0, limit - time.monotonic())
+                return await asyncio.wait_for(ready(), wait)
             except TimeoutError:
                 now = time.monotonic()
                 if now >= deadline:
                     raise AbortedError(504, stalled) from None
                 if now >= self._heard + SILENCE_LIMIT:
-                    raise AbortedError(503, "the agent replica went silent (it died or lost NATS)") from None
+                    raise AbortedError(503, "the other side went silent (it died or lost NATS)") from None
 
     async def _take_credit(self) -> None:
         while self._credit <= 0:
@@ -237,7 +259,7 @@ class Channel:
                 await self.nc.publish(self.peer, KEEPALIVE)
 
     async def next_frame(self) -> tuple[bytes, bytes]:
-        data = await self._within_limits(self._frames.get, f"nothing received for {self.idle_timeout:g}s")
+        data = await self._within_limits(self._frames.get, f"nothing received for {self.idle_timeout or 0:g}s")
         if data[:1] == ABORT:
             self._raise_if_aborted()
         return data[:1], data[1:]
@@ -261,7 +283,6 @@ class Channel:
 
     async def receive_body(self) -> AsyncIterator[bytes]:
         """The peer's body chunk by chunk; credit goes back as the consumer takes chunks."""
-        consumed = 0
         while True:
             kind, payload = await self.next_frame()
             if kind == END:
@@ -269,10 +290,34 @@ class Channel:
             if kind != DATA:
                 raise AbortedError(502, "unexpected frame inside a body")
             yield payload
-            consumed += 1
-            if consumed >= WINDOW // 2:
-                await self.nc.publish(self.peer, CREDIT + _encode(consumed))
-                consumed = 0
+            await self._consumed()
+
+    async def _consumed(self) -> None:
+        """One chunk or message taken; credit goes back in batches of half the window."""
+        self._unreturned += 1
+        if self._unreturned >= WINDOW // 2:
+            await self.nc.publish(self.peer, CREDIT + _encode(self._unreturned))
+            self._unreturned = 0
+
+    async def send_message(self, message: str | bytes) -> None:
+        """One WebSocket message, as credit allows."""
+        await self._take_credit()
+        if isinstance(message, str):
+            await self.nc.publish(self.peer, TEXT + message.encode())
+        else:
+            await self.nc.publish(self.peer, BINARY + message)
+
+    async def receive_message(self) -> str | bytes | Close:
+        kind, payload = await self.next_frame()
+        if kind == CLOSE:
+            return _decode_close(payload)
+        if kind not in (TEXT, BINARY):
+            raise AbortedError(502, "unexpected frame inside a WebSocket exchange")
+        await self._consumed()
+        return payload.decode() if kind == TEXT else payload
+
+    async def send_close(self, close: Close) -> None:
+        await self.nc.publish(self.peer, CLOSE + _encode(close))
 
     def fail(self, status: int, detail: str) -> None:
         """End the exchange on this side: whatever waits on the channel raises `AbortedError(status, detail)`."""
@@ -283,3 +328,26 @@ class Channel:
         if self.peer:
             with contextlib.suppress(nats.errors.Error):
                 await self.nc.publish(self.peer, ABORT + _encode(Abort(status, detail)))
+
+
+class ChannelSocket:
+    """A WebSocket exchange's channel as a `shared.socket_relay.Socket`: an abort or the peer's silence closes it."""
+
+    def __init__(self, channel: Channel) -> None:
+        self.channel = channel
+        self.closed = False
+
+    async def receive(self) -> str | bytes | Close:
+        try:
+            return await self.channel.receive_message()
+        except AbortedError as exc:
+            return Close(1011, exc.detail[:120])
+
+    async def send(self, message: str | bytes) -> None:
+        await self.channel.send_message(message)
+
+    async def close(self, close: Close) -> None:
+        if not self.closed:
+            self.closed = True
+            with contextlib.suppress(nats.errors.Error):
+                await self.channel.send_close(close)

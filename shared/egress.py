@@ -8,6 +8,7 @@ hostile DNS server could answer differently. Literal IPs, which aiohttp never pa
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import ipaddress
 import socket
@@ -128,11 +129,20 @@ class GuardedResolver(AbstractResolver):
         await self._resolver.close()
 
 
+async def _refuse_redirect(*_: object) -> None:
+    raise EgressDeniedError("redirects are not followed")
+
+
 def client_session(policy: AddressPolicy, *, connections: int = 100) -> aiohttp.ClientSession:
-    """A pooled session that reaches only what `policy` allows, passes bodies through undecoded, keeps no cookies."""
+    """A pooled session that reaches only what `policy` allows, passes bodies through undecoded, keeps no cookies
+    and follows no redirect (aiohttp's WebSocket handshake would follow one, perhaps to a literal address that no
+    resolver sees)."""
     connector = aiohttp.TCPConnector(resolver=GuardedResolver(policy), limit=connections, ttl_dns_cache=10)
+    no_redirects = aiohttp.TraceConfig()
+    no_redirects.on_request_redirect.append(_refuse_redirect)
     return aiohttp.ClientSession(
         connector=connector,
+        trace_configs=[no_redirects],
         auto_decompress=False,
         cookie_jar=aiohttp.DummyCookieJar(),
         timeout=aiohttp.ClientTimeout(total=None),
@@ -184,3 +194,29 @@ async def send(
         allow_redirects=False,
         timeout=aiohttp.ClientTimeout(total=None, connect=timeout, sock_read=timeout),
     )
+
+
+async def connect_websocket(
+    session: aiohttp.ClientSession,
+    policy: AddressPolicy,
+    url: URL,
+    headers: list[tuple[str, str]],
+    protocols: list[str],
+    timeout: float,
+    max_message_bytes: int,
+) -> aiohttp.ClientWebSocketResponse:
+    """Open a WebSocket to `url` (http or https) under the same rules as `send`; `timeout` bounds the handshake and
+    the closing handshake, not the time between messages.
+
+    Raises `EgressDeniedError`, `TimeoutError`, `aiohttp.WSServerHandshakeError` when the upstream answers
+    anything but 101, and `aiohttp.ClientError`.
+    """
+    policy.check_url(url)
+    async with asyncio.timeout(timeout):
+        return await session.ws_connect(
+            url,
+            headers=headers,
+            protocols=protocols,
+            timeout=aiohttp.ClientWSTimeout(ws_receive=None, ws_close=timeout),
+            max_msg_size=max_message_bytes,
+        )

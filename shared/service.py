@@ -75,6 +75,10 @@ class ServiceDefinition:
     open_context: Callable[[Deps], AbstractAsyncContextManager[Any]] | None = None
     """Per-process resources beyond the pool and NATS (HTTP client pools, caches), opened before the routes are
     built and closed after the HTTP server and tasks stop; routes and tasks reach them as `deps.context`."""
+    cancel_on_disconnect: bool = False
+    """Cancel a request's handler when its caller disconnects (aiohttp's `handler_cancellation`), for services
+    whose handlers wait on someone else (a proxy) and must pass the hang-up on; off by default, since a cancelled
+    handler stops at any await."""
 
 
 @dataclass(frozen=True)
@@ -163,11 +167,16 @@ async def running_service(
             nc=nc,
             js=js,
             authenticate=authenticate or first_of(dev_token_authenticator(settings.dev_token), verifier.authenticate),
-            access=AccessReplica(),
+            access=AccessReplica(owners_may_edit=settings.owners_may_edit),
         )
         if definition.open_context is not None:
             deps = replace(deps, context=await stack.enter_async_context(definition.open_context(deps)))
-        runner = web.AppRunner(build_app(definition, deps), access_log=None, shutdown_timeout=5)
+        runner = web.AppRunner(
+            build_app(definition, deps),
+            access_log=None,
+            shutdown_timeout=5,
+            handler_cancellation=definition.cancel_on_disconnect,
+        )
         await runner.setup()
         stack.push_async_callback(runner.cleanup)
         site = web.TCPSite(runner, settings.http_host, settings.http_port)

@@ -6,10 +6,15 @@ built), but nodes are composed here, without recursion, from the parser's events
 in C and crashes the process on deeply nested input, and counting while composing rejects a bomb before anything
 expands it. Scalars resolve as in PyYAML (YAML 1.1: `yes` is a boolean, `2024-01-01` a `datetime.date`), where
 Backstage's parser follows YAML 1.2 and keeps both as strings.
+
+Text that provably cannot break a limit (no `&` or `*`, so no anchors or aliases; no line indented past what the
+depth limit allows; flow collections never nested; no more bytes than the node limit) takes libyaml's own composer
+and a lean constructor instead, more than twice as fast on catalog files; the values are the same.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -120,6 +125,21 @@ class _Budget:
 
 
 def _documents(text: str | bytes, budget: _Budget) -> Iterator[tuple[int, Any | YamlError]]:
+    if not _within_limits(text, budget):
+        yield from _composed_documents(text, budget)
+        return
+    done = 0
+    try:
+        for index, value in _plain_documents(text):
+            yield index, value
+            done = index + 1
+        return
+    except (yaml.YAMLError, ValueError, OverflowError):
+        pass  # read again below, which reports the problem document by document as it always has
+    yield from ((index, value) for index, value in _composed_documents(text, budget) if index >= done)
+
+
+def _composed_documents(text: str | bytes, budget: _Budget) -> Iterator[tuple[int, Any | YamlError]]:
     index = 0
     loader = None
     try:
@@ -138,6 +158,68 @@ def _documents(text: str | bytes, budget: _Budget) -> Iterator[tuple[int, Any | 
     finally:
         if loader is not None:
             loader.dispose()
+
+
+_FLOW_MARKS = b"[]{}\"'#"
+_NOT_FLOW_MARKS = bytes(sorted(set(range(256)) - set(_FLOW_MARKS)))
+
+
+def _within_limits(text: str | bytes, budget: _Budget) -> bool:
+    """Whether `text` cannot hold an alias, a document nested deeper than the limit, or more nodes than the limit.
+
+    Without `&` and `*` there are no anchors or aliases. A block collection nested in another starts at a greater
+    column, or at the same one for a sequence inside a mapping, so every two levels of block nesting need one
+    more column of indentation or compact indicators (`- `, `? `, `: `) on some line; flow collections add one
+    level when none opens before the previous one closes (a quote or comment could hide a closer, so either
+    counts as an opener). Every node takes at least one byte. Checked with bytes operations and two small
+    regular expressions: a tenth of the time libyaml takes to parse the text."""
+    columns = (budget.max_depth - 1) // 2 - 2
+    if columns < 1 or len(text) > budget.max_nodes:
+        return False
+    data = text.encode("utf-8", "surrogatepass") if isinstance(text, str) else text
+    if b"&" in data or b"*" in data:
+        return False
+    deep_line = rb"[ \t?:-]{%d}" % columns
+    if re.match(deep_line, data) or re.search(rb"\n" + deep_line, data):
+        return False
+    return re.search(rb"[\[{][\[{\"'#]", data.translate(None, _NOT_FLOW_MARKS)) is None
+
+
+_STR, _MAP, _SEQ = "tag:yaml.org,2002:str", "tag:yaml.org,2002:map", "tag:yaml.org,2002:seq"
+
+
+def _plain_documents(text: str | bytes) -> Iterator[tuple[int, Any]]:
+    """Documents of text `_within_limits`, composed by libyaml; raises PyYAML's errors."""
+    loader = _Loader(text)
+    try:
+        index = 0
+        while loader.check_node():
+            value = _value(loader, loader.get_node())
+            loader.constructed_objects.clear()
+            if value is not None:
+                yield index, value
+            index += 1
+    finally:
+        loader.dispose()
+
+
+def _value(loader: Any, node: Node) -> Any:
+    """What PyYAML's safe constructor makes of `node`, without its generator per collection: plain strings, maps
+    with string keys and sequences are built here (recursion is bounded: the text is `_within_limits`); every
+    other node goes to the constructor."""
+    kind = type(node)
+    if kind is ScalarNode:
+        return node.value if node.tag == _STR else loader.construct_object(node, deep=True)
+    if kind is SequenceNode and node.tag == _SEQ:
+        return [_value(loader, child) for child in node.value]
+    if (
+        kind is MappingNode
+        and node.tag == _MAP
+        and all(type(key) is ScalarNode and key.tag == _STR for key, _ in node.value)
+    ):
+        # As PyYAML: a repeated key keeps its first place and its last value.
+        return {key.value: _value(loader, child) for key, child in node.value}
+    return loader.construct_object(node, deep=True)
 
 
 def _document(loader: Any, budget: _Budget) -> Any:

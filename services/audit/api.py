@@ -15,7 +15,7 @@ from services.audit.model import (
     StatsQuery,
     VerifyResult,
 )
-from shared.authz import Resource, Visibility, resource_type_of
+from shared.authz import Visibility
 from shared.etag import quoted
 from shared.http import Routes, json_response, parse_query, principal_of, read_json
 from shared.service import Deps
@@ -36,7 +36,7 @@ def routes(deps: Deps) -> Routes:
         return access.visibility(principal_of(request), permission)
 
     def require_account_wide(request: web.Request, permission: str) -> None:
-        access.require(principal_of(request), permission, Resource(resource_type_of(permission), ACCOUNT_WIDE))
+        access.require_at(principal_of(request), permission, ACCOUNT_WIDE)
 
     @api.get(
         "/api/audit/events",

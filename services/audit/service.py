@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import base64
-import binascii
 import csv
 import datetime as dt
 import io
@@ -30,8 +28,8 @@ from services.audit.model import (
     view,
 )
 from shared.authz import Visibility
+from shared.cursors import decode_cursor, encode_cursor
 from shared.db import transaction
-from shared.errors import InputError
 from shared.etag import check_if_match
 from shared.events import SYSTEM, Actor, Event, ResourceRef, diff_fields, new_event
 from shared.outbox import write_event
@@ -55,23 +53,12 @@ async def append_events(pool: asyncpg.Pool, events: Sequence[Event]) -> int:
     return len(linked)
 
 
-def _decode_cursor(cursor: str) -> int:
-    try:
-        return int(base64.urlsafe_b64decode(cursor.encode()).decode())
-    except (ValueError, binascii.Error, UnicodeDecodeError):
-        raise InputError.for_field("query.cursor", "not a cursor returned by this API") from None
-
-
-def _encode_cursor(seq: int) -> str:
-    return base64.urlsafe_b64encode(str(seq).encode()).decode()
-
-
 async def list_events(pool: asyncpg.Pool, query: EventQuery, visible: Visibility) -> EventPage:
-    before = _decode_cursor(query.cursor) if query.cursor else None
+    before = decode_cursor(query.cursor, int) if query.cursor else None
     async with pool.acquire() as conn:
         records = await store.list_records(conn, query, visible, before_seq=before, limit=query.limit + 1)
     page = records[: query.limit]
-    next_cursor = _encode_cursor(page[-1].seq) if len(records) > query.limit else None
+    next_cursor = encode_cursor(page[-1].seq) if len(records) > query.limit else None
     return EventPage(items=[view(r) for r in page], nextCursor=next_cursor)
 
 

@@ -39,7 +39,7 @@ from services.catalog.model import (
 from shared.access import record_policy_outcome, warning_headers
 from shared.authz import Resource, Visibility
 from shared.etag import quoted
-from shared.events import ResourceRef
+from shared.events import DEFAULT_SCOPE, ResourceRef
 from shared.http import Routes, json_response, parse_query, principal_of, read_json
 from shared.scopes import check_scope
 from shared.service import Deps
@@ -71,13 +71,20 @@ def _served_response(entity: ServedEntity) -> web.Response:
 
 def routes(deps: Deps) -> Routes:
     pool = deps.pool
-    policy = deps.settings.ingestion_policy()
+    policy = deps.settings.ingestion_policy(deps.access)
     api = Routes(tag="catalog")
 
-    def authorize_write(request: web.Request, permission: str, scope: str, ref: str | None, body: Any):
-        """The caller may write at this scope (not only somewhere), and the policy sets on the action pass."""
-        resource = Resource("catalog_entity", check_scope(scope), ref)
+    def authorize_write(request: web.Request, permission: str, resource: Resource, body: Any):
+        """The caller may write this entity (at its scope, as its owner, or not at all if it is restricted), and
+        the policy sets on the action there pass."""
         return deps.access.authorize_write(principal_of(request), permission, resource, body)
+
+    def writer(request: web.Request, permission: str) -> service.AuthorizeEntityWrite:
+        return lambda resource, document: authorize_write(request, permission, resource, document)
+
+    def require(request: web.Request, permission: str, scope: str) -> None:
+        """The caller holds `permission` at `scope` itself (the route only checked that it holds it somewhere)."""
+        deps.access.require_at(principal_of(request), permission, check_scope(scope))
 
     async def recorded(request: web.Request, action: str, scope: str, entity: dict[str, Any], outcome) -> None:
         ref = ResourceRef("entity", str(ref_of(entity)))
@@ -108,7 +115,9 @@ def routes(deps: Deps) -> Routes:
     async def create_entity(request: web.Request) -> web.Response:
         scope = parse_query(request, ScopeQuery).scope
         body = await read_json(request, dict[str, Any])
-        outcome = authorize_write(request, "catalog_entity_create", scope, None, body)
+        outcome = authorize_write(
+            request, "catalog_entity_create", Resource("catalog_entity", check_scope(scope)), body
+        )
         created = await service.create_entity(pool, principal_of(request).actor(), scope, body)
         await recorded(request, "catalog_entity_create", scope, created, outcome)
         return _entity_response(created, 201, warning_headers(outcome))
@@ -118,7 +127,7 @@ def routes(deps: Deps) -> Routes:
     )
     async def get_entity_by_name(request: web.Request) -> web.Response:
         query = parse_query(request, ByNameQuery)
-        return _served_response(await service.get_by_name(pool, query, *_path_ref(request)))
+        return _served_response(await service.get_by_name(pool, query, *_path_ref(request), visible(request)))
 
     @api.put(
         BY_NAME,
@@ -131,7 +140,8 @@ def routes(deps: Deps) -> Routes:
         scope = parse_query(request, ScopeQuery).scope
         body = await read_json(request, dict[str, Any])
         kind, namespace, name = _path_ref(request)
-        outcome = authorize_write(request, "catalog_entity_edit", scope, f"{kind}:{namespace}/{name}".lower(), body)
+        resource = await service.access_resource(pool, check_scope(scope), f"{kind}:{namespace}/{name}".lower())
+        outcome = authorize_write(request, "catalog_entity_edit", resource, body)
         entity = await service.replace_entity(
             pool, principal_of(request).actor(), scope, _path_ref(request), body, request.headers.get("If-Match")
         )
@@ -147,16 +157,20 @@ def routes(deps: Deps) -> Routes:
     )
     async def get_entity_ancestry(request: web.Request) -> web.Response:
         scope = parse_query(request, ScopeQuery).scope
+        await service.get_by_name(pool, ByNameQuery(scope=scope), *_path_ref(request), visible(request))
         return json_response(await ancestry.ancestry(pool, scope, *_path_ref(request)))
 
     @api.get(BY_UID, summary="An entity by uid", permission="catalog_entity_view")
     async def get_entity_by_uid(request: web.Request) -> web.Response:
-        return _served_response(await service.get_by_uid(pool, request.match_info["uid"]))
+        return _served_response(await service.get_by_uid(pool, request.match_info["uid"], visible(request)))
 
     @api.delete(BY_UID, summary="Delete an entity by uid", permission="catalog_entity_delete", status=204)
     async def delete_entity_by_uid(request: web.Request) -> web.Response:
-        await service.delete_entity(pool, principal_of(request).actor(), request.match_info["uid"])
-        return web.Response(status=204)
+        entity, outcome = await service.delete_entity(
+            pool, principal_of(request).actor(), request.match_info["uid"], writer(request, "catalog_entity_delete")
+        )
+        await recorded(request, "catalog_entity_delete", entity.scope, entity.document, outcome)
+        return web.Response(status=204, headers=warning_headers(outcome))
 
     @api.get(
         "/api/catalog/entities/by-query",
@@ -192,7 +206,8 @@ def routes(deps: Deps) -> Routes:
     )
     async def get_entities_by_refs(request: web.Request) -> web.Response:
         query = parse_query(request, ByRefsQuery)
-        return json_response(await service.get_by_refs(pool, query, await read_json(request, ByRefsRequest)))
+        body = await read_json(request, ByRefsRequest)
+        return json_response(await service.get_by_refs(pool, query, body, visible(request)))
 
     @api.get(
         "/api/catalog/search",
@@ -202,7 +217,7 @@ def routes(deps: Deps) -> Routes:
         response=SearchPage,
     )
     async def search_entities(request: web.Request) -> web.Response:
-        return json_response(await service.search_entities(pool, parse_query(request, SearchQuery)))
+        return json_response(await service.search_entities(pool, parse_query(request, SearchQuery), visible(request)))
 
     @api.get(
         "/api/catalog/entity-facets",
@@ -239,6 +254,7 @@ def routes(deps: Deps) -> Routes:
     async def create_location(request: web.Request) -> web.Response:
         query = parse_query(request, LocationQuery)
         spec = await read_json(request, LocationSpec)
+        require(request, "catalog_location_create", query.scope)
         result = await ingestion.add_location(
             pool, policy, principal_of(request).actor(), query.scope, spec, dry_run=query.dryRun
         )
@@ -250,7 +266,8 @@ def routes(deps: Deps) -> Routes:
         permission="catalog_location_view",
     )
     async def list_locations(request: web.Request) -> web.Response:
-        return json_response([{"data": view} for view in await ingestion.list_locations(pool)])
+        visible_locations = deps.access.visibility(principal_of(request), "catalog_location_view")
+        return json_response([{"data": view} for view in await ingestion.list_locations(pool, visible_locations)])
 
     @api.get(
         "/api/catalog/locations/{id}",
@@ -259,7 +276,8 @@ def routes(deps: Deps) -> Routes:
         response=LocationView,
     )
     async def get_location(request: web.Request) -> web.Response:
-        return json_response(await ingestion.get_location(pool, request.match_info["id"]))
+        visible_locations = deps.access.visibility(principal_of(request), "catalog_location_view")
+        return json_response(await ingestion.get_location(pool, request.match_info["id"], visible_locations))
 
     @api.delete(
         "/api/catalog/locations/{id}",
@@ -268,7 +286,12 @@ def routes(deps: Deps) -> Routes:
         status=204,
     )
     async def delete_location(request: web.Request) -> web.Response:
-        await ingestion.remove_location(pool, principal_of(request).actor(), request.match_info["id"])
+        await ingestion.remove_location(
+            pool,
+            principal_of(request).actor(),
+            request.match_info["id"],
+            lambda scope: require(request, "catalog_location_delete", scope),
+        )
         return web.Response(status=204)
 
     @api.get(
@@ -280,6 +303,8 @@ def routes(deps: Deps) -> Routes:
     )
     async def get_location_by_entity(request: web.Request) -> web.Response:
         scope = parse_query(request, ScopeQuery).scope
+        require(request, "catalog_location_view", scope)
+        await service.get_by_name(pool, ByNameQuery(scope=scope), *_path_ref(request), visible(request))
         return json_response(await ingestion.location_of_entity(pool, scope, *_path_ref(request)))
 
     @api.post(
@@ -293,6 +318,7 @@ def routes(deps: Deps) -> Routes:
     async def analyze_location(request: web.Request) -> web.Response:
         scope = parse_query(request, ScopeQuery).scope
         body = await read_json(request, analyze.AnalyzeLocationRequest)
+        require(request, "catalog_location_create", scope)
         return json_response(await analyze.analyze_location(pool, policy, scope, body))
 
     @api.post(
@@ -305,6 +331,7 @@ def routes(deps: Deps) -> Routes:
     async def refresh_entity(request: web.Request) -> web.Response:
         scope = parse_query(request, ScopeQuery).scope
         body = await read_json(request, RefreshRequest)
+        require(request, "catalog_entity_refresh", scope)
         await ingestion.refresh_entity(pool, policy, principal_of(request).actor(), scope, body.entityRef)
         return web.Response(status=200)
 
@@ -316,7 +343,7 @@ def routes(deps: Deps) -> Routes:
         response=Graph,
     )
     async def get_graph(request: web.Request) -> web.Response:
-        return json_response(await service.entity_graph(pool, parse_query(request, GraphQuery)))
+        return json_response(await service.entity_graph(pool, parse_query(request, GraphQuery), visible(request)))
 
     @api.post(
         "/api/catalog/validate-entity",
@@ -340,7 +367,15 @@ def routes(deps: Deps) -> Routes:
     async def ingest_properties(request: web.Request) -> web.Response:
         scope = parse_query(request, ScopeQuery).scope
         body = await read_json(request, IngestRequest)
-        return json_response(await service.ingest_properties(pool, principal_of(request).actor(), scope, body))
+        result, outcomes = await service.ingest_properties(
+            pool, principal_of(request).actor(), scope, body, writer(request, "catalog_entity_edit")
+        )
+        for entity, outcome in outcomes:
+            await recorded(request, "catalog_entity_edit", entity.scope, entity.served_document, outcome)
+        response = json_response(result)
+        for name, value in dict.fromkeys(header for _, outcome in outcomes for header in warning_headers(outcome)):
+            response.headers.add(name, value)
+        return response
 
     @api.post(
         "/api/catalog/convert",
@@ -353,6 +388,7 @@ def routes(deps: Deps) -> Routes:
     async def convert_entities(request: web.Request) -> web.Response:
         scope = parse_query(request, ScopeQuery).scope
         body = await read_json(request, convert.ConvertRequest)
+        require(request, "catalog_entity_view", scope)
         return json_response(await convert.convert(pool, scope, body))
 
     @api.post(
@@ -365,6 +401,7 @@ def routes(deps: Deps) -> Routes:
     )
     async def register_kind(request: web.Request) -> web.Response:
         body = await read_json(request, kinds.KindRegistration)
+        require(request, "catalog_kind_create", DEFAULT_SCOPE)  # kinds hold at every scope
         view = await kinds.register(pool, principal_of(request).actor(), body)
         return json_response(view, status=201, headers={"ETag": quoted(view.etag)})
 
@@ -388,6 +425,7 @@ def routes(deps: Deps) -> Routes:
     )
     async def replace_kind(request: web.Request) -> web.Response:
         body = await read_json(request, kinds.KindSchema)
+        require(request, "catalog_kind_edit", DEFAULT_SCOPE)
         view = await kinds.replace(
             pool,
             principal_of(request).actor(),
@@ -406,6 +444,7 @@ def routes(deps: Deps) -> Routes:
     )
     async def delete_kind(request: web.Request) -> web.Response:
         info = request.match_info
+        require(request, "catalog_kind_delete", DEFAULT_SCOPE)
         await kinds.delete(
             pool, principal_of(request).actor(), info["kind"], info["apiVersion"], request.headers.get("If-Match")
         )
@@ -413,18 +452,22 @@ def routes(deps: Deps) -> Routes:
 
     @api.get("/api/catalog/favorites", summary="The caller's starred entities", permission="catalog_entity_view")
     async def list_favorites(request: web.Request) -> web.Response:
-        return json_response(await service.favorites(pool, principal_of(request).actor()))
+        return json_response(await service.favorites(pool, principal_of(request).actor(), visible(request)))
 
     @api.put("/api/catalog/favorites/{uid}", summary="Star an entity", permission="catalog_entity_view", status=204)
     async def star_entity(request: web.Request) -> web.Response:
-        await service.set_favorite(pool, principal_of(request).actor(), request.match_info["uid"], starred=True)
+        await service.set_favorite(
+            pool, principal_of(request).actor(), request.match_info["uid"], True, visible(request)
+        )
         return web.Response(status=204)
 
     @api.delete(
         "/api/catalog/favorites/{uid}", summary="Unstar an entity", permission="catalog_entity_view", status=204
     )
     async def unstar_entity(request: web.Request) -> web.Response:
-        await service.set_favorite(pool, principal_of(request).actor(), request.match_info["uid"], starred=False)
+        await service.set_favorite(
+            pool, principal_of(request).actor(), request.match_info["uid"], False, visible(request)
+        )
         return web.Response(status=204)
 
     return api

@@ -10,7 +10,9 @@ import msgspec
 
 from services.catalog import api, handlers, ingestion, stitching
 from services.catalog.url_reader import DirectFetcher, UrlPolicy
+from shared.access import AccessReplica
 from shared.config import BaseSettings
+from shared.events import SYSTEM
 from shared.service import Deps, ServiceDefinition, run_service
 
 
@@ -34,17 +36,36 @@ class Settings(BaseSettings, kw_only=True, forbid_unknown_fields=True):
     def url_policy(self) -> UrlPolicy:
         return UrlPolicy.parse_allow(self.url_location_allow, timeout_seconds=self.url_fetch_timeout_seconds)
 
-    def ingestion_policy(self) -> ingestion.IngestionPolicy:
+    def ingestion_policy(self, access: AccessReplica) -> ingestion.IngestionPolicy:
         roots = tuple(Path(p).expanduser().resolve() for p in self.file_location_roots.split(os.pathsep) if p)
         return ingestion.IngestionPolicy(
-            file_roots=roots, orphan_strategy=self.orphan_strategy, fetcher=DirectFetcher(self.url_policy())
+            file_roots=roots,
+            orphan_strategy=self.orphan_strategy,
+            fetcher=DirectFetcher(self.url_policy()),
+            admit=entity_admission(access),
         )
+
+
+LOCATION_PRINCIPAL = {"kind": SYSTEM.kind, "id": SYSTEM.id}
+"""Who policies see writing a location's entities: the catalog itself, on its reads and refreshes."""
+
+
+def entity_admission(access: AccessReplica) -> ingestion.EntityAdmission:
+    """Location entities pass the `deny` policy sets on entity writes at their scope, as the Entity API's do.
+    (Warnings have no caller to reach; the entities are written.)"""
+
+    def denials(action: str, scope: str, document: dict) -> list[str]:
+        outcome = access.policies.evaluate(action, scope, {"resource": document, "principal": LOCATION_PRINCIPAL})
+        return [violation.message for violation in outcome.denials]
+
+    return denials
 
 
 async def refresh_locations(deps: Deps) -> None:
     settings: Settings = deps.settings
     await stitching.stitch_unstitched(deps.pool)
-    await ingestion.refresh_periodically(deps.pool, settings.ingestion_policy(), settings.refresh_interval_seconds)
+    policy = settings.ingestion_policy(deps.access)
+    await ingestion.refresh_periodically(deps.pool, policy, settings.refresh_interval_seconds)
 
 
 DEFINITION = ServiceDefinition(

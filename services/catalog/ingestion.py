@@ -41,6 +41,7 @@ from services.catalog.service import (
 )
 from services.catalog.stitching import restitch
 from services.catalog.url_reader import UrlFetcher, blocking_fetch
+from shared.authz import EVERYTHING, Visibility
 from shared.db import transaction
 from shared.errors import ConflictError, InputError, NotFoundError
 from shared.events import SYSTEM, Actor, ResourceRef, new_event
@@ -55,6 +56,10 @@ BULK_CHANGES = 500
 log = logging.getLogger(__name__)
 
 
+EntityAdmission = Callable[[str, str, dict[str, Any]], list[str]]
+"""(action, scope, document) → the messages of the `deny` policy sets the write violates; none: admitted."""
+
+
 @dataclasses.dataclass(frozen=True)
 class IngestionPolicy:
     """Operator settings that govern what locations may read and what happens to orphans."""
@@ -63,6 +68,8 @@ class IngestionPolicy:
     orphan_strategy: str = "keep"
     fetcher: UrlFetcher | None = None
     """Reads `url:` targets; without one they are reported as not supported."""
+    admit: EntityAdmission | None = None
+    """The policy sets on entity writes, which a location's entities pass like any other write."""
 
 
 def confine(target: str, policy: IngestionPolicy) -> Path:
@@ -106,7 +113,8 @@ def open_read(spec: LocationSpec, policy: IngestionPolicy) -> Iterator[ReadEntit
 async def add_location(
     pool: asyncpg.Pool, policy: IngestionPolicy, actor: Actor, scope: str, spec: LocationSpec, *, dry_run: bool
 ) -> dict[str, Any]:
-    """Backstage's `POST /locations`: register (or, dry run, only read) a location and ingest its entities."""
+    """Backstage's `POST /locations`: register and ingest a location, or (dry run) only read it and answer its
+    entities."""
     check_scope(scope)
     if dry_run:
         result = await read(spec, policy)
@@ -124,10 +132,11 @@ async def add_location(
         await store.insert_location(conn, location_id, scope, spec.type, spec.target)
         applied = await apply_read(conn, actor, policy, location_id, scope, found)
         await write_event(conn, _location_event("added", actor, scope, location_id, spec, applied))
-        documents = await store.documents_of_location(conn, location_id)
     _maintain_after_bulk(pool, applied)
     view = LocationView(id=location_id, type=spec.type, target=spec.target, errors=applied["errors"])
-    return {"location": view, "entities": [msgspec.Raw(d) for d in documents]}
+    # As Backstage's DefaultLocationService: a registration answers no entities (only a dry run lists them), so
+    # registering a location of 250,000 entities does not hold all of them in memory to answer.
+    return {"location": view, "entities": []}
 
 
 def _try_prepare(document: dict[str, Any], kinds: Kinds) -> dict[str, Any] | None:
@@ -195,7 +204,7 @@ async def apply_read(
     """Bring the location's entities in line with what it emits now, batch by batch, then stitch every entity
     touched once; returns counts and errors."""
     errors: list[dict[str, Any]] = []
-    counts = {"created": 0, "updated": 0, "orphaned": 0, "deleted": 0, "unchanged": 0, "conflicts": 0}
+    counts = {"created": 0, "updated": 0, "orphaned": 0, "deleted": 0, "unchanged": 0, "conflicts": 0, "denied": 0}
     seen: set[str] = set()
     stale: set[str] = set()
     kinds = await kinds_module.load(conn)
@@ -213,7 +222,7 @@ async def apply_read(
         current = await store.get_many(conn, scope, [item.ref for item in fresh], lock=True)
         writes = []
         for item in fresh:
-            outcome, write = _classify(item, current.get(item.ref), location_id, scope, kinds, errors)
+            outcome, write = _classify(item, current.get(item.ref), location_id, scope, kinds, errors, policy.admit)
             counts[outcome] += 1
             if write is not None:
                 writes.append(write)
@@ -243,10 +252,20 @@ def _classify(
     scope: str,
     kinds: Kinds,
     errors: list[dict[str, Any]],
+    admit: EntityAdmission | None,
 ) -> tuple[str, EntityWrite | None]:
-    """What an emitted entity does to what is stored: created, updated, unchanged, or a conflict with another
-    location (reported in `errors`, nothing written)."""
+    """What an emitted entity does to what is stored: created, updated, unchanged, a conflict with another
+    location, or denied by policy (both reported in `errors`, nothing written: a stored entity stays as it was)."""
     key = item.read.location_key
+    changes = current is None or current.document != item.document
+    if admit is not None and changes:
+        action = "catalog_entity_create" if current is None else "catalog_entity_edit"
+        denials = admit(action, scope, item.document)
+        if denials:
+            errors.append(
+                {"location": item.read.location, "message": f"{item.ref} denied by policy: " + "; ".join(denials)}
+            )
+            return "denied", None
     if current is None:
         entity = StoredEntity(
             str(uuid_utils.uuid4()), scope, item.ref, item.document, document_etag(item.document), 1, location_id, key
@@ -312,12 +331,15 @@ async def refresh_entity(pool: asyncpg.Pool, policy: IngestionPolicy, actor: Act
         await refresh_location(pool, policy, actor, entity.location_id)
 
 
-async def remove_location(pool: asyncpg.Pool, actor: Actor, location_id: str) -> None:
-    """Unregister a location and delete the entities it emits."""
+async def remove_location(
+    pool: asyncpg.Pool, actor: Actor, location_id: str, authorize: Callable[[str], object]
+) -> None:
+    """Unregister a location and delete the entities it emits, if `authorize(its scope)` does not raise."""
     async with transaction(pool) as conn:
         location = await store.get_location(conn, location_id)
         if location is None:
             raise NotFoundError(f"no location {location_id}")
+        authorize(location["scope"])
         writes = [EntityWrite(entity, None) for entity in await store.entities_of_location(conn, location_id)]
         await apply_writes(conn, actor, location["scope"], writes, kinds=await kinds_module.load(conn))
         await store.delete_location(conn, location_id)
@@ -345,15 +367,16 @@ def location_view(row: asyncpg.Record) -> LocationView:
     return LocationView(id=row["id"], type=row["type"], target=row["target"], errors=row["errors"])
 
 
-async def list_locations(pool: asyncpg.Pool) -> list[LocationView]:
+async def list_locations(pool: asyncpg.Pool, visible: Visibility = EVERYTHING) -> list[LocationView]:
+    """The registered locations at the scopes `visible` covers."""
     async with pool.acquire() as conn:
-        return [location_view(row) for row in await store.list_locations(conn)]
+        return [location_view(row) for row in await store.list_locations(conn, visible)]
 
 
-async def get_location(pool: asyncpg.Pool, location_id: str) -> LocationView:
+async def get_location(pool: asyncpg.Pool, location_id: str, visible: Visibility = EVERYTHING) -> LocationView:
     async with pool.acquire() as conn:
         row = await store.get_location(conn, location_id)
-    if row is None:
+    if row is None or not visible.covers(row["scope"]):
         raise NotFoundError(f"no location {location_id}")
     return location_view(row)
 

@@ -209,6 +209,19 @@ def _js_number(x: float) -> str:
     return f"{sign}{mantissa}e{'+' if n > 0 else '-'}{abs(n - 1)}"
 
 
+def pinned_kind(node: object) -> str | None:
+    """The one kind every entity matching a filter or predicate has, when it pins one (`kind=component`, also
+    inside `$all`, or the same in every branch of `$any`)."""
+    if isinstance(node, KeyValues):
+        return node.values[0] if node.key == "kind" and len(node.values) == 1 else None
+    if isinstance(node, AllOf):
+        return next(filter(None, map(pinned_kind, node.items)), None)
+    if isinstance(node, AnyOf) and node.items:
+        kinds = set(map(pinned_kind, node.items))
+        return kinds.pop() if len(kinds) == 1 else None
+    return None
+
+
 def parse_filter_params(values: list[str]) -> Filter | None:
     """The `filter` params as `AnyOf(AllOf(KeyValues...)...)`, one `AllOf` per non-empty param; None if none."""
     groups = [group for group in map(_parse_filter_string, values) if group]

@@ -11,8 +11,8 @@ import base64
 import binascii
 import dataclasses
 import uuid
-from collections.abc import Callable
-from typing import Any, TypeVar
+from collections.abc import Callable, Iterable
+from typing import Any
 
 import asyncpg
 import msgspec
@@ -71,12 +71,15 @@ from services.catalog.relations import Relation, relations_of
 from services.catalog.scopes import ScopeSelector, names_scope, parse_scoped_ref
 from services.catalog.stitching import restitch
 from services.catalog.validation import default_namespace, validate_entity
-from shared.authz import EVERYTHING, Visibility
+from services.catalog.visibility import EntityGate, EntityViewer, gate_of
+from shared.authz import EVERYTHING, Resource, Visibility
+from shared.cursors import decode_cursor, encode_cursor
 from shared.db import transaction
 from shared.errors import ConflictError, FieldError, InputError, NotFoundError
 from shared.etag import check_if_match
 from shared.events import Actor, ResourceRef, diff_fields, new_event
 from shared.outbox import write_event, write_events
+from shared.policy import PolicyOutcome
 from shared.scopes import check_scope
 
 SOURCE = "catalog"
@@ -238,12 +241,22 @@ async def replace_entity(
         return await _served_document(conn, scope, ref)
 
 
-async def delete_entity(pool: asyncpg.Pool, actor: Actor, uid: str) -> None:
+AuthorizeEntityWrite = Callable[[Resource, dict[str, Any]], PolicyOutcome]
+"""Raises unless the caller may write this entity (as the document it would have, or had when deleted);
+returns the policy outcome to record."""
+
+
+async def delete_entity(
+    pool: asyncpg.Pool, actor: Actor, uid: str, authorize: AuthorizeEntityWrite
+) -> tuple[StoredEntity, PolicyOutcome]:
     async with transaction(pool) as conn:
         entity = await store.get_by_uid(conn, uid, lock=True)
         if entity is None:
             raise NotFoundError(f"no entity with uid {uid}")
+        resource = (await access_resources(conn, [(entity.scope, entity.ref)]))[(entity.scope, entity.ref)]
+        outcome = authorize(resource, entity.served_document)
         await apply_writes(conn, actor, entity.scope, [EntityWrite(entity, None)], kinds=await kinds_module.load(conn))
+    return entity, outcome
 
 
 def _found(served: ServedEntity | None, missing: str) -> ServedEntity:
@@ -259,16 +272,60 @@ def _items(jsons: list[str], fields: tuple[str, ...] | None) -> list[Served]:
     return [msgspec.Raw(json) for json in jsons]
 
 
-async def get_by_name(pool: asyncpg.Pool, query: ByNameQuery, kind: str, namespace: str, name: str) -> ServedEntity:
+async def access_resources(
+    conn: asyncpg.Connection, keys: Iterable[tuple[str, str]]
+) -> dict[tuple[str, str], Resource]:
+    """Entities at (scope, ref) as access checks see them: restricted or not, and their owners as identity
+    subjects (through the User and Group entities mirrored from identity-sync). A missing entity has neither."""
+    gates: dict[tuple[str, str], EntityGate | None] = {}
+    by_scope: dict[str, list[str]] = {}
+    for scope, ref in keys:
+        by_scope.setdefault(scope, []).append(ref)
+    for scope, refs in by_scope.items():
+        served = await store.served_nearest(conn, [scope], refs)
+        gates.update(((scope, ref), gate_of(served[ref].json) if ref in served else None) for ref in refs)
+    owner_refs = sorted({owner for gate in gates.values() if gate is not None for owner in gate.owners})
+    subjects = await store.identities_of_refs(conn, owner_refs) if owner_refs else {}
+    return {
+        (scope, ref): Resource(
+            "catalog_entity",
+            scope,
+            ref,
+            owners=frozenset(subjects[o] for o in gate.owners if o in subjects) if gate else frozenset(),
+            restricted=gate.restricted if gate else False,
+        )
+        for (scope, ref), gate in gates.items()
+    }
+
+
+async def access_resource(pool: asyncpg.Pool, scope: str, ref: str) -> Resource:
+    async with pool.acquire() as conn:
+        return (await access_resources(conn, [(scope, ref)]))[(scope, ref)]
+
+
+def viewer(conn: asyncpg.Connection, visible: Visibility) -> EntityViewer:
+    return EntityViewer(visible, lambda identity_ids: store.refs_of_identities(conn, identity_ids))
+
+
+async def _seen(conn: asyncpg.Connection, visible: Visibility, served: ServedEntity | None) -> ServedEntity | None:
+    """`served` if the caller may see it; an entity it may not see reads as missing (visibility.py)."""
+    return served if served is not None and await viewer(conn, visible).sees(served.json) else None
+
+
+async def get_by_name(
+    pool: asyncpg.Pool, query: ByNameQuery, kind: str, namespace: str, name: str, visible: Visibility = EVERYTHING
+) -> ServedEntity:
     ref = str(parse_entity_ref({"kind": kind, "namespace": namespace, "name": name}))
     scopes = ScopeSelector.of(query.scope, parents=query.includeParents).exact_scopes()
     async with pool.acquire() as conn:
-        return _found((await store.served_nearest(conn, scopes, [ref])).get(ref), f"no entity {ref}")
+        served = (await store.served_nearest(conn, scopes, [ref])).get(ref)
+        return _found(await _seen(conn, visible, served), f"no entity {ref}")
 
 
-async def get_by_uid(pool: asyncpg.Pool, uid: str) -> ServedEntity:
+async def get_by_uid(pool: asyncpg.Pool, uid: str, visible: Visibility = EVERYTHING) -> ServedEntity:
     async with pool.acquire() as conn:
-        return _found(await store.served_by_uid(conn, uid), f"no entity with uid {uid}")
+        served = await store.served_by_uid(conn, uid)
+        return _found(await _seen(conn, visible, served), f"no entity with uid {uid}")
 
 
 async def list_entities(pool: asyncpg.Pool, query: EntityListQuery, visible: Visibility = EVERYTHING) -> list[Served]:
@@ -282,7 +339,9 @@ async def list_entities(pool: asyncpg.Pool, query: EntityListQuery, visible: Vis
     return _items(served, fields)
 
 
-async def get_by_refs(pool: asyncpg.Pool, query: ByRefsQuery, request: ByRefsRequest) -> ByRefsResponse:
+async def get_by_refs(
+    pool: asyncpg.Pool, query: ByRefsQuery, request: ByRefsRequest, visible: Visibility = EVERYTHING
+) -> ByRefsResponse:
     """Backstage's `POST /entities/by-refs`: the entities in the order asked, `null` where there is none. A ref
     may name its own scope (`kind:namespace/name@scope`); `filter` and the body's predicate `query` both apply."""
     scope = check_scope(query.scope)
@@ -311,6 +370,8 @@ async def get_by_refs(pool: asyncpg.Pool, query: ByRefsQuery, request: ByRefsReq
                 await store.served_nearest(conn, [scope_of] if scope_of else default_scopes, refs)
             ).items()
         }
+        entity_viewer = viewer(conn, visible)
+        found = {key: json for key, json in found.items() if await entity_viewer.sees(json)}
     return ByRefsResponse([_by_refs_item(found.get(key), predicate, fields) for key in wanted])
 
 
@@ -322,20 +383,6 @@ def _by_refs_item(json: str | None, predicate: Predicate | None, fields: tuple[s
     if not predicate_matches(predicate, build_search_rows(entity)):
         return None
     return project_fields(entity, fields) if fields else entity
-
-
-Cursor = TypeVar("Cursor", QueryCursor, SearchCursor)
-
-
-def _encode_cursor(cursor: QueryCursor | SearchCursor) -> str:
-    return base64.urlsafe_b64encode(msgspec.json.encode(cursor)).decode()
-
-
-def _decode_cursor(raw: str, cursor_type: type[Cursor]) -> Cursor:
-    try:
-        return msgspec.json.decode(base64.urlsafe_b64decode(raw.encode()), type=cursor_type)
-    except (ValueError, binascii.Error, msgspec.DecodeError, msgspec.ValidationError):
-        raise InputError.for_field("query.cursor", "not a cursor returned by this API") from None
 
 
 def _page_info(offset: int, count: int, total: int, limit: int, cursor_at: Callable[[int], str]) -> PageInfo:
@@ -362,7 +409,7 @@ def _order_fields(values: list[str]) -> list[tuple[str, bool]]:
 async def query_entities(pool: asyncpg.Pool, query: EntityQuery, visible: Visibility = EVERYTHING) -> QueryPage:
     """Backstage's `GET /entities/by-query`: a page, the total, and cursors to the next and previous pages."""
     cursor = (
-        _decode_cursor(query.cursor, QueryCursor)
+        decode_cursor(query.cursor, QueryCursor)
         if query.cursor
         else QueryCursor(
             filter=_as_list(query.filter),
@@ -387,7 +434,7 @@ async def query_entities(pool: asyncpg.Pool, query: EntityQuery, visible: Visibi
         offset=cursor.offset,
         limit=query.limit,
         fields=parse_fields_param(_as_list(query.fields)),
-        cursor_at=lambda offset: _encode_cursor(msgspec.structs.replace(cursor, offset=offset)),
+        cursor_at=lambda offset: encode_cursor(msgspec.structs.replace(cursor, offset=offset)),
     )
 
 
@@ -411,11 +458,11 @@ async def query_page(
     return QueryPage(_items(page, fields), total, _page_info(offset, len(page), total, limit, cursor_at))
 
 
-async def search_entities(pool: asyncpg.Pool, query: SearchQuery) -> SearchPage:
+async def search_entities(pool: asyncpg.Pool, query: SearchQuery, visible: Visibility = EVERYTHING) -> SearchPage:
     """Ranked full-text search over name, title, description, tags, owner and annotations, filtered by kind,
     type, owner and tag, at a scope and the scopes below it."""
     cursor = (
-        _decode_cursor(query.cursor, SearchCursor)
+        decode_cursor(query.cursor, SearchCursor)
         if query.cursor
         else SearchCursor(
             q=query.q,
@@ -427,7 +474,7 @@ async def search_entities(pool: asyncpg.Pool, query: SearchQuery) -> SearchPage:
             offset=0,
         )
     )
-    scope = check_scope(cursor.scope)
+    scope = ScopeSelector.of(cursor.scope, children=True, visible=visible)
     words = search_words(cursor.q)
     if not words:
         raise InputError.for_field("query.q", "give at least one word (letters or digits) to search for")
@@ -456,7 +503,7 @@ async def search_entities(pool: asyncpg.Pool, query: SearchQuery) -> SearchPage:
             len(hits),
             total,
             query.limit,
-            lambda offset: _encode_cursor(msgspec.structs.replace(cursor, offset=offset)),
+            lambda offset: encode_cursor(msgspec.structs.replace(cursor, offset=offset)),
         ),
     )
 
@@ -538,22 +585,31 @@ async def facet_counts(
     return FacetsResponse({k: [FacetValue(v, c) for v, c in found[k.lower()]] for k in keys})
 
 
-async def entity_graph(pool: asyncpg.Pool, query: GraphQuery) -> Graph:
+async def entity_graph(pool: asyncpg.Pool, query: GraphQuery, visible: Visibility = EVERYTHING) -> Graph:
     """The entities reachable from `root` through chosen relation types, up to `depth` hops; dangling targets
-    are nodes marked `missing`."""
+    are nodes marked `missing`. Entities the caller may not see are left out, with their edges, and not
+    followed."""
     root_ref, scope = parse_scoped_ref(query.root, check_scope(query.scope), "query.root")
     root = str(root_ref)
     wanted = {t.strip().lower() for value in _as_list(query.relations) for t in value.split(",") if t.strip()}
     seen, frontier, edges = {root}, {root}, set()
     async with pool.acquire() as conn:
-        if await store.get_by_ref(conn, scope, root) is None:
+        entity_viewer = viewer(conn, visible)
+        root_entity = await store.served_by_ref(conn, scope, root)
+        if root_entity is None or not await entity_viewer.sees(root_entity.json):
             raise NotFoundError(f"no entity {root} at scope {scope}")
+        hidden: set[str] = set()
         for _ in range(query.depth):
             step = [
                 r for r in await store.relations_from(conn, scope, frontier) if not wanted or r.type.lower() in wanted
             ]
-            edges.update(step)
             frontier = {r.target for r in step} - seen
+            if not entity_viewer.sees_everything:
+                served = await store.served_nearest(conn, [scope], sorted(frontier))
+                hidden |= {ref for ref, each in served.items() if not await entity_viewer.sees(each.json)}
+                frontier -= hidden
+                step = [r for r in step if r.target not in hidden]
+            edges.update(step)
             seen |= frontier
             if not frontier:
                 break
@@ -592,11 +648,14 @@ async def validate_entity_document(pool: asyncpg.Pool, raw: Any) -> list[dict[st
     return []
 
 
-async def ingest_properties(pool: asyncpg.Pool, actor: Actor, scope: str, request: IngestRequest) -> IngestResult:
+async def ingest_properties(
+    pool: asyncpg.Pool, actor: Actor, scope: str, request: IngestRequest, authorize: AuthorizeEntityWrite
+) -> tuple[IngestResult, list[tuple[StoredEntity, PolicyOutcome]]]:
     """Set extra properties on existing entities without touching their source, all or nothing.
 
-    Each entity's served document (document + properties) must still be valid; a refresh of its location
-    replaces the document and keeps the properties.
+    Each entity's served document (document + properties) must still be valid and pass `authorize` (the
+    caller's permission on it and the policy sets on the edit); a refresh of its location replaces the document
+    and keeps the properties. Returns the result and each changed entity's policy outcome.
     """
     check_scope(scope)
     plans = []
@@ -631,6 +690,9 @@ async def ingest_properties(pool: asyncpg.Pool, actor: Actor, scope: str, reques
                 )
             latest[(item_scope, ref)] = updated
             updated_count += 1
+        # Every entity named is authorized, changed or not: a no-op must not tell an outsider more than a 403.
+        resources = await access_resources(conn, list(latest))
+        outcomes = [(entity, authorize(resources[key], entity.served_document)) for key, entity in latest.items()]
         writes: dict[str, list[EntityWrite]] = {}
         for (item_scope, _), entity in latest.items():
             original = originals[(item_scope, entity.ref)]
@@ -638,15 +700,17 @@ async def ingest_properties(pool: asyncpg.Pool, actor: Actor, scope: str, reques
                 writes.setdefault(item_scope, []).append(EntityWrite(original, entity, served_relations(entity, kinds)))
         for item_scope, scope_writes in writes.items():
             await apply_writes(conn, actor, item_scope, scope_writes, kinds=kinds)
-    return IngestResult(updated=updated_count, unchanged=len(plans) - updated_count)
+    return IngestResult(updated=updated_count, unchanged=len(plans) - updated_count), outcomes
 
 
-async def set_favorite(pool: asyncpg.Pool, actor: Actor, uid: str, starred: bool) -> None:
+async def set_favorite(
+    pool: asyncpg.Pool, actor: Actor, uid: str, starred: bool, visible: Visibility = EVERYTHING
+) -> None:
     """Star or unstar an entity for the caller; repeating either is a no-op that emits nothing."""
     principal = f"{actor.kind}:{actor.id}"
     async with transaction(pool) as conn:
         entity = await store.get_by_uid(conn, uid)
-        if entity is None:
+        if entity is None or await _seen(conn, visible, await store.served_by_uid(conn, uid)) is None:
             raise NotFoundError(f"no entity with uid {uid}")
         changed = await (store.add_favorite if starred else store.remove_favorite)(conn, principal, uid)
         if changed:
@@ -664,9 +728,11 @@ async def set_favorite(pool: asyncpg.Pool, actor: Actor, uid: str, starred: bool
             )
 
 
-async def favorites(pool: asyncpg.Pool, actor: Actor) -> list[dict[str, Any]]:
+async def favorites(pool: asyncpg.Pool, actor: Actor, visible: Visibility = EVERYTHING) -> list[dict[str, Any]]:
+    """The caller's starred entities that it may (still) see."""
     async with pool.acquire() as conn:
-        return _items(await store.favorite_entities(conn, f"{actor.kind}:{actor.id}"), None)
+        starred = await store.favorite_entities(conn, f"{actor.kind}:{actor.id}")
+        return _items(await viewer(conn, visible).visible_only(starred), None)
 
 
 async def get_by_uids(pool: asyncpg.Pool, uids: list[str]) -> list[dict[str, Any]]:

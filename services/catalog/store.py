@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import uuid
 from collections.abc import Iterable
 from typing import Any
@@ -9,6 +10,7 @@ from typing import Any
 import asyncpg
 import msgspec
 
+from services.catalog.identity_mirror import IDENTITY_ID_ANNOTATION
 from services.catalog.model import SearchHit, ServedEntity, StitchedEntity, StoredEntity
 from services.catalog.predicates import HasPrefix, Not, Predicate
 from services.catalog.query import (
@@ -18,12 +20,14 @@ from services.catalog.query import (
     KeyValues,
     SearchRow,
     full_text_indexed,
+    pinned_kind,
     prefix_tsquery,
     search_words,
 )
 from services.catalog.relations import Relation
 from services.catalog.scopes import ScopeSelector
-from shared.authz import visibility_condition
+from services.catalog.visibility import RESTRICTED_TAGS, identity_ids
+from shared.authz import EVERYTHING, Visibility, visibility_condition
 from shared.db import like_escape
 
 _COLUMNS = (
@@ -158,6 +162,12 @@ async def emitted_targets(conn: asyncpg.Connection, originators: list[str]) -> s
 
 
 TOKEN_SEPARATOR = "\x1f"
+IDENTITY_ID_KEY = f"metadata.annotations.{IDENTITY_ID_ANNOTATION}"
+
+
+def filter_token(key: str, value: str) -> str:
+    """The token a filter on `key=value` matches (both lower-cased, as in the search rows)."""
+    return key.lower() + TOKEN_SEPARATOR + value.lower()
 
 
 def search_tokens(rows: list[SearchRow]) -> list[str]:
@@ -270,7 +280,7 @@ async def query_entities(
     """The served JSON of one page of matching entities ordered by search fields (then ref), and the total."""
     args: list[Any] = []
     condition = _query_where(scope, where, full_text, args)
-    total = await conn.fetchval(f"SELECT count(*) FROM entities WHERE {condition}", *args)
+    total = await cached_count(conn, f"SELECT count(*) FROM entities WHERE {condition}", args)
     joins, sort = [], []
     for i, (key, descending) in enumerate(order):
         args.append(key)
@@ -285,6 +295,21 @@ async def query_entities(
     # `OFFSET 0` keeps the matches coming from the token index: walking the ref index instead until a page of
     # matches turns up crosses every entity of the kinds sorted before (all APIs before the first component).
     fence = " OFFSET 0" if where is not None or full_text is not None else ""
+    kind = pinned_kind(where)
+    if (
+        kind is not None
+        and not order
+        and not scope.parents
+        and not scope.children
+        and await _walk_is_cheaper(conn, scope.scope, kind, total, offset + limit)
+    ):
+        # The filter pins the kind and the matches are dense: walk the kind's entities in ref order and stop after
+        # the page (1 to 2 ms instead of 200 ms for 36,010 matches at 100,000 entities). `IS TRUE` keeps the token
+        # index out of this plan: asyncpg's prepared statements get generic plans after five runs, and a generic
+        # plan cannot tell dense matches from rare ones; the choice is made here, from the counts.
+        args.extend([scope.scope, kind])
+        condition = f"scope = ${len(args) - 1} AND kind = ${len(args)} AND ({condition}) IS TRUE"
+        fence = ""
     uids = await conn.fetch(
         f"SELECT e.uid FROM (SELECT uid, ref, scope FROM entities WHERE {condition}{fence}) e {' '.join(joins)} "
         f"ORDER BY {', '.join(sort)} OFFSET {int(offset)} LIMIT {int(limit)}",
@@ -293,16 +318,63 @@ async def query_entities(
     return await served_in_order(conn, [r["uid"] for r in uids]), total
 
 
+async def _walk_is_cheaper(conn: asyncpg.Connection, scope: str, kind: str, total: int, rows: int) -> bool:
+    """Whether walking a kind's entities in ref order finds `rows` of `total` matches (assumed spread evenly) after
+    reading fewer entities than reading every match would."""
+    if total == 0:
+        return False
+    of_kind = await cached_count(conn, "SELECT count(*) FROM entities WHERE scope = $1 AND kind = $2", [scope, kind])
+    return rows * of_kind < total * total
+
+
+_COUNT_HIT = "SELECT c.total FROM count_cache c JOIN write_generation g ON c.generation = g.value WHERE c.key = $1"
+_COUNT_LOCK = 0x636F756E
+"""Advisory lock class (two-key form) under which one reader at a time counts a query key."""
+
+
+async def cached_count(conn: asyncpg.Connection, count_sql: str, args: list[Any]) -> int:
+    """`count_sql`'s count, from `count_cache` while no entity write has committed since it was counted (migration
+    0012). After a write, the first reader of a query counts it; concurrent readers of the same query wait for
+    its answer instead of counting too. Not for a transaction that has written entities: it would cache a count
+    of its uncommitted writes under the generation before them."""
+    key = hashlib.sha256(_json_text.encode([count_sql, args])).hexdigest()
+    total = await conn.fetchval(_COUNT_HIT, key)
+    if total is not None:
+        return total
+    async with conn.transaction():
+        await conn.execute("SELECT pg_advisory_xact_lock($1, hashtext($2))", _COUNT_LOCK, key)
+        total = await conn.fetchval(_COUNT_HIT, key)  # counted while this reader waited
+        if total is not None:
+            return total
+        # One statement, one snapshot: the count is exactly that of the generation read with it.
+        generation, total = await conn.fetchrow(f"SELECT (SELECT value FROM write_generation), ({count_sql})", *args)
+        await conn.execute(
+            """INSERT INTO count_cache (key, generation, total) VALUES ($1, $2, $3)
+               ON CONFLICT (key) DO UPDATE SET generation = excluded.generation, total = excluded.total
+               WHERE count_cache.generation < excluded.generation""",
+            key,
+            generation,
+            total,
+        )
+        # Keeps the table to about the queries asked since the last write; SKIP LOCKED: never wait on another reader.
+        await conn.execute(
+            """DELETE FROM count_cache WHERE key IN (
+                   SELECT key FROM count_cache WHERE generation < $1 LIMIT 100 FOR UPDATE SKIP LOCKED)""",
+            generation,
+        )
+    return total
+
+
 async def search_entities(
-    conn: asyncpg.Connection, scope: str, where: Filter | None, words: list[str], *, offset: int, limit: int
+    conn: asyncpg.Connection, scope: ScopeSelector, where: Filter | None, words: list[str], *, offset: int, limit: int
 ) -> tuple[list[SearchHit], int]:
-    """Entities at `scope` or below whose full-text document has a word starting with each of `words`, best
-    first: `ts_rank` over the weighted document, plus 1 when the name is the whole search text."""
-    args: list[Any] = [prefix_tsquery(words), scope, scope + ".%"]
-    condition = "search_text @@ to_tsquery('simple', $1) AND (scope = $2 OR scope LIKE $3)"
+    """Entities in `scope` whose full-text document has a word starting with each of `words`, best first:
+    `ts_rank` over the weighted document, plus 1 when the name is the whole search text."""
+    args: list[Any] = [prefix_tsquery(words)]
+    condition = f"search_text @@ to_tsquery('simple', $1) AND {scope_sql(scope, args)}"
     if where is not None:
         condition += f" AND {filter_sql(where, args)}"
-    total = await conn.fetchval(f"SELECT count(*) FROM entities WHERE {condition}", *args)
+    total = await cached_count(conn, f"SELECT count(*) FROM entities WHERE {condition}", args)
     args.append("-".join(words))
     rows = await conn.fetch(
         f"""SELECT e.final_entity, page.score,
@@ -394,8 +466,17 @@ async def find_location(conn: asyncpg.Connection, scope: str, type_: str, target
     )
 
 
-async def list_locations(conn: asyncpg.Connection) -> list[asyncpg.Record]:
-    return await conn.fetch(f"SELECT {_LOCATION_COLUMNS} FROM locations ORDER BY created_at, id")
+async def list_locations(conn: asyncpg.Connection, visible: Visibility = EVERYTHING) -> list[asyncpg.Record]:
+    args: list[Any] = []
+
+    def arg(value: Any) -> str:
+        args.append(value)
+        return f"${len(args)}"
+
+    condition = visibility_condition(visible, "scope", arg)
+    return await conn.fetch(
+        f"SELECT {_LOCATION_COLUMNS} FROM locations WHERE {condition} ORDER BY created_at, id", *args
+    )
 
 
 async def record_location_read(conn: asyncpg.Connection, location_id: str, errors: list[dict[str, Any]]) -> None:
@@ -414,12 +495,6 @@ async def entities_of_location(conn: asyncpg.Connection, location_id: str) -> li
 async def refs_of_location(conn: asyncpg.Connection, location_id: str) -> list[str]:
     rows = await conn.fetch("SELECT ref FROM entities WHERE location_id = $1", location_id)
     return [r["ref"] for r in rows]
-
-
-async def documents_of_location(conn: asyncpg.Connection, location_id: str) -> list[str]:
-    """The stored documents (JSON text, without server fields and relations) of a location's entities."""
-    rows = await conn.fetch("SELECT document::text AS document FROM entities WHERE location_id = $1", location_id)
-    return [r["document"] for r in rows]
 
 
 # --- favorites -----------------------------------------------------------------------------------------
@@ -549,21 +624,57 @@ async def entities_of_kind(
 
 
 def scope_sql(selector: ScopeSelector, args: list[Any]) -> str:
-    """The entities a read covers: at its scope, and the scopes above and/or below it when asked."""
+    """The entities a read covers: at its scope, and the scopes above and/or below it when asked, among those the
+    caller may see."""
     args.append(selector.exact_scopes())
     condition = f"scope = ANY(${len(args)}::text[])"
     prefix = selector.child_prefix()
     if prefix is not None:
         args.append(prefix)
         condition = f"({condition} OR starts_with(scope, ${len(args)}))"
-    if not selector.visible.everything:
+    visible = selector.visible
+    if visible.everything and visible.sees_restricted:
+        return condition
 
-        def arg(value: Any) -> str:
-            args.append(value)
-            return f"${len(args)}"
+    def arg(value: Any) -> str:
+        args.append(value)
+        return f"${len(args)}"
 
-        condition += " AND " + visibility_condition(selector.visible, "scope", arg)
+    if not visible.everything:
+        condition += " AND " + visibility_condition(visible, "scope", arg, id_column="ref")
+    if not visible.sees_restricted:
+        # Restricted entities only for their owners: an `ownedBy` target is an entity mirrored from one of the
+        # caller's identities (visibility.py). The restricted entities and the caller's own are two lookups in the
+        # GIN-indexed filter tokens, made once, and `NOT IN` probes their difference's hash per row: testing every
+        # row's tokens instead cost ~15 µs a row.
+        restricted = arg(sorted(filter_token("metadata.tags", tag) for tag in RESTRICTED_TAGS))
+        identities = arg([filter_token(IDENTITY_ID_KEY, each) for each in identity_ids(visible)])
+        condition += (
+            f" AND uid NOT IN (SELECT uid FROM entities WHERE search_tokens && {restricted}::text[]"
+            f" EXCEPT SELECT uid FROM entities WHERE search_tokens && ARRAY("
+            f"SELECT 'relations.ownedby' || chr(31) || owner.ref FROM entities owner"
+            f" WHERE owner.search_tokens && {identities}::text[]))"
+        )
     return condition
+
+
+async def identities_of_refs(conn: asyncpg.Connection, refs: list[str]) -> dict[str, str]:
+    """Per ref of an entity mirrored from identity-sync, the principal it mirrors as a subject (`group:<id>`)."""
+    rows = await conn.fetch(
+        "SELECT DISTINCT ref, document #>> $2::text[] AS identity FROM entities WHERE ref = ANY($1::text[])",
+        refs,
+        ["metadata", "annotations", IDENTITY_ID_ANNOTATION],
+    )
+    return {row["ref"]: f"{row['ref'].partition(':')[0]}:{row['identity']}" for row in rows if row["identity"]}
+
+
+async def refs_of_identities(conn: asyncpg.Connection, identity_ids: list[str]) -> frozenset[str]:
+    """The refs of the entities mirrored from these identity-sync principals."""
+    rows = await conn.fetch(
+        "SELECT ref FROM entities WHERE search_tokens && $1::text[]",
+        [filter_token(IDENTITY_ID_KEY, each) for each in identity_ids],
+    )
+    return frozenset(row["ref"] for row in rows)
 
 
 async def served_nearest(conn: asyncpg.Connection, scopes: list[str], refs: list[str]) -> dict[str, ServedEntity]:

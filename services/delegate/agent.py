@@ -17,7 +17,9 @@ import os
 import signal
 import sys
 import uuid
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
 import aiohttp
 import msgspec
@@ -31,9 +33,11 @@ from shared.bus import connect, request_rpc
 from shared.delegate_wire import (
     ABORT,
     CHUNK_BYTES,
+    WS_MESSAGE_BYTES,
     AbortedError,
     Accepted,
     Channel,
+    ChannelSocket,
     Heartbeat,
     HeartbeatReply,
     Inboxes,
@@ -44,10 +48,12 @@ from shared.delegate_wire import (
 )
 from shared.errors import AuthenticationError, NotAllowedError, ServiceUnavailableError
 from shared.secretref import SecretError, SecretResolver, VaultSettings
+from shared.socket_relay import AiohttpSocket, splice
 from shared.telemetry import configure_logging
 
 log = logging.getLogger(__name__)
 EXIT_REVOKED = 3
+Upstream = TypeVar("Upstream")
 _decode_open = msgspec.msgpack.Decoder(OpenRequest).decode
 
 
@@ -176,12 +182,14 @@ class Agent:
             log.warning("undecodable exchange request: %s", exc)
             await msg.respond(ABORT)
             return
-        channel = self.inboxes.open(idle_timeout=request.timeout, peer_keeps_alive=False)
+        # A WebSocket's proxy side keeps alive while the socket is open, so its death is noticed here too.
+        channel = self.inboxes.open(idle_timeout=request.timeout, peer_keeps_alive=request.websocket)
         channel.attach(request.reply_to)
         await msg.respond(msgspec.msgpack.encode(Accepted(channel.inbox)))
         # The proxy aborts when its caller goes away, on timeout, or when the request body is refused: the
         # upstream call is cancelled then.
-        task = asyncio.create_task(self._forward(channel, request))
+        forward = self._forward_socket if request.websocket else self._forward
+        task = asyncio.create_task(forward(channel, request))
         keepalive = asyncio.create_task(channel.keep_alive())
         channel.on_abort = task.cancel
         self.exchanges.add(task)
@@ -194,31 +202,14 @@ class Agent:
         task.add_done_callback(finished)
 
     async def _forward(self, channel: Channel, request: OpenRequest) -> None:
-        url = URL(request.url, encoded=True)
-        try:
-            credentials = await self.secrets.headers(request.credentials)
-            body = channel.receive_body() if request.has_body else None
-            response = await egress.send(
-                self.session,
-                self.config.policy,
-                request.method,
-                url,
-                request.headers + credentials,
-                body,
-                request.timeout,
-            )
-        except egress.EgressDeniedError as exc:
-            await channel.abort(502, f"this agent's allowlist refuses the destination: {exc}")
-            return
-        except SecretError as exc:
-            log.warning("credential unavailable: %s", exc)
-            await channel.abort(502, "a credential of this endpoint is unavailable at the agent")
-            return
-        except TimeoutError:
-            await channel.abort(504, f"the upstream did not answer within {request.timeout:g}s")
-            return
-        except (aiohttp.ClientError, AbortedError) as exc:
-            await channel.abort(502, f"the upstream could not be reached ({type(exc).__name__})")
+        body = channel.receive_body() if request.has_body else None
+
+        def send(headers: list[tuple[str, str]]) -> Awaitable[aiohttp.ClientResponse]:
+            url = URL(request.url, encoded=True)
+            return egress.send(self.session, self.config.policy, request.method, url, headers, body, request.timeout)
+
+        response = await self._reach_upstream(channel, request, send)
+        if response is None:
             return
         async with response:
             try:
@@ -229,6 +220,49 @@ class Agent:
                 await channel.abort(502, f"the upstream broke off ({type(exc).__name__})")
             except AbortedError as exc:
                 log.info("exchange ended by the proxy: %s", exc.detail)
+
+    async def _forward_socket(self, channel: Channel, request: OpenRequest) -> None:
+        """A WebSocket: the handshake upstream, a 101 head naming the chosen subprotocol, then messages both ways
+        until either side closes (or the proxy falls silent)."""
+
+        def connect(headers: list[tuple[str, str]]) -> Awaitable[aiohttp.ClientWebSocketResponse]:
+            url = URL(request.url, encoded=True)
+            return egress.connect_websocket(
+                self.session, self.config.policy, url, headers, request.protocols, request.timeout, WS_MESSAGE_BYTES
+            )
+
+        ws = await self._reach_upstream(channel, request, connect)
+        if ws is None:
+            return
+        try:
+            await channel.send_head(ResponseHead(101, [("Sec-WebSocket-Protocol", ws.protocol)] if ws.protocol else []))
+            channel.hold_open()
+            await splice(ChannelSocket(channel), AiohttpSocket(ws))
+        finally:
+            await ws.close()
+
+    async def _reach_upstream(
+        self,
+        channel: Channel,
+        request: OpenRequest,
+        call: Callable[[list[tuple[str, str]]], Awaitable[Upstream]],
+    ) -> Upstream | None:
+        """`call` with the request's headers and its resolved credentials; on failure the proxy is told why."""
+        try:
+            credentials = await self.secrets.headers(request.credentials)
+            return await call(request.headers + credentials)
+        except egress.EgressDeniedError as exc:
+            await channel.abort(502, f"this agent's allowlist refuses the destination: {exc}")
+        except SecretError as exc:
+            log.warning("credential unavailable: %s", exc)
+            await channel.abort(502, "a credential of this endpoint is unavailable at the agent")
+        except TimeoutError:
+            await channel.abort(504, f"the upstream did not answer within {request.timeout:g}s")
+        except aiohttp.WSServerHandshakeError as exc:
+            await channel.abort(502, f"the upstream refused the WebSocket handshake ({exc.status})")
+        except (aiohttp.ClientError, AbortedError) as exc:
+            await channel.abort(502, f"the upstream could not be reached ({type(exc).__name__})")
+        return None
 
 
 async def _relay_response(channel: Channel, response: aiohttp.ClientResponse) -> None:

@@ -6,8 +6,6 @@ service (shared/access.py) apply changes in order and skip what their snapshot a
 
 from __future__ import annotations
 
-import base64
-import binascii
 from collections.abc import Callable
 from typing import Any
 
@@ -31,6 +29,7 @@ from services.identity_sync.access_model import (
 )
 from shared.access import VERSION_FIELD, AccessSnapshot
 from shared.authz import BUILTIN_ROLES, Resource, ResourceGroup, Role, RoleBinding, validate_binding
+from shared.cursors import decode_cursor, encode_cursor
 from shared.db import transaction
 from shared.errors import ConflictError, InputError, NotFoundError
 from shared.etag import check_if_match
@@ -193,15 +192,8 @@ async def remove_bindings_of(conn: asyncpg.Connection, actor: Actor, subject: st
         await _event(conn, actor, "role_binding", "deleted", deleted)
 
 
-def _decode_cursor(cursor: str) -> str:
-    try:
-        return base64.urlsafe_b64decode(cursor.encode()).decode()
-    except (ValueError, binascii.Error, UnicodeDecodeError):
-        raise InputError.for_field("query.cursor", "not a cursor returned by this API") from None
-
-
 async def list_objects(pool: asyncpg.Pool, kind: Kind, query: ListQuery) -> AccessPage:
-    after = _decode_cursor(query.cursor) if query.cursor else None
+    after = decode_cursor(query.cursor, str) if query.cursor else None
     async with pool.acquire() as conn:
         rows = await store.list_objects(
             conn,
@@ -213,7 +205,7 @@ async def list_objects(pool: asyncpg.Pool, kind: Kind, query: ListQuery) -> Acce
             limit=query.limit + 1,
         )
     page = rows[: query.limit]
-    next_cursor = base64.urlsafe_b64encode(page[-1].id.encode()).decode() if len(rows) > query.limit else None
+    next_cursor = encode_cursor(page[-1].id) if len(rows) > query.limit else None
     # Built-in roles live at `account`; they lead the first page of every listing that reaches it.
     reaches_account = query.scope in (None, "account") or query.include_parents
     if kind == "role" and after is None and reaches_account:

@@ -44,9 +44,11 @@ from services.identity_sync.model import (
     UserQuery,
 )
 from services.identity_sync.scim import ScimEndpoint
+from shared.authz import Visibility
 from shared.errors import AuthenticationError, InputError, NotFoundError
 from shared.etag import quoted
 from shared.http import PUBLIC, Routes, json_response, parse_query, principal_of, read_json
+from shared.scopes import check_scope
 from shared.service import Deps
 from shared.tokens import Jwks
 
@@ -54,6 +56,8 @@ USERS = "/api/identity/users"
 GROUPS = "/api/identity/groups"
 ACCOUNTS = "/api/identity/service-accounts"
 NO_STORE = {"Cache-Control": "no-store"}
+ACCOUNT = "account"
+"""Users, signing keys, imports and directory syncs are account-wide: changing them takes the permission there."""
 SCIM_PERMISSIONS = {
     "GET": "identity_scim_view",
     "POST": "identity_scim_edit",
@@ -82,6 +86,30 @@ def routes(deps: Deps) -> Routes:
     pool = deps.pool
     api = Routes(tag="identity")
 
+    # The route checked that the caller holds the permission somewhere; these check it where the resource is.
+    def require(request: web.Request, permission: str, scope: str = ACCOUNT, resource_id: str | None = None) -> None:
+        deps.access.require_at(principal_of(request), permission, scope, resource_id)
+
+    def visible(request: web.Request, permission: str) -> Visibility:
+        return deps.access.visibility(principal_of(request), permission)
+
+    async def group_for(request: web.Request, permission: str) -> Group:
+        """The group in the path, if the caller holds `permission` on it; one it may not see reads as missing."""
+        group = await service.get_group(pool, request.match_info["id"])
+        if not visible(request, "identity_group_view").covers(group.scope, group.id):
+            raise NotFoundError(f"no group {group.id}")
+        require(request, permission, group.scope, group.id)
+        return group
+
+    async def account_for(request: web.Request, permission: str) -> ServiceAccount:
+        """The service account in the path, if the caller holds `permission` on it; one it may not see reads as
+        missing."""
+        account = await service.get_service_account(pool, request.match_info["id"])
+        if not visible(request, "identity_service_account_view").covers(account.scope, account.id):
+            raise NotFoundError(f"no service account {account.id}")
+        require(request, permission, account.scope, account.id)
+        return account
+
     # --- users ---
 
     @api.get(USERS, summary="List users", permission="identity_user_view", query=UserQuery, response=UserPage)
@@ -93,6 +121,7 @@ def routes(deps: Deps) -> Routes:
     )
     async def create_user(request: web.Request) -> web.Response:
         body = await read_json(request, UserCreate)
+        require(request, "identity_user_create")
         return _versioned(await service.create_user(pool, principal_of(request).actor(), body), 201)
 
     @api.get(USERS + "/{id}", summary="A user", permission="identity_user_view", response=User)
@@ -108,6 +137,7 @@ def routes(deps: Deps) -> Routes:
     )
     async def patch_user(request: web.Request) -> web.Response:
         body = await read_json(request, UserPatch)
+        require(request, "identity_user_edit", resource_id=request.match_info["id"])
         user = await service.update_user(
             pool, principal_of(request).actor(), request.match_info["id"], body, _if_match(request)
         )
@@ -127,6 +157,7 @@ def routes(deps: Deps) -> Routes:
         return await _set_user_active(request, True)
 
     async def _set_user_active(request: web.Request, active: bool) -> web.Response:
+        require(request, "identity_user_edit", resource_id=request.match_info["id"])
         user = await service.update_user(
             pool, principal_of(request).actor(), request.match_info["id"], UserPatch(active=active), _if_match(request)
         )
@@ -134,6 +165,7 @@ def routes(deps: Deps) -> Routes:
 
     @api.delete(USERS + "/{id}", summary="Delete a user", permission="identity_user_delete", status=204)
     async def delete_user(request: web.Request) -> web.Response:
+        require(request, "identity_user_delete", resource_id=request.match_info["id"])
         await service.delete_user(pool, principal_of(request).actor(), request.match_info["id"], _if_match(request))
         return web.Response(status=204)
 
@@ -141,7 +173,8 @@ def routes(deps: Deps) -> Routes:
 
     @api.get(GROUPS, summary="List groups", permission="identity_group_view", query=GroupQuery, response=GroupPage)
     async def list_groups(request: web.Request) -> web.Response:
-        return json_response(await service.list_groups(pool, parse_query(request, GroupQuery)))
+        query = parse_query(request, GroupQuery)
+        return json_response(await service.list_groups(pool, query, visible(request, "identity_group_view")))
 
     @api.post(
         GROUPS,
@@ -153,11 +186,12 @@ def routes(deps: Deps) -> Routes:
     )
     async def create_group(request: web.Request) -> web.Response:
         body = await read_json(request, GroupCreate)
+        require(request, "identity_group_create", check_scope(body.scope, "$.scope"))
         return _versioned(await service.create_group(pool, principal_of(request).actor(), body), 201)
 
     @api.get(GROUPS + "/{id}", summary="A group", permission="identity_group_view", response=Group)
     async def get_group(request: web.Request) -> web.Response:
-        return _versioned(await service.get_group(pool, request.match_info["id"]))
+        return _versioned(await group_for(request, "identity_group_view"))
 
     @api.patch(
         GROUPS + "/{id}",
@@ -168,6 +202,7 @@ def routes(deps: Deps) -> Routes:
     )
     async def patch_group(request: web.Request) -> web.Response:
         body = await read_json(request, GroupPatch)
+        await group_for(request, "identity_group_edit")
         group = await service.update_group(
             pool, principal_of(request).actor(), request.match_info["id"], body, _if_match(request)
         )
@@ -180,6 +215,7 @@ def routes(deps: Deps) -> Routes:
         status=204,
     )
     async def delete_group(request: web.Request) -> web.Response:
+        await group_for(request, "identity_group_delete")
         await service.delete_group(pool, principal_of(request).actor(), request.match_info["id"], _if_match(request))
         return web.Response(status=204)
 
@@ -191,7 +227,7 @@ def routes(deps: Deps) -> Routes:
         response=UserPage,
     )
     async def list_members(request: web.Request) -> web.Response:
-        group = await service.get_group(pool, request.match_info["id"])
+        group = await group_for(request, "identity_group_view")
         paging = parse_query(request, MemberQuery)
         return json_response(
             await service.list_users(pool, UserQuery(group=group.id, limit=paging.limit, cursor=paging.cursor))
@@ -217,6 +253,7 @@ def routes(deps: Deps) -> Routes:
 
     async def _set_member(request: web.Request, member: bool) -> web.Response:
         info = request.match_info
+        await group_for(request, "identity_group_edit")
         await service.set_membership(pool, principal_of(request).actor(), info["id"], info["user_id"], member)
         return web.Response(status=204)
 
@@ -230,7 +267,9 @@ def routes(deps: Deps) -> Routes:
         response=ServiceAccountPage,
     )
     async def list_service_accounts(request: web.Request) -> web.Response:
-        return json_response(await service.list_service_accounts(pool, parse_query(request, ServiceAccountQuery)))
+        query = parse_query(request, ServiceAccountQuery)
+        reach = visible(request, "identity_service_account_view")
+        return json_response(await service.list_service_accounts(pool, query, reach))
 
     @api.post(
         ACCOUNTS,
@@ -242,6 +281,7 @@ def routes(deps: Deps) -> Routes:
     )
     async def create_service_account(request: web.Request) -> web.Response:
         body = await read_json(request, ServiceAccountCreate)
+        require(request, "identity_service_account_create", check_scope(body.scope, "$.scope"))
         return _versioned(await service.create_service_account(pool, principal_of(request).actor(), body), 201)
 
     @api.get(
@@ -251,7 +291,7 @@ def routes(deps: Deps) -> Routes:
         response=ServiceAccount,
     )
     async def get_service_account(request: web.Request) -> web.Response:
-        return _versioned(await service.get_service_account(pool, request.match_info["id"]))
+        return _versioned(await account_for(request, "identity_service_account_view"))
 
     @api.patch(
         ACCOUNTS + "/{id}",
@@ -262,6 +302,7 @@ def routes(deps: Deps) -> Routes:
     )
     async def patch_service_account(request: web.Request) -> web.Response:
         body = await read_json(request, ServiceAccountPatch)
+        await account_for(request, "identity_service_account_edit")
         account = await service.update_service_account(
             pool, principal_of(request).actor(), request.match_info["id"], body, _if_match(request)
         )
@@ -274,6 +315,7 @@ def routes(deps: Deps) -> Routes:
         status=204,
     )
     async def delete_service_account(request: web.Request) -> web.Response:
+        await account_for(request, "identity_service_account_delete")
         await service.delete_service_account(
             pool, principal_of(request).actor(), request.match_info["id"], _if_match(request)
         )
@@ -293,6 +335,7 @@ def routes(deps: Deps) -> Routes:
     )
     async def create_api_key(request: web.Request) -> web.Response:
         body = await read_json(request, ApiKeyCreate)
+        await account_for(request, "identity_api_key_create")
         key = await tokens.create_api_key(pool, principal_of(request).actor(), request.match_info["id"], body)
         return json_response(key, status=201, headers=NO_STORE)
 
@@ -303,6 +346,7 @@ def routes(deps: Deps) -> Routes:
         response=ApiKeyList,
     )
     async def list_api_keys(request: web.Request) -> web.Response:
+        await account_for(request, "identity_api_key_view")
         return json_response(await tokens.list_api_keys(pool, request.match_info["id"]))
 
     @api.delete(
@@ -313,6 +357,7 @@ def routes(deps: Deps) -> Routes:
     )
     async def revoke_api_key(request: web.Request) -> web.Response:
         info = request.match_info
+        await account_for(request, "identity_api_key_delete")
         await tokens.revoke_api_key(pool, principal_of(request).actor(), info["id"], info["key_id"])
         return web.Response(status=204)
 
@@ -335,6 +380,7 @@ def routes(deps: Deps) -> Routes:
         response=AccessToken,
     )
     async def issue_user_token(request: web.Request) -> web.Response:
+        require(request, "identity_token_create", resource_id=request.match_info["id"])
         return json_response(await tokens.issue_user_token(pool, request.match_info["id"], ttl), headers=NO_STORE)
 
     @api.get(
@@ -363,6 +409,7 @@ def routes(deps: Deps) -> Routes:
         status=201,
     )
     async def rotate_signing_key(request: web.Request) -> web.Response:
+        require(request, "identity_signing_key_rotate")
         return json_response(await tokens.rotate_signing_key(pool, principal_of(request).actor()), status=201)
 
     # --- bulk imports ---
@@ -392,6 +439,7 @@ def routes(deps: Deps) -> Routes:
         return json_response(await _import(request, f"backstage:{query.source}", snapshot, query))
 
     async def _import(request: web.Request, source: str, snapshot: sources.Snapshot, query: ImportQuery) -> SyncRun:
+        require(request, "identity_import_create")  # it writes users, which are account-wide
         return await sync.run_sync(pool, principal_of(request).actor(), source, snapshot, query.strategy, query.scope)
 
     @api.get(
@@ -460,6 +508,7 @@ def routes(deps: Deps) -> Routes:
         response=SyncRun,
     )
     async def sync_ldap(request: web.Request) -> web.Response:
+        require(request, "identity_ldap_sync")
         return json_response(await sync.sync_ldap(pool, principal_of(request).actor(), ldap_source()))
 
     @api.get(
@@ -499,7 +548,9 @@ def routes(deps: Deps) -> Routes:
         response=ReassignResult,
     )
     async def reassign(request: web.Request) -> web.Response:
-        return json_response(await ownership.reassign(catalog(request), await read_json(request, ReassignRequest)))
+        body = await read_json(request, ReassignRequest)
+        require(request, "identity_orphan_reassign")
+        return json_response(await ownership.reassign(catalog(request), body))
 
     # --- SCIM 2.0 ---
 
@@ -510,20 +561,20 @@ def routes(deps: Deps) -> Routes:
     async def scim_service_provider_config(request: web.Request) -> web.Response:
         return await scim.serve(request, None)
 
+    def scim_operation(method: str, permission: str):
+        async def operation(request: web.Request) -> web.Response:
+            require(request, permission)  # SCIM provisions the account's users and groups
+            return await scim.serve(request, principal_of(request).actor())
+
+        operation.__name__ = f"scim_{method.lower()}"
+        return operation
+
     for method, permission in SCIM_PERMISSIONS.items():
         api.route(
             method,
             "/scim/v2/{path:.+}",
             summary=f"SCIM 2.0 Users, Groups and discovery ({method})",
             permission=permission,
-        )(_scim_operation(scim, method))
+        )(scim_operation(method, permission))
 
     return api
-
-
-def _scim_operation(scim: ScimEndpoint, method: str):
-    async def operation(request: web.Request) -> web.Response:
-        return await scim.serve(request, principal_of(request).actor())
-
-    operation.__name__ = f"scim_{method.lower()}"
-    return operation

@@ -3,8 +3,6 @@ sources: one transaction = the change + its `identity.*` event in the outbox."""
 
 from __future__ import annotations
 
-import base64
-import binascii
 import contextvars
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
@@ -39,6 +37,8 @@ from services.identity_sync.model import (
     user_state,
 )
 from shared.access import ACCESS_EVENTS, VERSION_FIELD
+from shared.authz import EVERYTHING, Visibility
+from shared.cursors import decode_cursor, encode_cursor
 from shared.db import transaction
 from shared.errors import ConflictError, FieldError, InputError, NotFoundError
 from shared.etag import check_if_match
@@ -90,20 +90,9 @@ async def _emit(
     return event
 
 
-def decode_cursor(raw: str) -> tuple[str, str]:
-    try:
-        key, id_ = msgspec.json.decode(base64.urlsafe_b64decode(raw.encode()), type=tuple[str, str])
-    except (ValueError, binascii.Error, msgspec.DecodeError, msgspec.ValidationError):
-        raise InputError.for_field("query.cursor", "not a cursor returned by this API") from None
-    return key, id_
-
-
-def encode_cursor(key: str, id_: str) -> str:
-    return base64.urlsafe_b64encode(msgspec.json.encode((key, id_))).decode()
-
-
 def _next_cursor(items: list[Any], more: bool, key: Callable[[Any], str]) -> str | None:
-    return encode_cursor(key(items[-1]), items[-1].id) if items and more else None
+    """The cursor after the last item, a (sort key, id) pair, when there are more."""
+    return encode_cursor((key(items[-1]), items[-1].id)) if items and more else None
 
 
 async def _read(pool: asyncpg.Pool, fetch: Callable[..., Awaitable[T | None]], id_: str, what: str) -> T:
@@ -143,7 +132,7 @@ async def get_user(pool: asyncpg.Pool, user_id: str) -> User:
 
 
 async def list_users(pool: asyncpg.Pool, query: UserQuery) -> UserPage:
-    after = decode_cursor(query.cursor) if query.cursor else None
+    after = decode_cursor(query.cursor, tuple[str, str]) if query.cursor else None
     async with pool.acquire() as conn:
         items, total = await store.list_users(conn, msgspec.structs.replace(query, limit=query.limit + 1), after)
     page = items[: query.limit]
@@ -271,12 +260,15 @@ async def get_group(pool: asyncpg.Pool, group_id: str) -> Group:
     return await _read(pool, store.get_group, group_id, "group")
 
 
-async def list_groups(pool: asyncpg.Pool, query: GroupQuery) -> GroupPage:
+async def list_groups(pool: asyncpg.Pool, query: GroupQuery, visible: Visibility = EVERYTHING) -> GroupPage:
+    """A page of the groups `visible` reaches that match `query`."""
     if query.scope is not None:
         check_scope(query.scope)
-    after = decode_cursor(query.cursor) if query.cursor else None
+    after = decode_cursor(query.cursor, tuple[str, str]) if query.cursor else None
     async with pool.acquire() as conn:
-        items, total = await store.list_groups(conn, msgspec.structs.replace(query, limit=query.limit + 1), after)
+        items, total = await store.list_groups(
+            conn, msgspec.structs.replace(query, limit=query.limit + 1), after, visible
+        )
     page = items[: query.limit]
     more = len(items) > query.limit
     return GroupPage(items=page, totalItems=total, nextCursor=_next_cursor(page, more, lambda g: g.name))
@@ -435,13 +427,16 @@ async def get_service_account(pool: asyncpg.Pool, account_id: str) -> ServiceAcc
     return await _read(pool, store.get_service_account, account_id, "service account")
 
 
-async def list_service_accounts(pool: asyncpg.Pool, query: ServiceAccountQuery) -> ServiceAccountPage:
+async def list_service_accounts(
+    pool: asyncpg.Pool, query: ServiceAccountQuery, visible: Visibility = EVERYTHING
+) -> ServiceAccountPage:
+    """A page of the service accounts `visible` reaches that match `query`."""
     if query.scope is not None:
         check_scope(query.scope)
-    after = decode_cursor(query.cursor) if query.cursor else None
+    after = decode_cursor(query.cursor, tuple[str, str]) if query.cursor else None
     async with pool.acquire() as conn:
         items, total = await store.list_service_accounts(
-            conn, msgspec.structs.replace(query, limit=query.limit + 1), after
+            conn, msgspec.structs.replace(query, limit=query.limit + 1), after, visible
         )
     page = items[: query.limit]
     more = len(items) > query.limit

@@ -19,6 +19,7 @@ from services.identity_sync.model import (
     User,
     UserQuery,
 )
+from shared.authz import EVERYTHING, Visibility, visibility_condition
 from shared.db import like_escape
 
 _USER_COLUMNS = """u.id::text AS id, u.username, u.display_name, u.emails, u.active, u.external_id, u.source,
@@ -267,9 +268,10 @@ async def delete_group(conn: asyncpg.Connection, group_id: str) -> None:
 
 
 async def list_groups(
-    conn: asyncpg.Connection, query: GroupQuery, after: tuple[str, str] | None
+    conn: asyncpg.Connection, query: GroupQuery, after: tuple[str, str] | None, visible: Visibility = EVERYTHING
 ) -> tuple[list[Group], int]:
     w = _Where()
+    w.add(lambda: visibility_condition(visible, "g.scope", w.arg, id_column="g.id::text"), not visible.everything)
     if query.q:
         pattern = _like(query.q)
         w.add(lambda: f"(g.name ILIKE {w.arg(pattern)} OR g.display_name ILIKE ${len(w.args)})")
@@ -388,9 +390,13 @@ async def delete_service_account(conn: asyncpg.Connection, account_id: str) -> N
 
 
 async def list_service_accounts(
-    conn: asyncpg.Connection, query: ServiceAccountQuery, after: tuple[str, str] | None
+    conn: asyncpg.Connection,
+    query: ServiceAccountQuery,
+    after: tuple[str, str] | None,
+    visible: Visibility = EVERYTHING,
 ) -> tuple[list[ServiceAccount], int]:
     w = _Where()
+    w.add(lambda: visibility_condition(visible, "a.scope", w.arg, id_column="a.id::text"), not visible.everything)
     if query.q:
         pattern = _like(query.q)
         w.add(lambda: f"(a.name ILIKE {w.arg(pattern)} OR a.display_name ILIKE ${len(w.args)})")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 
@@ -9,7 +10,7 @@ from aiohttp import web
 from yarl import URL
 
 from services.plugin_proxy import service
-from services.plugin_proxy.forwarding import BodyReader, ProxyContext, UpstreamResponse
+from services.plugin_proxy.forwarding import BodyReader, ProxyContext, UpstreamResponse, UpstreamSocket
 from services.plugin_proxy.model import (
     METHODS,
     AgentCreate,
@@ -29,10 +30,11 @@ from services.plugin_proxy.model import (
     upstream_url,
     view,
 )
-from shared.errors import NotAllowedError, PayloadTooLargeError, ProblemError
+from shared.errors import InputError, NotAllowedError, PayloadTooLargeError, ProblemError
 from shared.etag import quoted
 from shared.http import REQUEST_ID_KEY, Handler, Routes, json_response, parse_query, principal_of, read_json
 from shared.service import Deps
+from shared.socket_relay import AiohttpSocket, splice
 
 log = logging.getLogger(__name__)
 ENDPOINT = "/api/proxy/endpoints/{name}"
@@ -148,11 +150,20 @@ def routes(deps: Deps) -> Routes:
         status = 502
         upstream = None
         try:
+            if _wants_websocket(request):
+                if not spec.websocket:
+                    raise InputError.for_field("header.Upgrade", f"endpoint {name} does not accept WebSockets")
+                upstream = await proxy.open_socket(endpoint, url, headers, _offered_protocols(request))
+                status = 101
+                return await _splice(request, upstream)
             upstream = await proxy.send(endpoint, request.method, url, headers, body)
             status = upstream.status
             return await _relay(request, upstream, response_headers(spec, upstream.headers, public_prefix=prefix))
         except ProblemError as exc:
             status = exc.status
+            raise
+        except asyncio.CancelledError:
+            status = 499  # the caller hung up; the cancellation reaches the upstream call or the agent
             raise
         finally:
             if upstream is not None:
@@ -169,6 +180,8 @@ def routes(deps: Deps) -> Routes:
     for method in METHODS:
         handler = _named(forward, f"proxy_{method.lower()}")
         summary = f"Forward a {method} request to the named endpoint (directly or through a delegate agent)"
+        if method == "GET":
+            summary += "; with `Upgrade: websocket`, open a WebSocket to it (endpoints with `websocket: true`)"
         api.route(method, "/api/proxy/{name}", summary=summary, permission="proxy_endpoint_use")(handler)
         api.route(method, "/api/proxy/{name}/{path:[\\s\\S]*}", summary=summary, permission="proxy_endpoint_use")(
             _named(forward, f"proxy_{method.lower()}_path")
@@ -196,6 +209,27 @@ def _outbound(
         headers.append(("Content-Length", str(request.content_length)))
     body = BodyReader(request.content.iter_any(), spec.max_body_bytes) if request.body_exists else None
     return url, headers, body
+
+
+def _wants_websocket(request: web.Request) -> bool:
+    return request.method == "GET" and request.headers.get("Upgrade", "").lower() == "websocket"
+
+
+def _offered_protocols(request: web.Request) -> list[str]:
+    offered = request.headers.get("Sec-WebSocket-Protocol", "")
+    return [p.strip() for p in offered.split(",") if p.strip()]
+
+
+async def _splice(request: web.Request, upstream: UpstreamSocket) -> web.WebSocketResponse:
+    """Accept the caller's WebSocket with the subprotocol the upstream chose, then carry messages both ways until
+    either side closes."""
+    caller = web.WebSocketResponse(
+        protocols=[upstream.protocol] if upstream.protocol else (), max_msg_size=upstream.max_message_bytes
+    )
+    caller.headers["X-Request-Id"] = request[REQUEST_ID_KEY]
+    await caller.prepare(request)
+    await splice(AiohttpSocket(caller), upstream.socket)
+    return caller
 
 
 def _named(handler: Handler, name: str) -> Handler:

@@ -91,6 +91,7 @@ DEFINITION = ServiceDefinition(
     migrations=Path(__file__).parent / "migrations",
     background=(handlers.serve_heartbeats, handlers.track_agents, handlers.flush_access_events),
     open_context=open_proxy_context,
+    cancel_on_disconnect=True,  # a caller's hang-up cancels the upstream call (or the agent's exchange)
 )
 
 

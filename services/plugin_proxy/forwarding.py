@@ -8,7 +8,7 @@ import contextlib
 import logging
 import random
 import time
-from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 
 import aiohttp
@@ -26,11 +26,14 @@ from shared.auth import Principal
 from shared.delegate_wire import (
     ABORT,
     CHUNK_BYTES,
+    WS_MESSAGE_BYTES,
     AbortedError,
     Accepted,
     Channel,
+    ChannelSocket,
     Inboxes,
     OpenRequest,
+    ResponseHead,
     open_subject,
 )
 from shared.errors import (
@@ -42,6 +45,7 @@ from shared.errors import (
 )
 from shared.events import Actor, Event, ResourceRef, new_event
 from shared.secretref import SecretError, SecretResolver
+from shared.socket_relay import AiohttpSocket, Socket
 
 log = logging.getLogger(__name__)
 EndpointGuard = Callable[[Principal, Endpoint], bool]
@@ -57,6 +61,18 @@ class UpstreamResponse:
     status: int
     headers: list[tuple[str, str]]
     body: AsyncIterator[bytes]
+    close: Callable[[], Awaitable[None]]
+    agent: str | None = None
+
+
+@dataclass
+class UpstreamSocket:
+    """An open upstream WebSocket (direct, or through an agent) and what the caller's side must match."""
+
+    socket: Socket
+    protocol: str | None
+    """The subprotocol the upstream chose."""
+    max_message_bytes: int
     close: Callable[[], Awaitable[None]]
     agent: str | None = None
 
@@ -154,12 +170,8 @@ class ProxyContext:
         self, spec: EndpointSpec, method: str, url: URL, headers: list[tuple[str, str]], body: BodyReader | None
     ) -> UpstreamResponse:
         policy = direct_policy(spec)
-        try:
-            credentials = await self.secrets.headers(spec.credentials)
-        except SecretError as exc:
-            log.warning("credential unavailable: %s", exc)
-            raise BadGatewayError("a credential of this endpoint is unavailable") from None
-        try:
+        credentials = await self._credentials(spec)
+        with _direct_errors(spec):
             response = await egress.send(
                 self.sessions.session(policy),
                 policy,
@@ -169,12 +181,6 @@ class ProxyContext:
                 body.chunks() if body else None,
                 spec.timeout_seconds,
             )
-        except egress.EgressDeniedError as exc:
-            raise BadGatewayError(f"the endpoint's target is not allowed: {exc}") from None
-        except TimeoutError:
-            raise GatewayTimeoutError(f"the upstream did not answer within {spec.timeout_seconds:g}s") from None
-        except aiohttp.ClientError as exc:
-            raise BadGatewayError(f"the upstream could not be reached ({type(exc).__name__})") from None
 
         async def close() -> None:
             response.release()
@@ -182,41 +188,51 @@ class ProxyContext:
         headers_out = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in response.raw_headers]
         return UpstreamResponse(response.status, headers_out, _direct_body(response, spec.timeout_seconds), close)
 
+    async def _credentials(self, spec: EndpointSpec) -> list[tuple[str, str]]:
+        try:
+            return await self.secrets.headers(spec.credentials)
+        except SecretError as exc:
+            log.warning("credential unavailable: %s", exc)
+            raise BadGatewayError("a credential of this endpoint is unavailable") from None
+
+    async def open_socket(
+        self, endpoint: Endpoint, url: URL, headers: list[tuple[str, str]], protocols: list[str]
+    ) -> UpstreamSocket:
+        """Open the upstream WebSocket, directly or through an agent; errors become 502, 503 or 504 problems."""
+        spec = endpoint.spec
+        if spec.delegate is not None:
+            return await self._open_delegated_socket(endpoint, url, headers, protocols)
+        policy = direct_policy(spec)
+        credentials = await self._credentials(spec)
+        with _direct_errors(spec):
+            ws = await egress.connect_websocket(
+                self.sessions.session(policy),
+                policy,
+                url,
+                headers + credentials,
+                protocols,
+                spec.timeout_seconds,
+                spec.max_body_bytes,
+            )
+
+        async def close() -> None:
+            await ws.close()
+
+        return UpstreamSocket(AiohttpSocket(ws), ws.protocol, spec.max_body_bytes, close)
+
     async def _send_delegated(
         self, endpoint: Endpoint, method: str, url: URL, headers: list[tuple[str, str]], body: BodyReader | None
     ) -> UpstreamResponse:
-        spec = endpoint.spec
-        assert spec.delegate is not None
-        candidates = matching_agents(self.agents, spec.delegate)
-        if not candidates:
-            raise ServiceUnavailableError(f"no online delegate agent has the tags {', '.join(spec.delegate.tags)}")
-        agent = random.choice(candidates)
-        channel = self.inboxes.open(idle_timeout=spec.timeout_seconds, peer_keeps_alive=True)
-        sender: asyncio.Task | None = None
-        try:
-            request = OpenRequest(
-                reply_to=channel.inbox,
-                method=method,
-                url=str(url),
-                headers=headers,
-                credentials=spec.credentials,
-                timeout=spec.timeout_seconds,
-                has_body=body is not None,
-            )
-            channel.attach((await self._open(agent, _encode(request))).inbox)
-            if body is not None:
-                sender = asyncio.create_task(_send_request_body(channel, body))
-            head = await channel.receive_head()
-        except AbortedError as exc:
-            await _stop_sender(sender)
-            await channel.abort(499, "the proxy gave up")
-            channel.close()
-            raise ERRORS_BY_STATUS.get(exc.status, BadGatewayError)(f"agent {agent}: {exc.detail}") from None
-        except BaseException:
-            await _stop_sender(sender)
-            await channel.abort(499, "the proxy gave up")
-            channel.close()
-            raise
+        request = OpenRequest(
+            reply_to="",
+            method=method,
+            url=str(url),
+            headers=headers,
+            credentials=endpoint.spec.credentials,
+            timeout=endpoint.spec.timeout_seconds,
+            has_body=body is not None,
+        )
+        agent, channel, head, sender = await self._exchange(endpoint, request, body)
         finished = head.complete
 
         async def response_body() -> AsyncIterator[bytes]:
@@ -236,6 +252,70 @@ class ProxyContext:
 
         return UpstreamResponse(head.status, head.headers, response_body(), close, agent=agent)
 
+    async def _open_delegated_socket(
+        self, endpoint: Endpoint, url: URL, headers: list[tuple[str, str]], protocols: list[str]
+    ) -> UpstreamSocket:
+        spec = endpoint.spec
+        request = OpenRequest(
+            reply_to="",
+            method="GET",
+            url=str(url),
+            headers=headers,
+            credentials=spec.credentials,
+            timeout=spec.timeout_seconds,
+            has_body=False,
+            websocket=True,
+            protocols=protocols,
+        )
+        agent, channel, head, _ = await self._exchange(endpoint, request, None)
+        if head.status != 101:
+            await channel.abort(502, "not a WebSocket")
+            channel.close()
+            raise BadGatewayError(f"agent {agent}: the upstream refused the WebSocket handshake ({head.status})")
+        channel.hold_open()  # an open WebSocket may idle; keepalives both ways show that each side lives
+        keepalive = asyncio.create_task(channel.keep_alive())
+        socket = ChannelSocket(channel)
+
+        async def close() -> None:
+            keepalive.cancel()
+            if not socket.closed:
+                await channel.abort(499, "the caller went away")
+            channel.close()
+
+        protocol = next((v for k, v in head.headers if k.lower() == "sec-websocket-protocol"), None)
+        return UpstreamSocket(socket, protocol, min(spec.max_body_bytes, WS_MESSAGE_BYTES), close, agent=agent)
+
+    async def _exchange(
+        self, endpoint: Endpoint, request: OpenRequest, body: BodyReader | None
+    ) -> tuple[str, Channel, ResponseHead, asyncio.Task | None]:
+        """Open an exchange with an agent that has the endpoint's tags, send the request (and stream its body) and
+        wait for the response head; on any failure the agent is told to stop."""
+        spec = endpoint.spec
+        assert spec.delegate is not None
+        candidates = matching_agents(self.agents, spec.delegate)
+        if not candidates:
+            raise ServiceUnavailableError(f"no online delegate agent has the tags {', '.join(spec.delegate.tags)}")
+        agent = random.choice(candidates)
+        channel = self.inboxes.open(idle_timeout=spec.timeout_seconds, peer_keeps_alive=True)
+        sender: asyncio.Task | None = None
+        try:
+            request = msgspec.structs.replace(request, reply_to=channel.inbox)
+            channel.attach((await self._open(agent, _encode(request))).inbox)
+            if body is not None:
+                sender = asyncio.create_task(_send_request_body(channel, body))
+            head = await channel.receive_head()
+        except AbortedError as exc:
+            await _stop_sender(sender)
+            await channel.abort(499, "the proxy gave up")
+            channel.close()
+            raise ERRORS_BY_STATUS.get(exc.status, BadGatewayError)(f"agent {agent}: {exc.detail}") from None
+        except BaseException:
+            await _stop_sender(sender)
+            await channel.abort(499, "the proxy gave up")
+            channel.close()
+            raise
+        return agent, channel, head, sender
+
     async def _open(self, agent: str, request: bytes) -> Accepted:
         """Ask the agent's queue group to take the exchange; one retry covers a replica that died meanwhile."""
         retried = False
@@ -252,6 +332,21 @@ class ProxyContext:
             if reply.data[:1] == ABORT:
                 raise AbortedError(503, "the agent refused the exchange (at capacity)")
             return _decode_accepted(reply.data)
+
+
+@contextlib.contextmanager
+def _direct_errors(spec: EndpointSpec) -> Iterator[None]:
+    """Failures to reach a direct endpoint's upstream, as the problems the caller gets."""
+    try:
+        yield
+    except egress.EgressDeniedError as exc:
+        raise BadGatewayError(f"the endpoint's target is not allowed: {exc}") from None
+    except TimeoutError:
+        raise GatewayTimeoutError(f"the upstream did not answer within {spec.timeout_seconds:g}s") from None
+    except aiohttp.WSServerHandshakeError as exc:
+        raise BadGatewayError(f"the upstream refused the WebSocket handshake ({exc.status})") from None
+    except aiohttp.ClientError as exc:
+        raise BadGatewayError(f"the upstream could not be reached ({type(exc).__name__})") from None
 
 
 async def _send_request_body(channel: Channel, body: BodyReader) -> None:

@@ -91,7 +91,9 @@ class EndpointSpec(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fie
     timeout_seconds: Annotated[float, msgspec.Meta(gt=0, le=600)] = 30.0
     """Bounds connecting and each wait for upstream data."""
     max_body_bytes: Annotated[int, msgspec.Meta(ge=0, le=10 * 1024**3)] = 10 * 1024 * 1024
-    """Largest request body forwarded."""
+    """Largest request body forwarded; also the largest WebSocket message either way."""
+    websocket: bool = False
+    """Accept WebSocket upgrades (`GET` with `Upgrade: websocket`) and carry the messages both ways."""
     delegate: DelegateSelector | None = None
     """Send through a delegate agent with these tags; absent means the proxy connects directly."""
     allow_networks: Annotated[list[str], msgspec.Meta(max_length=32)] = []
@@ -190,6 +192,8 @@ def check_spec(spec: EndpointSpec, prefix: str = "$") -> EndpointSpec:
             ipaddress.ip_network(network, strict=False)
         except ValueError:
             errors.append(FieldError(f"{prefix}.allow_networks[{i}]", f"{network!r} is not a CIDR"))
+    if spec.websocket and "GET" not in spec.methods:
+        errors.append(FieldError(f"{prefix}.methods", "must include GET, the WebSocket handshake's method"))
     if spec.delegate is not None and spec.allow_networks:
         errors.append(FieldError(f"{prefix}.allow_networks", "applies to direct endpoints; agents keep their own"))
     if errors:

@@ -19,13 +19,15 @@ OTHER_SERVICES = ["audit", "catalog", "scorecard", "plugin_proxy", "workflow"]
 
 
 @pytest_asyncio.fixture
-async def suite(make_settings) -> AsyncIterator[dict[str, RunningService]]:
-    """identity-sync and every other service, each verifying tokens and keeping an access replica."""
+async def suite(make_settings, tmp_path) -> AsyncIterator[dict[str, RunningService]]:
+    """identity-sync and every other service, each verifying tokens and keeping an access replica; the catalog
+    reads `file:` locations under `tmp_path`."""
     async with contextlib.AsyncExitStack() as stack:
         running = {}
         for name in ["identity_sync", *OTHER_SERVICES]:
             definition = importlib.import_module(f"services.{name}.app").DEFINITION
-            settings = make_settings(definition.settings_type)
+            overrides = {"file_location_roots": str(tmp_path)} if name == "catalog" else {}
+            settings = make_settings(definition.settings_type, **overrides)
             running[name] = await stack.enter_async_context(running_service(definition, settings))
         yield running
 
@@ -297,3 +299,259 @@ async def test_catalog_writes_need_the_permission_at_their_scope_and_pass_the_po
     assert evaluated["actor"]["id"] == editor_id and evaluated["scope"] == "account.acme.pay"
     assert {w["message"] for w in evaluated["data"]["warnings"]} == {"no tags"}
     assert len(evaluated["data"]["policy_sets"]) == 2
+
+
+def component(name: str, **metadata: Any) -> dict[str, Any]:
+    return {
+        "apiVersion": "backstage.io/v1alpha1",
+        "kind": "Component",
+        "metadata": {"name": name, **metadata},
+        "spec": {"type": "service", "lifecycle": "production", "owner": "team"},
+    }
+
+
+async def test_catalog_single_reads_answer_404_outside_the_callers_reach(suite, http, anonymous_http):
+    identity, catalog = suite["identity_sync"], suite["catalog"]
+    api = f"{catalog.url}/api/catalog"
+    created = {}
+    for scope, name in [("account.acme.pay", "in-pay"), ("account.other", "elsewhere")]:
+        created[name] = await call(http, "POST", f"{api}/entities", 201, params={"scope": scope}, json=component(name))
+    ann_id, ann = await user_with_token(http, identity, "reader")
+    await everywhere(
+        suite, await grant(http, identity, f"user:{ann_id}", "account.acme", permissions=["catalog_entity_view"])
+    )
+    as_ann = {"headers": bearer(ann)}
+    by_name = f"{api}/entities/by-name/component/default"
+
+    await call(anonymous_http, "GET", f"{by_name}/in-pay", 200, params={"scope": "account.acme.pay"}, **as_ann)
+    await call(anonymous_http, "GET", f"{by_name}/elsewhere", 404, params={"scope": "account.other"}, **as_ann)
+    await call(anonymous_http, "GET", f"{by_name}/elsewhere/ancestry", 404, params={"scope": "account.other"}, **as_ann)
+    await call(anonymous_http, "GET", f"{api}/entities/by-uid/{created['in-pay']['metadata']['uid']}", 200, **as_ann)
+    other_uid = created["elsewhere"]["metadata"]["uid"]
+    await call(anonymous_http, "GET", f"{api}/entities/by-uid/{other_uid}", 404, **as_ann)
+    await call(http, "GET", f"{api}/entities/by-uid/{other_uid}", 200)  # it is there, for the administrator
+    refs = {"entityRefs": ["component:in-pay@account.acme.pay", "component:elsewhere@account.other"]}
+    found = await call(anonymous_http, "POST", f"{api}/entities/by-refs", 200, json=refs, **as_ann)
+    assert [item and item["metadata"]["name"] for item in found["items"]] == ["in-pay", None]
+    hits = await call(anonymous_http, "GET", f"{api}/search", 200, params={"q": "in elsewhere"}, **as_ann)
+    assert hits["totalItems"] == 0
+    hits = await call(anonymous_http, "GET", f"{api}/search", 200, params={"q": "pay"}, **as_ann)
+    assert [h["entity"]["metadata"]["name"] for h in hits["items"]] == ["in-pay"]
+    graph = {"root": "component:elsewhere@account.other"}
+    await call(anonymous_http, "GET", f"{api}/graph", 404, params=graph, **as_ann)
+    await call(anonymous_http, "PUT", f"{api}/favorites/{other_uid}", 404, **as_ann)
+
+
+async def test_restricted_entities_are_seen_and_edited_by_their_owners_only(suite, http, anonymous_http):
+    identity, catalog = suite["identity_sync"], suite["catalog"]
+    api, base = f"{catalog.url}/api/catalog", f"{identity.url}/api/identity"
+    owner_id, owner = await user_with_token(http, identity, "owner")
+    other_id, other = await user_with_token(http, identity, "other")
+    team = await call(http, "POST", f"{base}/groups", 201, json={"name": "vault-team"})
+    await call(http, "PUT", f"{base}/groups/{team['id']}/members/{owner_id}", 204)
+    for user_id in (owner_id, other_id):
+        version = await grant(http, identity, f"user:{user_id}", "account", role_id="_viewer")
+    await everywhere(suite, version)
+
+    async def mirrored() -> bool:
+        async with http.get(f"{api}/entities/by-name/group/default/vault-team") as r:
+            return r.status == 200 and "user:default/owner" in {
+                rel["targetRef"] for rel in (await r.json()).get("relations", []) if rel["type"] == "hasMember"
+            }
+
+    await eventually(mirrored)
+    secret = component("vault", tags=["secrets"])
+    secret["spec"]["owner"] = "group:default/vault-team"
+    await call(http, "POST", f"{api}/entities", 201, json=secret)
+    await call(http, "POST", f"{api}/entities", 201, json=component("open"))
+    by_name = f"{api}/entities/by-name/component/default/vault"
+
+    for token, sees in ((owner, True), (other, False)):
+        as_user = {"headers": bearer(token)}
+        listed = await call(
+            anonymous_http, "GET", f"{api}/entities", 200, params={"filter": "kind=component"}, **as_user
+        )
+        assert sorted(e["metadata"]["name"] for e in listed) == (["open", "vault"] if sees else ["open"])
+        page = await call(
+            anonymous_http, "GET", f"{api}/entities/by-query", 200, params={"filter": "kind=component"}, **as_user
+        )
+        assert page["totalItems"] == (2 if sees else 1)
+        await call(anonymous_http, "GET", by_name, 200 if sees else 404, **as_user)
+        hits = await call(
+            anonymous_http, "GET", f"{api}/search", 200, params={"q": "vault", "kind": "component"}, **as_user
+        )
+        assert len(hits["items"]) == (1 if sees else 0)
+        # Owners may edit their own entity without a binding granting catalog_entity_edit; others may not.
+        edited = {**secret, "metadata": {**secret["metadata"], "description": "edited"}}
+        await call(anonymous_http, "PUT", by_name, 200 if sees else 403, json=edited, **as_user)
+        ingest = {"items": [{"entityRef": "component:vault", "properties": {"metadata.annotations.x": "1"}}]}
+        await call(anonymous_http, "POST", f"{api}/ingest", 200 if sees else 403, json=ingest, **as_user)
+        # …but not an entity they do not own.
+        await call(
+            anonymous_http,
+            "PUT",
+            f"{api}/entities/by-name/component/default/open",
+            403,
+            json=component("open"),
+            **as_user,
+        )
+    # Neither may delete: the owner rule covers edits only.
+    uid = (await call(http, "GET", by_name, 200))["metadata"]["uid"]
+    await call(anonymous_http, "DELETE", f"{api}/entities/by-uid/{uid}", 403, headers=bearer(owner))
+    await call(http, "DELETE", f"{api}/entities/by-uid/{uid}", 204)
+
+
+async def test_catalog_deletes_locations_refresh_and_kinds_need_the_permission_at_their_scope(
+    suite, http, anonymous_http, tmp_path
+):
+    identity, catalog = suite["identity_sync"], suite["catalog"]
+    api = f"{catalog.url}/api/catalog"
+    editor_id, editor = await user_with_token(http, identity, "scoped-editor")
+    await everywhere(suite, await grant(http, identity, f"user:{editor_id}", "account.acme", role_id="_catalog_editor"))
+    as_editor = {"headers": bearer(editor)}
+    uids = {}
+    for scope in ("account.acme", "account.other"):
+        entity = await call(http, "POST", f"{api}/entities", 201, params={"scope": scope}, json=component("svc"))
+        uids[scope] = entity["metadata"]["uid"]
+    await call(anonymous_http, "DELETE", f"{api}/entities/by-uid/{uids['account.other']}", 403, **as_editor)
+    await call(anonymous_http, "DELETE", f"{api}/entities/by-uid/{uids['account.acme']}", 204, **as_editor)
+
+    catalog_file = tmp_path / "catalog-info.yaml"
+    catalog_file.write_text(
+        "apiVersion: backstage.io/v1alpha1\nkind: Group\nmetadata: {name: g}\nspec: {type: team, children: []}\n"
+    )
+    spec = {"type": "file", "target": str(catalog_file)}
+    await call(
+        anonymous_http, "POST", f"{api}/locations", 403, params={"scope": "account.other"}, json=spec, **as_editor
+    )
+    await call(
+        anonymous_http,
+        "POST",
+        f"{api}/analyze-location",
+        403,
+        params={"scope": "account.other"},
+        json={"location": spec},
+        **as_editor,
+    )
+    mine = await call(
+        anonymous_http, "POST", f"{api}/locations", 201, params={"scope": "account.acme"}, json=spec, **as_editor
+    )
+    theirs = await call(http, "POST", f"{api}/locations", 201, params={"scope": "account.other"}, json=spec)
+    listed = await call(anonymous_http, "GET", f"{api}/locations", 200, **as_editor)
+    assert [item["data"]["id"] for item in listed] == [mine["location"]["id"]]
+    await call(anonymous_http, "GET", f"{api}/locations/{theirs['location']['id']}", 404, **as_editor)
+    await call(anonymous_http, "DELETE", f"{api}/locations/{theirs['location']['id']}", 403, **as_editor)
+    refresh = {"entityRef": "group:g"}
+    await call(
+        anonymous_http, "POST", f"{api}/refresh", 403, params={"scope": "account.other"}, json=refresh, **as_editor
+    )
+    await call(
+        anonymous_http, "POST", f"{api}/refresh", 200, params={"scope": "account.acme"}, json=refresh, **as_editor
+    )
+    await call(anonymous_http, "DELETE", f"{api}/locations/{mine['location']['id']}", 204, **as_editor)
+    # Kinds hold at every scope: an org's catalog editor may not register one.
+    kind = {"apiVersion": "example.com/v1", "kind": "Widget", "schema": {"type": "object"}}
+    await call(anonymous_http, "POST", f"{api}/kinds", 403, json=kind, **as_editor)
+
+
+CRUD = ("view", "create", "edit", "delete")
+
+
+async def test_identity_groups_and_service_accounts_are_managed_where_the_callers_bindings_reach(
+    suite, http, anonymous_http
+):
+    identity = suite["identity_sync"]
+    base = f"{identity.url}/api/identity"
+    manage = [f"identity_{resource}_{action}" for resource in ("group", "service_account") for action in CRUD]
+    manage += ["identity_api_key_view", "identity_api_key_create", "identity_user_view", "identity_user_create"]
+    manage += ["identity_user_edit"]
+    admin_id, org_admin = await user_with_token(http, identity, "org-admin")
+    await everywhere(suite, await grant(http, identity, f"user:{admin_id}", "account.acme", permissions=manage))
+    as_admin = {"headers": bearer(org_admin)}
+    theirs = await call(http, "POST", f"{base}/groups", 201, json={"name": "theirs", "scope": "account.other"})
+    their_account = await call(
+        http, "POST", f"{base}/service-accounts", 201, json={"name": "their-bot", "scope": "account.other"}
+    )
+
+    await call(anonymous_http, "POST", f"{base}/groups", 403, json={"name": "x", "scope": "account.other"}, **as_admin)
+    ours = await call(
+        anonymous_http, "POST", f"{base}/groups", 201, json={"name": "ours", "scope": "account.acme.pay"}, **as_admin
+    )
+    listed = await call(anonymous_http, "GET", f"{base}/groups", 200, **as_admin)
+    assert [g["name"] for g in listed["items"]] == ["ours"] and listed["totalItems"] == 1
+    await call(anonymous_http, "GET", f"{base}/groups/{theirs['id']}", 404, **as_admin)
+    await call(anonymous_http, "PATCH", f"{base}/groups/{theirs['id']}", 404, json={"name": "mine"}, **as_admin)
+    await call(anonymous_http, "PUT", f"{base}/groups/{theirs['id']}/members/{admin_id}", 404, **as_admin)
+    await call(anonymous_http, "DELETE", f"{base}/groups/{theirs['id']}", 404, **as_admin)
+    await call(anonymous_http, "PUT", f"{base}/groups/{ours['id']}/members/{admin_id}", 204, **as_admin)
+
+    bot = {"name": "bot", "scope": "account.other"}
+    await call(anonymous_http, "POST", f"{base}/service-accounts", 403, json=bot, **as_admin)
+    ours_bot = await call(
+        anonymous_http, "POST", f"{base}/service-accounts", 201, json={**bot, "scope": "account.acme"}, **as_admin
+    )
+    listed = await call(anonymous_http, "GET", f"{base}/service-accounts", 200, **as_admin)
+    assert [a["name"] for a in listed["items"]] == ["bot"]
+    await call(
+        anonymous_http,
+        "POST",
+        f"{base}/service-accounts/{their_account['id']}/keys",
+        404,
+        json={"name": "k"},
+        **as_admin,
+    )
+    await call(
+        anonymous_http, "POST", f"{base}/service-accounts/{ours_bot['id']}/keys", 201, json={"name": "k"}, **as_admin
+    )
+    # Users are account-wide: an org's administrator sees the directory but may not create or change users.
+    await call(anonymous_http, "GET", f"{base}/users", 200, **as_admin)
+    await call(anonymous_http, "POST", f"{base}/users", 403, json={"username": "new"}, **as_admin)
+    await call(anonymous_http, "POST", f"{base}/users/{admin_id}/deactivate", 403, **as_admin)
+
+
+NO_EXPERIMENTS = """package idp.experiments
+import rego.v1
+deny contains msg if { input.resource.spec.lifecycle == "experimental"; msg := "no experiments here" }
+"""
+
+
+def component_yaml(name: str, lifecycle: str) -> str:
+    return (
+        f"apiVersion: backstage.io/v1alpha1\nkind: Component\nmetadata: {{name: {name}}}\n"
+        f"spec: {{type: service, lifecycle: {lifecycle}, owner: team}}\n"
+    )
+
+
+async def test_entities_read_from_locations_pass_the_policy_sets_on_entity_writes(suite, http, tmp_path):
+    identity, catalog = suite["identity_sync"], suite["catalog"]
+    base, api = f"{identity.url}/api/identity", f"{catalog.url}/api/catalog"
+    policy = await call(
+        http, "POST", f"{base}/policies", 201, json={"scope": "account", "name": "e", "source": NO_EXPERIMENTS}
+    )
+    policy_set = {"scope": "account.acme", "name": "deny", "actions": ["catalog_entity_create", "catalog_entity_edit"]}
+    created = await call(
+        http, "POST", f"{base}/policy-sets", 201, json={**policy_set, "policy_ids": [policy["id"]], "mode": "deny"}
+    )
+    await everywhere(suite, created["version"])
+    catalog_file = tmp_path / "catalog-info.yaml"
+    catalog_file.write_text(component_yaml("good", "production") + "---\n" + component_yaml("bad", "experimental"))
+    spec = {"type": "file", "target": str(catalog_file)}
+    pay = {"scope": "account.acme.pay"}
+    registered = await call(http, "POST", f"{api}/locations", 201, params=pay, json=spec)
+    location_url = f"{api}/locations/{registered['location']['id']}"
+    location = await call(http, "GET", location_url, 200)
+    assert [e["message"] for e in location["errors"]] == ["component:default/bad denied by policy: no experiments here"]
+    by_name = f"{api}/entities/by-name/component/default"
+    await call(http, "GET", f"{by_name}/good", 200, params=pay)
+    await call(http, "GET", f"{by_name}/bad", 404, params=pay)
+    # An edit that breaks the policy leaves the stored entity as it was, and the refresh reports it.
+    catalog_file.write_text(component_yaml("good", "experimental"))
+    await call(http, "POST", f"{api}/refresh", 200, params=pay, json={"entityRef": "component:good"})
+    assert (await call(http, "GET", f"{by_name}/good", 200, params=pay))["spec"]["lifecycle"] == "production"
+    location = await call(http, "GET", location_url, 200)
+    assert [e["message"] for e in location["errors"]] == [
+        "component:default/good denied by policy: no experiments here"
+    ]
+    # Outside the set's scope the same file ingests whole.
+    elsewhere = await call(http, "POST", f"{api}/locations", 201, params={"scope": "account.other"}, json=spec)
+    assert (await call(http, "GET", f"{api}/locations/{elsewhere['location']['id']}", 200)).get("errors", []) == []

@@ -4,6 +4,8 @@ from pathlib import Path
 
 import yaml
 
+from services.delegate.agent import parse_args
+
 REPO = Path(__file__).resolve().parents[2]
 DEPLOY = REPO / "deploy"
 MODULES = {"catalog", "identity_sync", "workflow", "scorecard", "audit", "plugin_proxy"}
@@ -133,3 +135,53 @@ def test_compose_does_not_take_the_standard_nats_and_postgres_ports():
     """A developer machine may already run NATS on 4222 and PostgreSQL on 5432."""
     published = [str(p) for svc in compose()["services"].values() for p in svc.get("ports", [])]
     assert not [p for p in published if p.split(":")[0] in {"4222", "5432"}], published
+
+
+DELEGATE = DEPLOY / "delegate"
+
+
+def delegate_manifests() -> list[dict]:
+    return [doc for path in sorted(DELEGATE.glob("*.yaml")) for doc in load(path)]
+
+
+def test_delegate_kustomization_lists_its_manifests():
+    """deploy/delegate/ is applied on its own, in the private network the agent reaches."""
+    (kustomization,) = load(DELEGATE / "kustomization.yaml")
+    on_disk = {p.name for p in DELEGATE.glob("*.yaml")} - {"kustomization.yaml"}
+    assert sorted(kustomization["resources"]) == sorted(on_disk)
+
+
+def test_delegate_runs_two_outbound_only_replicas_with_its_token_from_a_secret():
+    docs = delegate_manifests()
+    (deployment,) = [d for d in docs if d["kind"] == "Deployment"]
+    assert deployment["spec"]["replicas"] == 2
+    c = container(deployment)
+    assert module_of(c["args"]) == "delegate" and (REPO / "services" / "delegate" / "__main__.py").exists()
+    (token,) = [e for e in c["env"] if e["name"] == "IDP_DELEGATE_TOKEN"]
+    assert token["valueFrom"]["secretKeyRef"] == {"name": "idp-delegate", "key": "token"}
+    assert "ports" not in c and not [d for d in docs if d["kind"] in ("Service", "Ingress")]
+    (policy,) = [d for d in docs if d["kind"] == "NetworkPolicy"]
+    assert policy["spec"]["policyTypes"] == ["Ingress"] and "ingress" not in policy["spec"]
+
+
+def test_delegate_is_non_root_read_only_and_memory_bounded():
+    (deployment,) = [d for d in delegate_manifests() if d["kind"] == "Deployment"]
+    pod = deployment["spec"]["template"]["spec"]
+    c = container(deployment)
+    assert pod["securityContext"]["runAsNonRoot"] and pod["securityContext"]["runAsUser"] != 0
+    assert c["securityContext"]["readOnlyRootFilesystem"] and not c["securityContext"]["allowPrivilegeEscalation"]
+    assert c["resources"]["requests"]["memory"] == "64Mi" and c["resources"]["limits"]["memory"] == "128Mi"
+
+
+def test_delegate_config_is_what_the_agent_accepts():
+    """The ConfigMap the Deployment reads parses with the agent's own argument rules."""
+    (deployment,) = [d for d in delegate_manifests() if d["kind"] == "Deployment"]
+    (source,) = container(deployment)["envFrom"]
+    (config,) = [
+        d
+        for d in delegate_manifests()
+        if d["kind"] == "ConfigMap" and d["metadata"]["name"] == source["configMapRef"]["name"]
+    ]
+    config = parse_args([], environ={**config["data"], "IDP_DELEGATE_TOKEN": "corp." + "s" * 40})
+    assert config.tags and (config.policy.allowed_hosts or config.policy.allowed_networks)
+    assert not config.policy.allow_public

@@ -98,3 +98,21 @@ async def test_bad_query_parameters_are_problems(catalog, http):
             assert r.status == 400 and (await r.json())["errors"][0]["field"] == field
     async with http.get(f"{catalog.url}/api/catalog/entity-facets") as r:
         assert r.status == 400
+
+
+async def test_by_query_pinned_to_a_kind_pages_in_ref_order(catalog, http):
+    """A filter that pins the kind walks the kind's entities in ref order instead of sorting every match."""
+    api = {**BASE, "kind": "API", "metadata": {"name": "a"}, "spec": {**BASE["spec"], "definition": "x"}}
+    async with http.post(f"{catalog.url}/api/catalog/entities", json=api) as r:
+        assert r.status == 201, await r.text()
+    url = f"{catalog.url}/api/catalog/entities/by-query"
+    params = {"filter": "kind=component,spec.type=service", "limit": "3", "fields": "metadata.name"}
+    names, cursor = [], None
+    while True:
+        async with http.get(url, params={"cursor": cursor, "limit": "3"} if cursor else params) as r:
+            page = await r.json()
+        assert page["totalItems"] == 8
+        names += [i["metadata"]["name"] for i in page["items"]]
+        if not (cursor := page["pageInfo"].get("nextCursor")):
+            break
+    assert names == [f"svc-{i:02d}" for i in range(12) if i % 3 != 1]

@@ -29,9 +29,9 @@ async def proxy(make_settings: Callable[..., Any]) -> AsyncIterator[RunningServi
         yield service
 
 
-def upstream_app(interrupted: asyncio.Event | None = None) -> web.Application:
-    """An internal system: echoes what it got, streams, stalls, redirects; sets `interrupted` when a caller hangs
-    up on a stream or a stall."""
+def upstream_app(interrupted: asyncio.Event | None = None, arrived: asyncio.Event | None = None) -> web.Application:
+    """An internal system: echoes what it got, streams, stalls, redirects; sets `arrived` when a stall starts and
+    `interrupted` when a caller hangs up on a stream or a stall."""
 
     async def echo(request: web.Request) -> web.Response:
         body = await request.read()
@@ -69,6 +69,8 @@ def upstream_app(interrupted: asyncio.Event | None = None) -> web.Application:
         return web.json_response({"received": total})
 
     async def slow(request: web.Request) -> web.Response:
+        if arrived is not None:
+            arrived.set()
         try:
             await asyncio.sleep(float(request.query.get("seconds", "5")))
         except asyncio.CancelledError:

@@ -14,6 +14,7 @@ from services.catalog.query import (
     matches,
     parse_fields_param,
     parse_filter_params,
+    pinned_kind,
     project_fields,
 )
 from shared.errors import InputError
@@ -297,3 +298,13 @@ def test_matches_counts_the_example_catalog_like_backstage():
     assert count("kind=component,spec.type=website,spec.type=library") == 3
     assert count("metadata.tags.java") == 4
     assert count("metadata.namespace=default") == len(catalog) - 1  # one example user lives in `development`
+
+
+def test_pinned_kind_is_the_one_kind_every_match_has():
+    assert pinned_kind(parse_filter_params(["kind=Component,spec.type=service"])) == "component"
+    assert pinned_kind(parse_filter_params(["kind=component", "kind=component,spec.type=website"])) == "component"
+    assert pinned_kind(parse_filter_params(["kind=component", "kind=api"])) is None
+    assert pinned_kind(parse_filter_params(["kind=component,kind=api"])) is None
+    assert pinned_kind(parse_filter_params(["kind=component", "spec.type=service"])) is None
+    assert pinned_kind(parse_filter_params(["kind"])) is None
+    assert pinned_kind(None) is None

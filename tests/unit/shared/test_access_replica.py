@@ -47,3 +47,16 @@ def test_principal_changes_nesting_and_deletion():
     assert replica.check(ANN, "catalog_entity_view", PAY).allowed
     replica.apply_event("identity.user.deleted", "ann", {"access_version": 8})
     assert not replica.check(ANN, "catalog_entity_view", PAY).allowed
+
+
+def test_owners_pass_the_route_check_for_owner_edits_only_where_they_may_view():
+    replica = AccessReplica()
+    replica.load(AccessSnapshot(version=1, resource_groups=[GROUP], role_bindings=[RoleBinding(**BINDING)]))
+    replica.apply_event("identity.group.member_added", "team", {"access_version": 2, "user_id": "ann"})
+    # Ann views through her group; whether she may edit an entity is decided by the handler, on its owners.
+    assert replica.holds_anywhere(ANN, "catalog_entity_edit")
+    assert not replica.holds_anywhere(ANN, "catalog_entity_delete")
+    assert not replica.holds_anywhere(Principal(kind="user", id="nobody"), "catalog_entity_edit")
+    strict = AccessReplica(owners_may_edit=False)
+    strict.load(AccessSnapshot(version=2, resource_groups=[GROUP], role_bindings=[RoleBinding(**BINDING)]))
+    assert not strict.holds_anywhere(ANN, "catalog_entity_edit")

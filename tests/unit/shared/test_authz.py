@@ -8,10 +8,12 @@ from shared.authz import (
     Role,
     RoleBinding,
     Snapshot,
+    Visibility,
     all_permissions,
     validate_binding,
     validate_permissions,
     validate_resource_group,
+    visibility_condition,
 )
 from shared.errors import InputError
 from shared.scopes import ancestors, contains
@@ -123,6 +125,38 @@ def test_visibility_describes_the_sql_filter():
     assert seen.subtrees == {"account.acme"} and seen.scopes == {"account.acme.pay"}
     assert not seen.everything and not seen.sees_restricted
     assert access.visibility("user:nobody", "catalog_entity_view").nothing
+
+
+def test_visibility_covers_what_its_sql_condition_selects():
+    seen = Visibility(
+        scopes=frozenset({"account.a"}),
+        subtrees=frozenset({"account.b"}),
+        named=frozenset({("account.c", "component:default/x")}),
+    )
+    assert seen.covers("account.a") and not seen.covers("account.a.p")
+    assert seen.covers("account.b") and seen.covers("account.b.p") and not seen.covers("account.bb")
+    assert seen.covers("account.c", "component:default/x") and not seen.covers("account.c", "component:default/y")
+    args: list = []
+
+    def arg(value):
+        args.append(value)
+        return f"${len(args)}"
+
+    condition = visibility_condition(seen, "scope", arg, id_column="ref")
+    assert condition == (
+        "(scope = ANY($1::text[]) OR starts_with(scope, 'account.b.')"
+        " OR (scope = 'account.c' AND ref = ANY($2::text[])))"
+    )
+    assert args == [["account.a", "account.b"], ["component:default/x"]]
+    assert visibility_condition(Visibility(), "scope", arg) == "FALSE"
+
+
+def test_only_owner_editable_permissions_follow_the_owner_rule():
+    access = state(memberships={"user:owner": ["team"]})
+    owned = entity("account.acme", owners=frozenset({"group:team"}))
+    assert access.may("user:owner", "catalog_entity_edit", owned)
+    assert not access.may("user:owner", "catalog_entity_delete", owned)
+    assert not access.may("user:owner", "catalog_location_edit", owned)
 
 
 def test_changes_take_effect_on_the_next_check():
