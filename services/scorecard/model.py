@@ -535,7 +535,7 @@ class AlertDeliveryQuery(msgspec.Struct, frozen=True, forbid_unknown_fields=True
     status: DeliveryStatus | None = None
     limit: Annotated[int, msgspec.Meta(ge=1, le=500)] = 100
     cursor: str | None = None
-    """The last id of the previous page (`nextCursor`)."""
+    """`nextCursor` of the previous page."""
 
 
 class AlertDeliveryPage(msgspec.Struct, frozen=True):

@@ -27,8 +27,9 @@ from yarl import URL
 
 from services.scorecard import store
 from services.scorecard.model import AlertDelivery, AlertDeliveryPage, AlertDeliveryQuery, retry_delay
+from shared.cursors import decode_cursor, encode_cursor
 from shared.db import transaction
-from shared.errors import ConflictError, InputError, NotFoundError
+from shared.errors import ConflictError, NotFoundError
 from shared.events import SYSTEM, Actor, ResourceRef, new_event, new_event_id
 from shared.outbox import write_event
 
@@ -149,15 +150,11 @@ async def prune(pool: asyncpg.Pool) -> None:
 
 
 async def list_deliveries(pool: asyncpg.Pool, query: AlertDeliveryQuery) -> AlertDeliveryPage:
-    if query.cursor is not None:
-        try:
-            uuid.UUID(query.cursor)
-        except ValueError:
-            raise InputError.for_field("cursor", "not a cursor this list returned") from None
+    after = None if query.cursor is None else str(decode_cursor(query.cursor, uuid.UUID))
     async with pool.acquire() as conn:
-        rows = await store.list_deliveries(conn, query.status, query.cursor, query.limit + 1)
+        rows = await store.list_deliveries(conn, query.status, after, query.limit + 1)
     items = [view(r) for r in rows[: query.limit]]
-    return AlertDeliveryPage(items, items[-1].id if len(rows) > query.limit else None)
+    return AlertDeliveryPage(items, encode_cursor(items[-1].id) if len(rows) > query.limit else None)
 
 
 def _known_id(delivery_id: str) -> str:

@@ -146,6 +146,8 @@ async def test_a_delivery_failing_every_attempt_is_kept_failed_and_can_be_sent_a
     assert len(received) == 4
     async with http.get(f"{scorecard.url}/api/scorecard/alert-deliveries", params={"status": "failed"}) as r:
         assert [d["id"] for d in (await r.json())["items"]] == [delivery_id]
+    async with http.get(f"{scorecard.url}/api/scorecard/alert-deliveries", params={"cursor": "nope"}) as r:
+        assert r.status == 400 and (await r.json())["errors"][0]["field"] == "query.cursor"
     events = await scorecard.deps.pool.fetch("SELECT subject FROM outbox ORDER BY seq")
     assert [e["subject"] for e in events].count("idp.evt.scorecard.alert_delivery.failed") == 1
 
