@@ -14,7 +14,10 @@ schema (medians reported):
 3. latency: `--updates-per-second` entity updates through the catalog's HTTP API (each flips the lifecycle of a
    component, so its score changes), each timed until its `scorecard.score.changed` event (written in the same
    transaction as the new score) arrives: from the request, from the catalog's response, and from the catalog's
-   `catalog.entity.updated` event reaching NATS (the scorecard service's own part); p50/p99.
+   `catalog.entity.updated` event reaching NATS (the scorecard service's own part); p50/p99;
+4. the scorecard's part at the offered rate whatever the catalog sustains: as many `catalog.entity.updated` events
+   (a lifecycle flip each, as the catalog writes them) published straight to the stream at
+   `--updates-per-second`, each timed from its publication to its `scorecard.score.changed`.
 """
 
 from __future__ import annotations
@@ -47,7 +50,8 @@ from services.catalog.model import StoredEntity, document_etag
 from services.catalog.service import prepare_document
 from services.catalog.stitching import restitch
 from shared import db
-from shared.events import decode_event
+from shared.bus import publish_event
+from shared.events import Actor, ResourceRef, decode_event, new_event
 
 GENERATOR = stack.ROOT.parent / "shared" / "bench" / "gen_entities.py"
 
@@ -235,6 +239,10 @@ async def measure(args: argparse.Namespace, servers: stack.Servers, tmp: Path, d
     for key in ("request_to_score", "catalog_response_to_score", "catalog_event_to_score", "catalog_put"):
         for quantile in ("p50_ms", "p99_ms"):
             summary[f"{key}_{quantile}"] = statistics.median(r["update_to_score"][key][quantile] for r in runs)
+    for quantile in ("p50_ms", "p99_ms"):
+        summary[f"direct_event_to_score_{quantile}"] = statistics.median(
+            r["direct_event_to_score"]["event_to_score"][quantile] for r in runs
+        )
     return {"entities": loaded, "catalog_load_s": round(load_s, 1), "median": summary, "runs": runs}
 
 
@@ -274,6 +282,7 @@ async def measure_run(
             pairs = await db_conn.fetchval("SELECT count(*) FROM scorecard.results")
             scores = await db_conn.fetchval("SELECT count(*) FROM scorecard.scores")
             latency = await update_latency(args, servers, http, catalog_url, components, seed=run)
+            direct = await direct_latency(args, servers, db_conn, components, seed=run)
     finally:
         await db_conn.close()
         scorecard.stop()
@@ -284,6 +293,7 @@ async def measure_run(
         "scores": scores,
         "check_evaluations_per_s": round(pairs / evaluation_s),
         "update_to_score": latency,
+        "direct_event_to_score": direct,
     }
 
 
@@ -349,6 +359,65 @@ async def update_latency(
         "catalog_response_to_score": percentiles([scored[r] - committed[r] for r in scored]),
         "catalog_put": percentiles([committed[r] - sent[r] for r in committed]),
         "catalog_event_to_score": percentiles([scored[r] - published[r] for r in scored if r in published]),
+    }
+
+
+async def direct_latency(args, servers, db_conn, components: dict[str, dict], seed: int) -> dict[str, Any]:
+    """Publish lifecycle flips of components as `catalog.entity.updated` events at the offered rate; time each
+    until its `scorecard.score.changed`. The catalog is not told: the projection differs from it until the next
+    run's sync, and `components` keeps the catalog's view."""
+    count = min(len(components), int(args.updates_per_second * args.seconds))
+    chosen = {
+        f"component:default/{name}": name for name in random.Random(seed + 1000).sample(sorted(components), count)
+    }
+    rows = await db_conn.fetch(
+        "SELECT uid::text AS uid, ref FROM scorecard.entities WHERE ref = ANY($1::text[])", list(chosen)
+    )
+    uids = {r["ref"]: r["uid"] for r in rows}
+    sent: dict[str, float] = {}
+    scored: dict[str, float] = {}
+    all_scored = asyncio.Event()
+    nc = await nats.connect(servers.nats_url)
+    js = nc.jetstream()
+
+    async def on_score(msg) -> None:
+        ref = decode_event(msg.data).resource.id
+        if ref in sent and ref not in scored:
+            scored[ref] = time.perf_counter()
+            if len(scored) == len(chosen):
+                all_scored.set()
+
+    await nc.subscribe("idp.evt.scorecard.score.changed", cb=on_score)
+
+    async def publish(ref: str) -> None:
+        before = components[chosen[ref]]["spec"].get("lifecycle")
+        after = "experimental" if before == "production" else "production"
+        event = new_event(
+            "catalog.entity.updated",
+            source="catalog",
+            actor=Actor("user", "bench"),
+            resource=ResourceRef("entity", ref),
+            data={"uid": uids[ref], "changes": {"spec.lifecycle": {"before": before, "after": after}}, "generation": 1},
+        )
+        sent[ref] = time.perf_counter()
+        await publish_event(js, event)
+
+    interval = 1 / args.updates_per_second
+    started = time.perf_counter()
+    tasks = []
+    for i, ref in enumerate(chosen):
+        await asyncio.sleep(max(0.0, started + i * interval - time.perf_counter()))
+        tasks.append(asyncio.create_task(publish(ref)))
+    await asyncio.gather(*tasks)
+    offered_s = time.perf_counter() - started
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(all_scored.wait(), 60)
+    await nc.close()
+    return {
+        "events": len(chosen),
+        "achieved_events_per_s": round(len(chosen) / offered_s, 1),
+        "scored": len(scored),
+        "event_to_score": percentiles([scored[r] - sent[r] for r in scored]),
     }
 
 

@@ -32,6 +32,8 @@ PREFERRED_PORTS = dict(zip(SERVICES, range(8081, 8087), strict=True))
 STATE_FILE = "stack.json"
 DEMO_DATA = Path(__file__).parent / "demo" / "fernhill.yaml"
 DEMO_MARKER = "demo-loaded"
+SCORECARD_KEY = Path("secrets") / "scorecard-api-key"
+"""The scorecard service account's API key, which the scorecard calls the plugin-proxy with."""
 READY_TIMEOUT = 180.0
 STOP_TIMEOUT = 15.0
 
@@ -195,8 +197,14 @@ class Stack:
         ports = {
             name: PREFERRED_PORTS[name] if _port_is_free(PREFERRED_PORTS[name]) else free_port() for name in SERVICES
         }
-        # Identity-sync reassigns ownership through the catalog's HTTP API.
-        env = {**env, "IDP_CATALOG_URL": f"http://127.0.0.1:{ports['catalog']}"}
+        # Identity-sync reassigns ownership through the catalog's HTTP API; the scorecard reads repository files
+        # through the plugin-proxy with its service account's key (`provision_scorecard_account`).
+        env = {
+            "IDP_PROXY_URL": f"http://127.0.0.1:{ports['plugin_proxy']}",
+            "IDP_PROXY_TOKEN": f"file:{(self.data_dir / SCORECARD_KEY).resolve()}",
+            **env,
+            "IDP_CATALOG_URL": f"http://127.0.0.1:{ports['catalog']}",
+        }
         for name, port in ports.items():
             self.services.append(
                 ServiceProcess(name, port, {**env, "IDP_HTTP_PORT": str(port)}, self.data_dir / "logs" / f"{name}.log")
@@ -278,6 +286,10 @@ async def _run(stack: Stack, stop: asyncio.Event) -> int:
             if svc.name in not_ready:
                 print(f"! {svc.name} is not ready after {READY_TIMEOUT:.0f}s; last log lines:\n{svc.tail()}")
         return 1
+    key_path = stack.data_dir / SCORECARD_KEY
+    if not key_path.exists():
+        identity = next(s for s in stack.services if s.name == "identity_sync")
+        await provision_scorecard_account(identity.url, token, key_path)
     marker = stack.data_dir / DEMO_MARKER
     if not marker.exists():
         catalog = next(s for s in stack.services if s.name == "catalog")
@@ -307,6 +319,36 @@ async def load_demo_data(catalog_url: str, token: str, path: Path = DEMO_DATA) -
                 elif response.status != 409:
                     raise RuntimeError(f"demo entity {document['metadata']['name']}: {await response.text()}")
     return created
+
+
+async def provision_scorecard_account(identity_url: str, token: str, key_path: Path) -> None:
+    """The `scorecard` service account, bound at the account to a role holding `proxy_endpoint_use`, and a new
+    API key for it in `key_path` (mode 0600), which the scorecard reads as `IDP_PROXY_TOKEN=file:…`."""
+    async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {token}"}) as session:
+
+        async def post(path: str, body: dict[str, Any], accept: tuple[int, ...] = (201,)) -> tuple[int, Any]:
+            async with session.post(f"{identity_url}/api/identity/{path}", json=body) as response:
+                if response.status not in accept:
+                    raise RuntimeError(f"provisioning the scorecard's service account: {await response.text()}")
+                return response.status, await response.json()
+
+        status, account = await post("service-accounts", {"name": "scorecard"}, accept=(201, 409))
+        if status == 409:  # made by an earlier start whose key file is gone: it keeps its binding
+            async with session.get(f"{identity_url}/api/identity/service-accounts", params={"q": "scorecard"}) as r:
+                account = next(a for a in (await r.json())["items"] if a["name"] == "scorecard")
+        else:
+            reach = {"scope": "account", "all_resources": True, "include_child_scopes": True}
+            _, role = await post(
+                "roles", {"scope": "account", "name": "Scorecard files", "permissions": ["proxy_endpoint_use"]}
+            )
+            _, group = await post("resource-groups", {**reach, "name": "Scorecard files"})
+            subject = f"service_account:{account['id']}"
+            binding = {"scope": "account", "subject": subject, "role_id": role["id"], "resource_group_id": group["id"]}
+            await post("role-bindings", binding)
+        _, key = await post(f"service-accounts/{account['id']}/keys", {"name": "proxy", "expires_in_days": 3650})
+    key_path.parent.mkdir(mode=0o700, exist_ok=True)
+    key_path.touch(mode=0o600)
+    key_path.write_text(key["key"])
 
 
 def _print_summary(state: dict[str, Any]) -> None:

@@ -9,11 +9,10 @@ from __future__ import annotations
 import datetime as dt
 import logging
 
-import aiohttp
 import asyncpg
 import msgspec
 
-from services.scorecard import store
+from services.scorecard import store, webhook
 from services.scorecard.model import (
     Alert,
     AlertRuleSpec,
@@ -116,9 +115,14 @@ async def _firing(conn: asyncpg.Connection, spec: AlertRuleSpec, now: dt.datetim
     return {condition.check: drop} if drop >= condition.points else {}
 
 
-async def evaluate_alerts(pool: asyncpg.Pool, webhook_url: str | None, now: dt.datetime | None = None) -> list[Alert]:
-    """Check every rule; emit `scorecard.alert.triggered` for subjects that started firing and send them to
-    the webhook (after the commit; a failed delivery is logged, the event stays the record)."""
+async def evaluate_alerts(
+    pool: asyncpg.Pool,
+    webhook_url: str | None,
+    now: dt.datetime | None = None,
+    policy: webhook.RetryPolicy = webhook.DEFAULT_POLICY,
+) -> list[Alert]:
+    """Check every rule; emit `scorecard.alert.triggered` for subjects that started firing and queue their
+    webhook delivery in the same transaction; the first attempt follows the commit, retries `webhook.py`'s loop."""
     now = now or dt.datetime.now(dt.UTC)
     triggered: list[Alert] = []
     async with transaction(pool) as conn:
@@ -146,18 +150,8 @@ async def evaluate_alerts(pool: asyncpg.Pool, webhook_url: str | None, now: dt.d
                     for alert in triggered
                 ],
             )
+            if webhook_url:
+                await webhook.queue(conn, webhook_url, triggered)
     if triggered and webhook_url:
-        await _send(webhook_url, triggered)
+        await webhook.deliver_due(pool, policy)
     return triggered
-
-
-async def _send(url: str, alerts: list[Alert]) -> None:
-    try:
-        async with (
-            aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as session,
-            session.post(url, data=_encode({"alerts": alerts}), headers={"Content-Type": "application/json"}) as r,
-        ):
-            if r.status >= 300:
-                log.warning("alert webhook answered %s", r.status)
-    except (aiohttp.ClientError, TimeoutError) as exc:
-        log.warning("alert webhook failed: %s", exc)

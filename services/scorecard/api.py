@@ -5,8 +5,11 @@ from __future__ import annotations
 import msgspec
 from aiohttp import web
 
-from services.scorecard import alerts, service
+from services.scorecard import alerts, service, webhook
 from services.scorecard.model import (
+    AlertDelivery,
+    AlertDeliveryPage,
+    AlertDeliveryQuery,
     AlertRuleList,
     AlertRuleSpec,
     AlertRuleView,
@@ -39,6 +42,7 @@ from shared.yamlsafe import YamlError, load_yaml_documents
 YAML_TYPES = ("application/yaml", "application/x-yaml", "text/yaml")
 SCORECARD = "/api/scorecard/scorecards/{id}"
 ALERT_RULE = "/api/scorecard/alert-rules/{id}"
+DELIVERY = "/api/scorecard/alert-deliveries/{id}"
 
 
 async def read_scorecard(request: web.Request) -> ScorecardSpec:
@@ -61,7 +65,7 @@ def _scorecard_response(view: ScorecardView, status: int = 200) -> web.Response:
     return json_response(view, status=status, headers={"ETag": quoted(view.etag)})
 
 
-def routes(deps: Deps, files: FileSource | None = None) -> Routes:
+def routes(deps: Deps, files: FileSource | None, retry_policy: webhook.RetryPolicy) -> Routes:
     pool = deps.pool
     api = Routes(tag="scorecard")
 
@@ -261,6 +265,31 @@ def routes(deps: Deps, files: FileSource | None = None) -> Routes:
             pool, principal_of(request).actor(), request.match_info["id"], request.headers.get("If-Match")
         )
         return web.Response(status=204)
+
+    @api.get(
+        "/api/scorecard/alert-deliveries",
+        summary="Webhook deliveries of triggered alerts, newest first: pending (with the next attempt), delivered, "
+        "failed (with the last error)",
+        permission="scorecard_alert_view",
+        query=AlertDeliveryQuery,
+        response=AlertDeliveryPage,
+    )
+    async def list_alert_deliveries(request: web.Request) -> web.Response:
+        return json_response(await webhook.list_deliveries(pool, parse_query(request, AlertDeliveryQuery)))
+
+    @api.get(DELIVERY, summary="One webhook delivery", permission="scorecard_alert_view", response=AlertDelivery)
+    async def get_alert_delivery(request: web.Request) -> web.Response:
+        return json_response(await webhook.get_delivery(pool, request.match_info["id"]))
+
+    @api.post(
+        DELIVERY + "/retry",
+        summary="Send a delivered or failed delivery again now, with fresh attempts; answers after the first",
+        permission="scorecard_alert_edit",
+        response=AlertDelivery,
+    )
+    async def retry_alert_delivery(request: web.Request) -> web.Response:
+        actor = principal_of(request).actor()
+        return json_response(await webhook.retry(pool, actor, request.match_info["id"], retry_policy))
 
     @api.get(
         "/api/scorecard/dead-letters",

@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Annotated
 
 import msgspec
 
 from services.scorecard import api, handlers
-from services.scorecard.files import LocalFiles
+from services.scorecard.files import MAX_FILE_BYTES, LocalFiles, ProxyFiles, RepositoryFiles, parse_repository_hosts
+from services.scorecard.webhook import RetryPolicy
 from shared.config import BaseSettings
 from shared.http import Routes
+from shared.secretref import SecretError, SecretResolver, parse_secret_ref
 from shared.service import Deps, ServiceDefinition, run_service
 
 
@@ -24,30 +28,96 @@ class Settings(BaseSettings, kw_only=True, forbid_unknown_fields=True):
     """How often alert rules are checked (`IDP_ALERT_INTERVAL_SECONDS`)."""
     alert_webhook_url: str | None = None
     """Where triggered alerts are POSTed as JSON (`IDP_ALERT_WEBHOOK_URL`); none by default."""
+    alert_webhook_max_attempts: Annotated[int, msgspec.Meta(ge=1, le=50)] = 10
+    """Attempts of one delivery before it is `failed` (`IDP_ALERT_WEBHOOK_MAX_ATTEMPTS`)."""
+    alert_webhook_backoff_seconds: Annotated[float, msgspec.Meta(gt=0)] = 5.0
+    """Delay after a delivery's first failed attempt, doubling (with jitter) up to 10 minutes
+    (`IDP_ALERT_WEBHOOK_BACKOFF_SECONDS`)."""
+    alert_webhook_timeout_seconds: Annotated[float, msgspec.Meta(gt=0)] = 10.0
+    """Time allowed for one delivery attempt (`IDP_ALERT_WEBHOOK_TIMEOUT_SECONDS`)."""
+    proxy_url: str | None = None
+    """The plugin-proxy's base URL, through which files of `url:` locations are read (`IDP_PROXY_URL`)."""
+    proxy_token: str | None = None
+    """Secret reference (`env:NAME` or `file:/path`) to the API key of the service account the scorecard calls the
+    proxy as (`IDP_PROXY_TOKEN`); it needs `proxy_endpoint_use` on the repository endpoints."""
+    repository_hosts: str = ""
+    """Which proxy endpoint serves each repository host's files, and at which path (`IDP_REPOSITORY_HOSTS`):
+    `host=endpoint[/raw path]` entries separated by spaces, the raw path built from `{owner}`, `{repo}`, `{ref}`
+    and `{path}` (default GitHub's `/{owner}/{repo}/{ref}/{path}`)."""
+    file_max_bytes: Annotated[int, msgspec.Meta(ge=1)] = MAX_FILE_BYTES
+    """Largest file a rule reads; a larger one makes the rule `unknown` (`IDP_FILE_MAX_BYTES`)."""
+    file_fetch_timeout_seconds: Annotated[float, msgspec.Meta(gt=0)] = 10.0
+    """Time allowed for one file read through the proxy (`IDP_FILE_FETCH_TIMEOUT_SECONDS`)."""
 
-    def files(self) -> LocalFiles:
-        return LocalFiles(tuple(Path(p).expanduser() for p in self.file_roots.split(os.pathsep) if p))
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        parse_repository_hosts(self.repository_hosts)
+        if self.proxy_token is not None:
+            try:
+                parse_secret_ref(self.proxy_token)
+            except SecretError as exc:
+                raise ValueError(f"IDP_PROXY_TOKEN: {exc}") from None
+        if self.repository_hosts and not (self.proxy_url and self.proxy_token):
+            raise ValueError("IDP_REPOSITORY_HOSTS needs IDP_PROXY_URL and IDP_PROXY_TOKEN")
+
+    def retry_policy(self) -> RetryPolicy:
+        return RetryPolicy(
+            max_attempts=self.alert_webhook_max_attempts,
+            backoff_seconds=self.alert_webhook_backoff_seconds,
+            timeout_seconds=self.alert_webhook_timeout_seconds,
+        )
+
+    def local_files(self) -> LocalFiles:
+        return LocalFiles(
+            tuple(Path(p).expanduser() for p in self.file_roots.split(os.pathsep) if p), self.file_max_bytes
+        )
+
+
+@contextlib.asynccontextmanager
+async def open_files(deps: Deps) -> AsyncIterator[RepositoryFiles]:
+    """The file source: `file:` locations under the file roots; `url:` ones through the proxy when configured."""
+    settings: Settings = deps.settings
+    local = settings.local_files()
+    secrets = SecretResolver()
+    remote = None
+    if settings.proxy_url and settings.proxy_token:
+        remote = ProxyFiles(
+            parse_repository_hosts(settings.repository_hosts),
+            settings.proxy_url,
+            settings.proxy_token,
+            secrets=secrets,
+            max_bytes=settings.file_max_bytes,
+            timeout=settings.file_fetch_timeout_seconds,
+        )
+    files = RepositoryFiles(local, remote)
+    try:
+        yield files
+    finally:
+        await files.close()
+        await secrets.close()
 
 
 def _routes(deps: Deps) -> Routes:
-    return api.routes(deps, deps.settings.files())
+    return api.routes(deps, deps.context, deps.settings.retry_policy())
 
 
 async def consume_events(deps: Deps) -> None:
-    await handlers.consume_events(deps, deps.settings.files())
+    await handlers.consume_events(deps, deps.context)
 
 
 async def run_jobs(deps: Deps) -> None:
-    await handlers.run_jobs(deps, deps.settings.files())
+    await handlers.run_jobs(deps, deps.context)
 
 
 async def sync_and_schedule(deps: Deps) -> None:
-    await handlers.sync_and_schedule(deps, deps.settings.files(), deps.settings.schedule_interval_seconds)
+    await handlers.sync_and_schedule(deps, deps.context, deps.settings.schedule_interval_seconds)
 
 
 async def evaluate_alerts(deps: Deps) -> None:
     settings: Settings = deps.settings
-    await handlers.evaluate_alerts_periodically(deps, settings.alert_webhook_url, settings.alert_interval_seconds)
+    await handlers.evaluate_alerts_periodically(
+        deps, settings.alert_webhook_url, settings.retry_policy(), settings.alert_interval_seconds
+    )
 
 
 DEFINITION = ServiceDefinition(
@@ -57,6 +127,7 @@ DEFINITION = ServiceDefinition(
     routes=_routes,
     migrations=Path(__file__).parent / "migrations",
     background=(consume_events, run_jobs, sync_and_schedule, evaluate_alerts),
+    open_context=open_files,
 )
 
 

@@ -15,8 +15,9 @@ import asyncpg
 from prometheus_client import Counter
 
 from services.scorecard import store
+from services.scorecard.files import read_files
 from services.scorecard.model import CompiledScorecard, found_value, score_of
-from services.scorecard.rules import FAIL, PASS, UNKNOWN, Context, FileSource, Outcome
+from services.scorecard.rules import FAIL, PASS, UNKNOWN, Context, FileSource, Outcome, Unreadable
 from services.scorecard.store import EntityKey, ProjectedEntity
 from shared.events import SYSTEM, ResourceRef, new_event
 from shared.outbox import write_events
@@ -68,13 +69,35 @@ class _Inputs:
     related: dict[EntityKey, dict[str, Any]] = field(default_factory=dict)
     data: dict[EntityKey, dict[str, Any]] = field(default_factory=dict)
     events: dict[EntityKey, list[tuple[str, list[str], dt.datetime]]] = field(default_factory=dict)
+    files: dict[str, dict[str, bytes | Unreadable]] | None = None
+    """By uid, the files its rules read; None when no file source is configured."""
+
+
+def file_paths(cards: Iterable[tuple[CompiledScorecard, frozenset[str] | None]]) -> set[str]:
+    """The files the selected checks of these scorecards read."""
+    return {
+        path
+        for card, check_ids in cards
+        for check in card.checks
+        if check_ids is None or check.id in check_ids
+        for path in check.compiled.reads.file_paths
+    }
 
 
 async def load_inputs(
-    conn: asyncpg.Connection, cards: Iterable[CompiledScorecard], entities: list[ProjectedEntity], now: dt.datetime
+    conn: asyncpg.Connection,
+    cards: Iterable[CompiledScorecard],
+    entities: list[ProjectedEntity],
+    now: dt.datetime,
+    files: FileSource | None = None,
+    paths: dict[str, set[str]] | None = None,
 ) -> _Inputs:
+    """What the rules read; with a file source, the files `paths` names by uid are read too."""
     reads = [check.compiled.reads for card in cards for check in card.checks]
     inputs = _Inputs()
+    if files is not None:
+        wanted = [(e.uid, e.document, p) for e in entities if (p := (paths or {}).get(e.uid))]
+        inputs.files = await read_files(files, wanted) if wanted else {}
     keys = [e.key for e in entities]
     relation_types = {t for r in reads for t in r.relation_types}
     if relation_types:
@@ -94,7 +117,7 @@ async def load_inputs(
     return inputs
 
 
-def context_for(entity: ProjectedEntity, inputs: _Inputs, files: FileSource | None, now: dt.datetime) -> Context:
+def context_for(entity: ProjectedEntity, inputs: _Inputs, now: dt.datetime) -> Context:
     scope = entity.scope
     events = inputs.events.get(entity.key, ())
 
@@ -110,7 +133,7 @@ def context_for(entity: ProjectedEntity, inputs: _Inputs, files: FileSource | No
         related=lambda ref: inputs.related.get((scope, ref)),
         data=inputs.data.get(entity.key, {}),
         event_times=event_times,
-        files=files,
+        files=None if inputs.files is None else inputs.files.get(entity.uid, {}),
         now=now,
     )
 
@@ -154,11 +177,15 @@ async def evaluate(
         if cards_here:
             applicable.append((entity, cards_here))
     used_cards = {card.id: card for _, cards_here in applicable for card, _ in cards_here}
-    inputs = await load_inputs(conn, used_cards.values(), [e for e, _ in applicable], now)
+    reads_files = files is not None and any(
+        c.compiled.reads.file_paths for card in used_cards.values() for c in card.checks
+    )
+    paths = {entity.uid: file_paths(cards_here) for entity, cards_here in applicable} if reads_files else {}
+    inputs = await load_inputs(conn, used_cards.values(), [e for e, _ in applicable], now, files, paths)
     outcomes: list[tuple[CompiledScorecard, ProjectedEntity, Any, Outcome]] = []
     evaluated: set[tuple[str, str]] = set()
     for entity, cards_here in applicable:
-        ctx = context_for(entity, inputs, files, now)
+        ctx = context_for(entity, inputs, now)
         for card, check_ids in cards_here:
             evaluated.add((card.id, entity.uid))
             for check in card.checks:

@@ -6,7 +6,7 @@ import asyncio
 import logging
 from collections.abc import Sequence
 
-from services.scorecard import alerts, service
+from services.scorecard import alerts, service, webhook
 from services.scorecard.rules import FileSource
 from shared.bus import ConsumerSpec, run_consumer
 from shared.errors import ServiceUnavailableError
@@ -76,13 +76,26 @@ async def sync_and_schedule(deps: Deps, files: FileSource | None, interval: floa
             log.exception("refreshing stale entities or scheduling checks failed; retrying")
 
 
-async def evaluate_alerts_periodically(deps: Deps, webhook_url: str | None, interval: float) -> None:
+async def evaluate_alerts_periodically(
+    deps: Deps, webhook_url: str | None, policy: webhook.RetryPolicy, interval: float, idle_wait: float = 60.0
+) -> None:
+    """Alert rules every `interval`; between evaluations, webhook deliveries as their retries fall due (and at least
+    every `idle_wait`, for deliveries another replica left behind)."""
+    loop = asyncio.get_running_loop()
+    next_evaluation = loop.time() + interval
     while True:
         _honour_cancellation()
-        await asyncio.sleep(interval)
         try:
-            triggered = await alerts.evaluate_alerts(deps.pool, webhook_url)
-            if triggered:
-                log.info("%d scorecard alerts triggered", len(triggered))
+            due = await webhook.seconds_until_due(deps.pool)
+            await asyncio.sleep(max(0.0, min(next_evaluation - loop.time(), idle_wait if due is None else due)))
+            if loop.time() >= next_evaluation:
+                next_evaluation = loop.time() + interval
+                triggered = await alerts.evaluate_alerts(deps.pool, webhook_url, policy=policy)
+                if triggered:
+                    log.info("%d scorecard alerts triggered", len(triggered))
+                await webhook.prune(deps.pool)
+            while await webhook.deliver_due(deps.pool, policy):
+                pass
         except Exception:
-            log.exception("evaluating alert rules failed; retrying next interval")
+            log.exception("evaluating alert rules or delivering alerts failed; retrying")
+            await asyncio.sleep(1)

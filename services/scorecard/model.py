@@ -510,6 +510,46 @@ class Alert(msgspec.Struct, frozen=True):
     condition: GroupAverageBelow | CheckPassRateDrop
 
 
+DeliveryStatus = Literal["pending", "delivered", "failed"]
+
+
+class AlertDelivery(msgspec.Struct, frozen=True):
+    """One webhook delivery of the alerts an evaluation triggered, retried until delivered or failed."""
+
+    id: str
+    destination: str
+    """The webhook's scheme and host: its path and query may hold a secret (Slack-style URLs) and are not shown."""
+    alerts: list[Alert]
+    status: DeliveryStatus
+    attempts: int
+    last_status: int | None
+    """The HTTP status of the last attempt; None when it got no answer."""
+    last_error: str | None
+    next_attempt_at: dt.datetime | None
+    """When a pending delivery is tried next."""
+    created_at: dt.datetime
+    finished_at: dt.datetime | None
+
+
+class AlertDeliveryQuery(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    status: DeliveryStatus | None = None
+    limit: Annotated[int, msgspec.Meta(ge=1, le=500)] = 100
+    cursor: str | None = None
+    """`nextCursor` of the previous page."""
+
+
+class AlertDeliveryPage(msgspec.Struct, frozen=True):
+    items: list[AlertDelivery]
+    nextCursor: str | None = None
+
+
+def retry_delay(attempt: int, base: float, cap: float, fraction: float) -> float:
+    """Exponential backoff with equal jitter: after attempt n, half of `base`·2ⁿ⁻¹ (at most `cap`) plus up to as
+    much again (`fraction` in [0, 1) picks where), so receivers recovering at once are not hit in step."""
+    delay = min(cap, base * 2 ** (attempt - 1))
+    return delay / 2 + fraction * delay / 2
+
+
 def alert_etag(spec: AlertRuleSpec) -> str:
     return hashlib.sha256(_canonical.encode(spec)).hexdigest()[:32]
 

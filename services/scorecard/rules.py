@@ -15,7 +15,7 @@ import datetime as dt
 import json
 import re
 import tomllib
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Annotated, Any, Literal, NamedTuple, Protocol
 
@@ -44,9 +44,10 @@ class Outcome(NamedTuple):
 
 
 class FileSource(Protocol):
-    """Reads a file of an entity's source repository: `file:` locations now, the plugin-proxy later."""
+    """Reads a file of an entity's source repository (`files.py`). Files are read before the rules run, which
+    see them through `Context.files`."""
 
-    def read(self, entity: dict[str, Any], path: str) -> bytes | Unreadable: ...
+    async def read(self, entity: dict[str, Any], path: str) -> bytes | Unreadable: ...
 
 
 class Unreadable(NamedTuple):
@@ -65,12 +66,17 @@ class Context:
     data: dict[str, Any] = field(default_factory=dict)
     event_times: Callable[[str, str | None], list[dt.datetime]] = lambda type_, path: []
     """Times of this entity's events of a type (that changed `path`, when given)."""
-    files: FileSource | None = None
+    files: Mapping[str, bytes | Unreadable] | None = None
+    """The entity's files its rules read, by path, read beforehand; None when no file source is configured."""
     now: dt.datetime = field(default_factory=lambda: dt.datetime.now(dt.UTC))
 
     def about(self, entity: Any, data: Any) -> Context:
-        """The same sources with paths starting at another value (a list item, a related entity, a file)."""
+        """The same sources with paths starting at another value (a list item, a file)."""
         return Context(entity, self.related, data, self.event_times, self.files, self.now)
+
+    def about_related(self, entity: dict[str, Any]) -> Context:
+        """A related entity: its fields and relations, not this entity's files."""
+        return Context(entity, self.related, {}, self.event_times, {}, self.now)
 
 
 # --- rule structs -----------------------------------------------------------------------------------------
@@ -247,17 +253,22 @@ class Reads:
     data_keys: set[str] = field(default_factory=set)
     relation_types: set[str] = field(default_factory=set)
     event_types: set[str] = field(default_factory=set)
-    files: bool = False
+    file_paths: set[str] = field(default_factory=set)
+    """Files of the entity's source the rule reads."""
     now: bool = False
     """Depends on the clock (event windows, relative dates): re-run on a schedule."""
     target_paths: set[str] = field(default_factory=set)
     """Fields of related entities that relation rules read (`where`)."""
     target_relations: bool = False
     """A relation rule's `where` follows relations of its own: any change of a target may matter."""
+    target_tests: list[Callable[[dict[str, Any]], bool]] | None = field(default_factory=list)
+    """Whether each relation rule's `where` admits a target, judged from the target's own fields; None when one
+    reads more (its relations, files, events, data, the clock)."""
 
-    def touched_by(self, changed_paths: set[str] | None) -> bool:
-        """Whether an entity change of `changed_paths` (None: everything) can change the outcome."""
-        if changed_paths is None or self.relation_types or self.files:
+    def touched_by(self, changed_paths: set[str] | None, relations_changed: bool = True) -> bool:
+        """Whether an entity change of `changed_paths` (None: everything) can change the outcome; relation rules
+        read the entity's relations (and their targets), so they care only when `relations_changed`."""
+        if changed_paths is None or self.file_paths or (self.relation_types and relations_changed):
             return True
         return any(paths_overlap(mine, theirs) for mine in self.entity_paths for theirs in changed_paths)
 
@@ -269,6 +280,11 @@ class Reads:
         if target_changes is None or self.target_relations:
             return True
         return any(paths_overlap(mine, theirs) for mine in self.target_paths for theirs in target_changes)
+
+    def judges_alike(self, before: dict[str, Any], after: dict[str, Any]) -> bool:
+        """Whether every relation rule admits a target changed from `before` to `after` exactly as it did, so the
+        entities related to it keep their outcome."""
+        return self.target_tests is not None and all(test(before) == test(after) for test in self.target_tests)
 
 
 def paths_overlap(a: str, b: str) -> bool:
@@ -680,8 +696,13 @@ def _relation(rule: Relation, at: str, reads: Reads) -> Evaluate:
     compiled_where = compile_rule(rule.where, f"{at}.where") if rule.where is not None else None
     where = compiled_where.evaluate if compiled_where is not None else None
     if compiled_where is not None:
-        reads.target_paths |= compiled_where.reads.entity_paths
-        reads.target_relations |= bool(compiled_where.reads.relation_types or compiled_where.reads.files)
+        inner = compiled_where.reads
+        reads.target_paths |= inner.entity_paths
+        reads.target_relations |= bool(inner.relation_types or inner.file_paths)
+        if inner.relation_types or inner.file_paths or inner.event_types or inner.data_keys or inner.now:
+            reads.target_tests = None
+        elif reads.target_tests is not None:
+            reads.target_tests.append(lambda target: compiled_where.evaluate(Context(target)).status == PASS)
 
     def evaluate(ctx: Context) -> Outcome:
         matching = []
@@ -691,7 +712,7 @@ def _relation(rule: Relation, at: str, reads: Reads) -> Evaluate:
             target = ctx.related(relation.get("targetRef", ""))
             if target is None:
                 continue
-            if where is None or where(ctx.about(target, {})).status == PASS:
+            if where is None or where(ctx.about_related(target)).status == PASS:
                 matching.append(relation["targetRef"])
         n = len(matching)
         return Outcome(PASS if n >= low and (high is None or n <= high) else FAIL, matching)
@@ -718,7 +739,7 @@ def _file(rule: File, at: str, reads: Reads) -> Evaluate:
     path = rule.path
     if path.startswith("/") or ".." in path.split("/"):
         raise InputError.for_field(f"{at}.path", "a file path is relative to the entity's location, without ..")
-    reads.files = True
+    reads.file_paths.add(path)
     reads.now = True
     inner = _compile(rule.rule, f"{at}.rule", Reads(), _entity_of, _data_of, "") if rule.rule else None
     parse = _PARSERS[rule.format]
@@ -726,7 +747,9 @@ def _file(rule: File, at: str, reads: Reads) -> Evaluate:
     def evaluate(ctx: Context) -> Outcome:
         if ctx.files is None:
             return Outcome(UNKNOWN, None, "no file source is configured")
-        content = ctx.files.read(ctx.entity, path)
+        content = ctx.files.get(path)
+        if content is None:
+            return Outcome(UNKNOWN, None, f"{path} was not read (files of related entities are not)")
         if isinstance(content, Unreadable):
             if content.missing and inner is None:
                 return Outcome(FAIL, None)

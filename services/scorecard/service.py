@@ -23,6 +23,7 @@ from services.scorecard.evaluation import (
     context_for,
     evaluate,
     fewer_collections,
+    file_paths,
     load_inputs,
     run_check,
 )
@@ -304,10 +305,11 @@ async def observe_events(
             await store.insert_entity_events(conn, changes.entity_events)
         served: list[dict[str, Any]] = []
         neighbours: set[str] = set()
+        before: dict[str, dict[str, Any]] = {}
         deleted = changes.deleted
         if changes.changed_paths or deleted:
             try:
-                served, vanished, neighbours = await _read_changes(conn, nc, changes, deleted)
+                served, vanished, neighbours, before = await _read_changes(conn, nc, changes, deleted)
                 deleted |= vanished
             except ServiceUnavailableError as exc:
                 # Retrying the batch would send it to the dead letters during an outage: note what to read.
@@ -321,16 +323,24 @@ async def observe_events(
         if not cards:
             return Summary()
         work = await _plan(
-            conn, cards, served, changes.changed_paths, removed, changes.data_keys, changes.event_types, neighbours
+            conn,
+            cards,
+            served,
+            changes.changed_paths,
+            removed,
+            changes.data_keys,
+            changes.event_types,
+            neighbours,
+            before,
         )
         return await evaluate(conn, cards, work, files=files)
 
 
 async def _read_changes(
     conn: asyncpg.Connection, nc: NatsClient, changes: _BatchChanges, deleted: set[str]
-) -> tuple[list[dict[str, Any]], set[str], set[str]]:
-    """The changed entities as the catalog serves them now, the uids it no longer has, and the uids of
-    relation targets read again.
+) -> tuple[list[dict[str, Any]], set[str], set[str], dict[str, dict[str, Any]]]:
+    """The changed entities as the catalog serves them now, the uids it no longer has, the uids of relation
+    targets read again, and the projected documents of the changed entities before the changes.
 
     An update that changes no relation is applied to the projected entity from the event's `changes`; the others
     (new entities, relation fields, entities not projected yet) are read from the catalog. The catalog keeps
@@ -365,7 +375,7 @@ async def _read_changes(
                 changed_paths[uid] = {"relations"}
                 neighbours.add(uid)
                 served.append(neighbour)
-    return served, vanished, neighbours
+    return served, vanished, neighbours, before
 
 
 def _relation_pairs(document: dict[str, Any]) -> set[tuple[str, str]]:
@@ -381,9 +391,11 @@ async def _plan(
     data_keys: dict[EntityKey, set[str]],
     event_types: dict[EntityKey, set[str]],
     neighbours: set[str] = frozenset(),
+    before: dict[str, dict[str, Any]] | None = None,
 ) -> dict[str, tuple[ProjectedEntity, Selection]]:
     """Which checks of which entities a batch of changes can affect. Relation checks of the entities pointing
-    at a changed one run again; not for `neighbours`, whose only change is their list of relations."""
+    at a changed one run again when the change can alter how the check judges it (`before`: the changed
+    entities' documents before the batch); not for `neighbours`, whose only change is their list of relations."""
     work: dict[str, tuple[ProjectedEntity, Selection]] = {}
 
     def want(entity: ProjectedEntity, card: CompiledScorecard, checks: set[str] | None) -> None:
@@ -396,29 +408,31 @@ async def _plan(
     changed_entities = [ProjectedEntity(*projection_row(e)[:4]) for e in served]
     for entity in changed_entities:
         paths = changed_paths.get(entity.uid)
+        old = (before or {}).get(entity.uid)
+        relations_changed = old is None or _relation_pairs(old) != _relation_pairs(entity.document)
         for card in cards.values():
             if paths is None or any(paths_overlap(p, f) for p in paths for f in card.filter_paths):
                 want(entity, card, None)
             else:
-                want(entity, card, {c.id for c in card.checks if c.compiled.reads.touched_by(paths)})
-    targets = [e for e in changed_entities if e.uid not in neighbours]
-    # What changed on the targets, for all of them at once: None when one appeared or went away.
-    target_changes: set[str] | None = set()
-    for entity in targets:
-        paths = changed_paths.get(entity.uid)
-        target_changes = None if paths is None or target_changes is None else target_changes | paths
-    if removed:
-        target_changes = None
-    relation_checks = {
-        card.id: {c.id for c in card.checks if c.compiled.reads.touched_through_relations(target_changes)}
-        for card in cards.values()
-    }
-    if any(relation_checks.values()):
-        for entity in await store.dependents(conn, [e.key for e in targets] + [e.key for e in removed]):
+                want(entity, card, {c.id for c in card.checks if c.compiled.reads.touched_by(paths, relations_changed)})
+    relation_checks: dict[str, set[str]] = {}
+    moved = [e.key for e in removed]
+    for entity in removed:
+        _relation_checks_moved_by(cards, None, None, entity.document, relation_checks)
+    for entity in changed_entities:
+        if entity.uid not in neighbours:
+            old = (before or {}).get(entity.uid)
+            paths = changed_paths.get(entity.uid) if old is not None else None
+            if _relation_checks_moved_by(cards, paths, old, entity.document, relation_checks):
+                moved.append(entity.key)
+    if moved and relation_checks:
+        for entity in await store.dependents(conn, moved):
             for card in cards.values():
-                want(entity, card, relation_checks[card.id])
+                want(entity, card, relation_checks.get(card.id, set()))
     others = set(data_keys) | set(event_types)
-    for entity in await store.entities_by_keys(conn, others) if others else []:
+    known = {e.key: e for e in changed_entities if e.key in others}
+    unknown = others - known.keys()
+    for entity in [*known.values(), *(await store.entities_by_keys(conn, unknown) if unknown else [])]:
         keys, types = data_keys.get(entity.key, set()), event_types.get(entity.key, set())
         for card in cards.values():
             reads_of = {c.id: c.compiled.reads for c in card.checks}
@@ -428,6 +442,28 @@ async def _plan(
                 {cid for cid, r in reads_of.items() if (r.data_keys & keys) or (r.event_types & types)},
             )
     return {uid: item for uid, item in work.items() if item[1]}
+
+
+def _relation_checks_moved_by(
+    cards: dict[str, CompiledScorecard],
+    paths: set[str] | None,
+    before: dict[str, Any] | None,
+    after: dict[str, Any],
+    found: dict[str, set[str]],
+) -> bool:
+    """Add to `found` (card id → check ids) the relation checks whose judgement of a target can change with its
+    change of `paths` from `before` to `after` (None: it appeared or went away); whether there was one."""
+    moved = False
+    for card in cards.values():
+        for check in card.checks:
+            reads = check.compiled.reads
+            if not reads.touched_through_relations(paths):
+                continue
+            if paths is not None and before is not None and reads.judges_alike(before, after):
+                continue
+            found.setdefault(card.id, set()).add(check.id)
+            moved = True
+    return moved
 
 
 # --- whole-catalog work: sync, jobs, schedules -------------------------------------------------------------
@@ -533,7 +569,7 @@ async def schedule_clock_checks(pool: asyncpg.Pool) -> int:
         cards = await load_scorecards(conn)
         queued = 0
         for card in cards.values():
-            checks = [c.id for c in card.checks if c.compiled.reads.now or c.compiled.reads.files]
+            checks = [c.id for c in card.checks if c.compiled.reads.now or c.compiled.reads.file_paths]
             if checks:
                 await store.enqueue_job(conn, card.id, checks, "schedule")
                 queued += 1
@@ -551,8 +587,9 @@ async def dry_run(pool: asyncpg.Pool, nc: NatsClient, files: FileSource | None, 
     served = await catalog_client.get_entities(nc, refs=request.entities, scope=request.scope)
     entities = [ProjectedEntity(*projection_row(e)[:4]) for e in served]
     now = dt.datetime.now(dt.UTC)
+    paths = {e.uid: file_paths([(card, None)]) for e in entities if card.applies(e.document)}
     async with pool.acquire() as conn:
-        inputs = await load_inputs(conn, [card], entities, now)
+        inputs = await load_inputs(conn, [card], entities, now, files, paths)
     if any(check.compiled.reads.relation_types for check in card.checks):
         # Relation targets come from the catalog too: the draft sees what the catalog has now.
         targets = sorted({r["targetRef"] for e in entities for r in e.document.get("relations") or ()})
@@ -563,7 +600,7 @@ async def dry_run(pool: asyncpg.Pool, nc: NatsClient, files: FileSource | None, 
         if not card.applies(entity.document):
             not_applicable.append(entity.ref)
             continue
-        ctx = context_for(entity, inputs, files, now)
+        ctx = context_for(entity, inputs, now)
         results = [result_of(card, check, run_check(check, ctx)) for check in card.checks]
         score = score_of(card, {r.check: r.status for r in results})
         evaluations.append(

@@ -601,3 +601,94 @@ async def pass_rate(conn: asyncpg.Connection, scorecard_id: str, check_id: str, 
         check_id,
         *([] if at is None else [at]),
     )
+
+
+# --- alert deliveries -------------------------------------------------------------------------------------------
+
+_DELIVERY_COLUMNS = """id::text AS id, url, payload, status, attempts, last_status, last_error,
+    CASE WHEN status = 'pending' THEN next_attempt_at END AS next_attempt_at, created_at, finished_at"""
+
+
+async def insert_delivery(conn: asyncpg.Connection, delivery_id: str, url: str, payload: dict[str, Any]) -> None:
+    await conn.execute(
+        "INSERT INTO alert_deliveries (id, url, payload) VALUES ($1::uuid, $2, $3)", delivery_id, url, payload
+    )
+
+
+async def claim_deliveries(conn: asyncpg.Connection, limit: int, lease_seconds: float) -> list[asyncpg.Record]:
+    """Due pending deliveries, each counted as one more attempt and hidden from other claims for the lease."""
+    return await conn.fetch(
+        f"""UPDATE alert_deliveries SET attempts = attempts + 1,
+                   next_attempt_at = now() + make_interval(secs => $2)
+            WHERE id IN (SELECT id FROM alert_deliveries
+                         WHERE status = 'pending' AND next_attempt_at <= now()
+                         ORDER BY next_attempt_at LIMIT $1 FOR UPDATE SKIP LOCKED)
+            RETURNING {_DELIVERY_COLUMNS}""",
+        limit,
+        lease_seconds,
+    )
+
+
+async def retry_delivery_later(
+    conn: asyncpg.Connection, delivery_id: str, status: int | None, error: str, delay_seconds: float
+) -> None:
+    await conn.execute(
+        """UPDATE alert_deliveries SET last_status = $2, last_error = $3,
+                  next_attempt_at = now() + make_interval(secs => $4)
+           WHERE id = $1::uuid""",
+        delivery_id,
+        status,
+        error,
+        delay_seconds,
+    )
+
+
+async def finish_delivery(
+    conn: asyncpg.Connection, delivery_id: str, outcome: str, status: int | None, error: str | None
+) -> None:
+    await conn.execute(
+        """UPDATE alert_deliveries SET status = $2, last_status = $3, last_error = $4, finished_at = now()
+           WHERE id = $1::uuid""",
+        delivery_id,
+        outcome,
+        status,
+        error,
+    )
+
+
+async def requeue_delivery(conn: asyncpg.Connection, delivery_id: str) -> asyncpg.Record | None:
+    """A finished delivery made pending again with its attempts reset; None when there is no such delivery."""
+    return await conn.fetchrow(
+        f"""UPDATE alert_deliveries SET status = 'pending', attempts = 0, next_attempt_at = now(), finished_at = NULL
+            WHERE id = $1::uuid RETURNING {_DELIVERY_COLUMNS}""",
+        delivery_id,
+    )
+
+
+async def get_delivery(conn: asyncpg.Connection, delivery_id: str, *, lock: bool = False) -> asyncpg.Record | None:
+    suffix = " FOR UPDATE" if lock else ""
+    return await conn.fetchrow(
+        f"SELECT {_DELIVERY_COLUMNS} FROM alert_deliveries WHERE id = $1::uuid{suffix}", delivery_id
+    )
+
+
+async def list_deliveries(
+    conn: asyncpg.Connection, status: str | None, after: str | None, limit: int
+) -> list[asyncpg.Record]:
+    """Newest first (ids are UUIDv7, so in creation order)."""
+    return await conn.fetch(
+        f"""SELECT {_DELIVERY_COLUMNS} FROM alert_deliveries
+            WHERE ($1::text IS NULL OR status = $1) AND ($2::uuid IS NULL OR id < $2::uuid)
+            ORDER BY id DESC LIMIT $3""",
+        status,
+        after,
+        limit,
+    )
+
+
+async def next_delivery_due(conn: asyncpg.Connection) -> dt.datetime | None:
+    return await conn.fetchval("SELECT min(next_attempt_at) FROM alert_deliveries WHERE status = 'pending'")
+
+
+async def prune_deliveries(conn: asyncpg.Connection, before: dt.datetime) -> None:
+    await conn.execute("DELETE FROM alert_deliveries WHERE status = 'delivered' AND finished_at < $1", before)

@@ -1,33 +1,101 @@
-"""File rules read only inside the configured roots, from `file:` locations, and bounded in size."""
+"""File rules read `file:` locations only inside the configured roots, `url:` locations through the raw path of
+the proxy endpoint configured for their host, and files bounded in size."""
 
 from __future__ import annotations
 
-from services.scorecard.files import LocalFiles
+import pytest
+from yarl import URL
+
+from services.scorecard.app import Settings
+from services.scorecard.files import (
+    LocalFiles,
+    RepositoryFiles,
+    RepositoryHost,
+    parse_repository_hosts,
+    raw_path_of,
+    source_of,
+)
 from services.scorecard.rules import Unreadable
+from shared.config import ConfigError, load_settings
 
 
 def entity(location: str, annotation: str = "backstage.io/managed-by-location") -> dict:
     return {"metadata": {"annotations": {annotation: location}}}
 
 
-def test_reads_next_to_the_catalog_file_and_inside_the_roots(tmp_path):
+async def test_reads_next_to_the_catalog_file_and_inside_the_roots(tmp_path):
     repo = tmp_path / "repo"
     repo.mkdir()
     (repo / "Dockerfile").write_text("FROM x\n")
     (tmp_path / "secret").write_text("s")
-    files = LocalFiles((repo,), max_bytes=10)
+    files = RepositoryFiles(LocalFiles((repo,), max_bytes=10), None)
     located = entity(f"file:{repo}/catalog-info.yaml")
-    assert files.read(located, "Dockerfile") == b"FROM x\n"
-    assert files.read(entity(f"file:{repo}/", "backstage.io/source-location"), "Dockerfile") == b"FROM x\n"
-    missing = files.read(located, "README.md")
+    assert await files.read(located, "Dockerfile") == b"FROM x\n"
+    assert await files.read(entity(f"file:{repo}", "backstage.io/source-location"), "Dockerfile") == b"FROM x\n"
+    missing = await files.read(located, "README.md")
     assert isinstance(missing, Unreadable) and missing.missing
-    outside = files.read(entity(f"file:{tmp_path}/catalog-info.yaml"), "secret")
+    outside = await files.read(entity(f"file:{tmp_path}/catalog-info.yaml"), "secret")
     assert isinstance(outside, Unreadable) and "outside" in outside.reason and not outside.missing
     (repo / "big").write_text("x" * 11)
-    assert "larger than" in files.read(located, "big").reason
+    assert "larger than" in (await files.read(located, "big")).reason
 
 
-def test_other_locations_wait_for_the_plugin_proxy():
-    files = LocalFiles(())
-    assert "plugin-proxy" in files.read(entity("url:https://github.com/a/b/blob/main/catalog-info.yaml"), "x").reason
-    assert "no source location" in files.read({"metadata": {}}, "x").reason
+async def test_url_locations_need_a_proxy_and_other_locations_are_not_read():
+    files = RepositoryFiles(LocalFiles(()), None)
+    url = await files.read(entity("url:https://github.com/a/b/blob/main/catalog-info.yaml"), "x")
+    assert "IDP_PROXY_URL" in url.reason
+    assert "no source location" in (await files.read({"metadata": {}}, "x")).reason
+    assert "not readable" in (await files.read(entity("gitlab:a/b/c.yaml"), "x")).reason
+
+
+def test_the_source_is_the_source_location_directory_or_the_catalog_files_directory():
+    assert source_of(entity("url:https://h/a/b/tree/main/svc", "backstage.io/source-location")) == (
+        "url",
+        "https://h/a/b/tree/main/svc/",
+    )
+    assert source_of(entity("url:https://h/a/b/blob/main/svc/catalog-info.yaml")) == (
+        "url",
+        "https://h/a/b/blob/main/svc/",
+    )
+
+
+def test_repository_hosts_name_an_endpoint_and_a_raw_path():
+    gitea = "git.example.com:3000=gitea/{owner}/{repo}/raw/branch/{ref}/{path}"
+    hosts = parse_repository_hosts(f"github.com=github-raw, {gitea}")
+    assert hosts["github.com"] == RepositoryHost("github.com", "github-raw", "/{owner}/{repo}/{ref}/{path}")
+    assert hosts["git.example.com:3000"].endpoint == "gitea"
+    with pytest.raises(ValueError, match="needs \\{path\\}"):
+        parse_repository_hosts("h=e/{owner}/{branch}/{path}")
+    with pytest.raises(ValueError, match="not host=endpoint"):
+        parse_repository_hosts("h=Bad_Name")
+
+
+@pytest.mark.parametrize(
+    ("source", "path", "expected"),
+    [
+        ("https://github.com/acme/billing/tree/main/", "Dockerfile", "/acme/billing/main/Dockerfile"),
+        ("https://github.com/acme/billing/blob/v2/svc/api/", "package.json", "/acme/billing/v2/svc/api/package.json"),
+        ("https://git.example.com/acme/billing/src/branch/dev/", "a/b.yaml", "/acme/billing/dev/a/b.yaml"),
+        ("https://gitlab.example.com/acme/billing/-/tree/main/x/", "y", "/acme/billing/main/x/y"),
+        ("https://github.com/acme/billing.git", "Dockerfile", "/acme/billing/HEAD/Dockerfile"),
+    ],
+)
+def test_browser_urls_become_raw_paths(source, path, expected):
+    host = RepositoryHost("h", "e")
+    assert raw_path_of(host, URL(source), path) == expected
+
+
+def test_urls_without_a_ref_or_repository_are_unreadable():
+    host = RepositoryHost("h", "e")
+    assert "no branch" in raw_path_of(host, URL("https://h/acme/billing/main/"), "x").reason
+    assert "no owner" in raw_path_of(host, URL("https://h/acme/"), "x").reason
+
+
+def test_settings_refuse_a_malformed_host_map_or_token_reference_in_one_line():
+    base = {"IDP_DATABASE_URL": "postgresql://x", "IDP_NATS_URL": "nats://x"}
+    with pytest.raises(ConfigError, match="IDP_PROXY_TOKEN: 'key' is not a secret reference"):
+        load_settings(Settings, {**base, "IDP_PROXY_TOKEN": "key"})
+    with pytest.raises(ConfigError, match="needs IDP_PROXY_URL and IDP_PROXY_TOKEN"):
+        load_settings(Settings, {**base, "IDP_REPOSITORY_HOSTS": "github.com=github-raw"})
+    configured = {"IDP_PROXY_URL": "http://proxy", "IDP_PROXY_TOKEN": "env:KEY", "IDP_REPOSITORY_HOSTS": "h=e"}
+    assert load_settings(Settings, {**base, **configured}).repository_hosts == "h=e"

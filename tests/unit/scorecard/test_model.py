@@ -7,7 +7,7 @@ from typing import Any
 import msgspec
 import pytest
 
-from services.scorecard.model import ScorecardSpec, changed_checks, compile_scorecard, score_of
+from services.scorecard.model import ScorecardSpec, changed_checks, compile_scorecard, retry_delay, score_of
 from shared.errors import InputError
 
 
@@ -153,3 +153,9 @@ def test_update_changes_apply_to_a_served_entity_like_the_catalog_computes_them(
     assert patched["relations"] == served["relations"] and patched["metadata"]["generation"] == 2
     assert served["spec"]["lifecycle"] == "experimental"  # the input is not modified
     assert not patchable("spec.owner") and not patchable("orphan") and not patchable("spec")
+
+
+def test_retry_delays_double_up_to_the_cap_with_jitter_in_the_upper_half():
+    assert [retry_delay(n, 5, 600, 0.0) for n in (1, 2, 3)] == [2.5, 5.0, 10.0]
+    assert [retry_delay(n, 5, 600, 0.999999) for n in (1, 2)] == pytest.approx([5.0, 10.0])
+    assert retry_delay(20, 5, 600, 0.0) == 300.0

@@ -152,12 +152,11 @@ def test_event_windows_count_recent_events_only():
     assert run(changes, **ctx).status == PASS
 
 
-class Files:
-    def __init__(self, files: dict[str, bytes | Unreadable]) -> None:
-        self.files = files
+class Files(dict):
+    """Files read before evaluation; every other path was found missing."""
 
-    def read(self, entity, path):
-        return self.files.get(path, Unreadable(f"{path} not found", missing=True))
+    def get(self, path, default=None):
+        return super().get(path, Unreadable(f"{path} not found", missing=True))
 
 
 def test_file_rules_parse_and_report_unknown_with_a_reason():
@@ -255,6 +254,8 @@ def test_reads_say_which_changes_matter():
     assert reads.entity_paths == {"metadata.links", "metadata.links.title"}
     assert reads.touched_by({"metadata.links"}) and not reads.touched_by({"spec.owner"})
     assert compile_rule(rule({"op": "relation", "type": "ownedBy"})).reads.touched_by({"spec.owner"})
+    owned = compile_rule(rule({"op": "relation", "type": "ownedBy"})).reads
+    assert not owned.touched_by({"spec.lifecycle"}, relations_changed=False)
     data = compile_rule(rule({"op": "gte", "path": "coverage", "value": 80, "source": "data"})).reads
     assert data.data_keys == {"coverage"} and not data.entity_paths
 
@@ -275,3 +276,17 @@ def test_relation_rules_say_which_target_changes_matter():
     existing = compile_rule(rule({"op": "relation", "type": "ownedBy"})).reads
     assert not existing.touched_through_relations({"spec.lifecycle"}) and existing.touched_through_relations(None)
     assert not compile_rule(rule({"op": "exists", "path": "a"})).reads.touched_through_relations(None)
+
+
+def test_relation_rules_tell_whether_a_targets_change_can_change_their_outcome():
+    """Entities pointing at a changed target are evaluated again only when a `where` may judge it differently."""
+    deprecated = {"op": "equals", "path": "spec.lifecycle", "value": "deprecated"}
+    plain = compile_rule(rule({"op": "relation", "type": "dependsOn", "where": deprecated, "max": 0})).reads
+    production, experimental, retired = (
+        {"spec": {"lifecycle": v}} for v in ("production", "experimental", "deprecated")
+    )
+    assert plain.judges_alike(production, experimental)
+    assert not plain.judges_alike(production, retired)
+    assert compile_rule(rule({"op": "relation", "type": "ownedBy"})).reads.judges_alike(production, retired)
+    nested = {"op": "relation", "type": "dependsOn", "where": {"op": "relation", "type": "ownedBy"}}
+    assert not compile_rule(rule(nested)).reads.judges_alike(production, production)

@@ -1,0 +1,188 @@
+"""File rules over `url:` source locations: the scorecard service reads repository files through a real plugin-proxy
+(as its own service account, with an API key identity-sync issued and a role binding granting
+`proxy_endpoint_use`) from a loopback "git host" serving Gitea-style raw files."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest_asyncio
+from aiohttp import web
+
+from services.identity_sync.app import DEFINITION as IDENTITY
+from services.identity_sync.app import Settings as IdentitySettings
+from services.plugin_proxy.app import DEFINITION as PROXY
+from services.plugin_proxy.app import Settings as ProxySettings
+from services.scorecard.app import DEFINITION as SCORECARD
+from services.scorecard.app import Settings as ScorecardSettings
+from shared.service import RunningService, running_service
+from tests.helpers import eventually
+from tests.integration.plugin_proxy.conftest import serve
+from tests.integration.scorecard.helpers import GROUP, checks_of, component, create_entity, create_scorecard, report
+from tests.integration.test_access_enforcement import call, grant
+
+FILES = {
+    "modern": {
+        "Dockerfile": b"FROM python:3.12-slim\nRUN pip install billing\n",
+        "package.json": json.dumps({"name": "modern", "engines": {"node": ">=20"}}).encode(),
+    },
+    "legacy": {
+        "Dockerfile": b"FROM node:16\nFROM node:latest\nCMD node server.js\n",
+        "package.json": json.dumps({"name": "legacy", "engines": {"node": "16.x"}}).encode(),
+    },
+    "bare": {},
+    "troubled": {
+        "package.json": json.dumps({"name": "troubled", "description": "x" * 10_000}).encode(),
+        "broken.json": b'{"engines": ',
+    },
+}
+STALLING = {("troubled", "Dockerfile")}
+
+HYGIENE = {
+    "id": "hygiene",
+    "name": "Repository hygiene",
+    "owner": "group:default/team-a",
+    "levels": [],
+    "filter": {"kinds": ["Component"]},
+    "checks": [
+        {"id": "has-dockerfile", "name": "Has a Dockerfile", "rule": {"op": "file", "path": "Dockerfile"}},
+        {
+            "id": "no-latest",
+            "name": "Dockerfile does not use :latest",
+            "rule": {
+                "op": "file",
+                "path": "Dockerfile",
+                "rule": {"op": "not", "rule": {"op": "matches", "path": "", "pattern": "^FROM\\s+\\S+:latest\\b"}},
+            },
+        },
+        {
+            "id": "node-18",
+            "name": "package.json engines.node >= 18",
+            "rule": {
+                "op": "file",
+                "path": "package.json",
+                "format": "json",
+                "rule": {"op": "gte", "path": "engines.node", "value": "18", "compare_as": "semver"},
+            },
+        },
+    ],
+}
+
+
+def git_host(requests: list[tuple[str, str | None]]) -> web.Application:
+    """Raw files at Gitea's `/{owner}/{repo}/raw/branch/{ref}/{path}`; records (path, Authorization) of each call."""
+
+    async def raw(request: web.Request) -> web.StreamResponse:
+        info = request.match_info
+        requests.append((request.path, request.headers.get("Authorization")))
+        if (info["repo"], info["path"]) in STALLING:
+            await asyncio.sleep(30)
+        content = FILES.get(info["repo"], {}).get(info["path"]) if info["ref"] == "main" else None
+        if content is None:
+            raise web.HTTPNotFound(text="Not found.")
+        return web.Response(body=content, content_type="text/plain")
+
+    app = web.Application()
+    app.router.add_get("/{owner}/{repo}/raw/branch/{ref}/{path:.+}", raw)
+    return app
+
+
+@pytest_asyncio.fixture
+async def suite(make_settings, catalog, http, tmp_path) -> AsyncIterator[dict[str, Any]]:
+    """identity-sync, plugin-proxy with a `githost` endpoint, the git host, and the scorecard service reading that
+    host's files through the proxy with its own service account's API key."""
+    requests: list[tuple[str, str | None]] = []
+    async with contextlib.AsyncExitStack() as stack:
+        runner, upstream = await serve(git_host(requests))
+        stack.push_async_callback(runner.cleanup)
+        identity = await stack.enter_async_context(running_service(IDENTITY, make_settings(IdentitySettings)))
+        proxy = await stack.enter_async_context(running_service(PROXY, make_settings(ProxySettings)))
+        key_file = tmp_path / "scorecard-api-key"
+        key_file.write_text(await service_account_key(http, identity, proxy))
+        endpoint = {"name": "githost", "target": upstream, "allow_networks": ["127.0.0.1/32"]}
+        await call(http, "POST", f"{proxy.url}/api/proxy/endpoints", 201, json=endpoint)
+        authority = upstream.removeprefix("http://")
+        settings = make_settings(
+            ScorecardSettings,
+            proxy_url=proxy.url,
+            proxy_token=f"file:{key_file}",
+            repository_hosts=f"{authority}=githost/{{owner}}/{{repo}}/raw/branch/{{ref}}/{{path}}",
+            file_max_bytes=4096,
+            file_fetch_timeout_seconds=2,
+        )
+        scorecard = await stack.enter_async_context(running_service(SCORECARD, settings))
+        yield {"scorecard": scorecard, "upstream": upstream, "requests": requests}
+
+
+async def service_account_key(http, identity: RunningService, proxy: RunningService) -> str:
+    """The scorecard's service account, allowed to use proxy endpoints, and an API key for it."""
+    account = await call(http, "POST", f"{identity.url}/api/identity/service-accounts", 201, json={"name": "scorecard"})
+    key = await call(
+        http, "POST", f"{identity.url}/api/identity/service-accounts/{account['id']}/keys", 201, json={"name": "files"}
+    )
+    version = await grant(
+        http, identity, f"service_account:{account['id']}", "account", permissions=["proxy_endpoint_use"]
+    )
+    assert await proxy.deps.access.caught_up(version, timeout=10)
+    return key["key"]
+
+
+def located(name: str, location: str) -> dict[str, Any]:
+    entity = component(name)
+    entity["metadata"]["annotations"] = {"backstage.io/source-location": location}
+    return entity
+
+
+async def test_file_checks_read_url_locations_through_the_proxy(suite, catalog, http):
+    scorecard, upstream = suite["scorecard"], suite["upstream"]
+    await create_entity(http, catalog, GROUP)
+    for repo in FILES:
+        await create_entity(http, catalog, located(repo, f"url:{upstream}/acme/{repo}/src/branch/main/"))
+    await create_entity(http, catalog, located("elsewhere", "url:https://github.com/acme/elsewhere/tree/main/"))
+    await create_scorecard(http, scorecard, HYGIENE)
+
+    async def evaluated(name: str) -> dict[str, dict[str, Any]]:
+        async def all_checks() -> dict[str, dict[str, Any]] | None:
+            checks = checks_of(await report(http, scorecard, name), "hygiene")
+            return checks if len(checks) == 3 else None
+
+        return await eventually(all_checks, timeout=30)
+
+    modern = await evaluated("modern")
+    assert {c: r["status"] for c, r in modern.items()} == {
+        "has-dockerfile": "pass",
+        "no-latest": "pass",
+        "node-18": "pass",
+    }
+    assert modern["node-18"]["found"] == ">=20"
+
+    legacy = await evaluated("legacy")
+    assert {c: r["status"] for c, r in legacy.items()} == {
+        "has-dockerfile": "pass",
+        "no-latest": "fail",
+        "node-18": "fail",
+    }
+    assert "FROM node:latest" in legacy["no-latest"]["found"]
+    assert legacy["node-18"]["found"] == "16.x"
+
+    bare = await evaluated("bare")
+    assert bare["has-dockerfile"]["status"] == "fail"
+    for check in ("no-latest", "node-18"):
+        assert bare[check]["status"] == "unknown" and "not found" in bare[check]["reason"]
+
+    troubled = await evaluated("troubled")
+    assert troubled["node-18"]["status"] == "unknown"
+    assert "package.json is larger than 4096 bytes" in troubled["node-18"]["reason"]
+    for check in ("has-dockerfile", "no-latest"):
+        assert troubled[check]["status"] == "unknown" and "did not answer within 2s" in troubled[check]["reason"]
+
+    elsewhere = await evaluated("elsewhere")
+    assert all(r["status"] == "unknown" for r in elsewhere.values())
+    assert "no repository host is configured for github.com" in elsewhere["has-dockerfile"]["reason"]
+
+    # The proxy, not the scorecard, talks to the host; the scorecard's credential never reaches it.
+    assert ("/acme/modern/raw/branch/main/Dockerfile", None) in suite["requests"]
