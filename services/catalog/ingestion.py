@@ -29,7 +29,8 @@ from services.catalog.entity_ref import parse_entity_ref, ref_of
 from services.catalog.kinds import Kinds
 from services.catalog.model import LocationSpec, LocationView, StoredEntity, document_etag
 from services.catalog.reader import ReadEntity, ReadError, ReadResult, iter_location, read_location
-from services.catalog.relations import Relation
+from services.catalog.relations import Reference
+from services.catalog.resolution import Stale
 from services.catalog.scopes import parse_scoped_ref
 from services.catalog.service import (
     EntityWrite,
@@ -143,7 +144,7 @@ class _Prepared:
 
     read: ReadEntity
     document: dict[str, Any]
-    relations: list[Relation]
+    relations: list[Reference]
     ref: str
 
 
@@ -197,7 +198,7 @@ async def apply_read(
     errors: list[dict[str, Any]] = []
     counts = {"created": 0, "updated": 0, "orphaned": 0, "deleted": 0, "unchanged": 0, "conflicts": 0}
     seen: set[str] = set()
-    stale: set[str] = set()
+    stale: Stale = set()
     kinds = await kinds_module.load(conn)
     async for batch in _prepared_batches(found, kinds):
         fresh: list[_Prepared] = []
@@ -231,7 +232,7 @@ async def apply_read(
         ]
         counts["orphaned"] += len(writes)
     stale |= await write_entities(conn, actor, scope, writes, kinds=kinds)
-    await restitch(conn, scope, stale)
+    await restitch(conn, stale)
     await store.record_location_read(conn, location_id, errors)
     return {**counts, "errors": errors}
 

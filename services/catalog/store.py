@@ -129,32 +129,90 @@ async def delete_entities(conn: asyncpg.Connection, uids: list[str]) -> None:
     await conn.execute("DELETE FROM entities WHERE uid = ANY($1::uuid[])", uids)
 
 
-async def replace_relations(conn: asyncpg.Connection, scope: str, emitted: dict[str, list[Relation]]) -> None:
-    """Make `emitted[uid]` the relations each entity emits (deduplicated per entity by `relations_of`)."""
+async def replace_relations(conn: asyncpg.Connection, emitted: dict[str, list[Relation]]) -> None:
+    """Make `emitted[uid]` the relations each entity emits (deduplicated per entity by `relations.resolve`)."""
     await conn.execute("DELETE FROM relations WHERE originator = ANY($1::uuid[])", list(emitted))
     await conn.copy_records_to_table(
         "relations",
-        records=[(uid, scope, r.source, r.type, r.target) for uid, relations in emitted.items() for r in relations],
-        columns=["originator", "scope", "source_ref", "type", "target_ref"],
+        records=[
+            (uid, r.scope, r.source, r.type, r.target_scope, r.target)
+            for uid, relations in emitted.items()
+            for r in relations
+        ],
+        columns=["originator", "scope", "source_ref", "type", "target_scope", "target_ref"],
     )
+
+
+def _relation(row: asyncpg.Record) -> Relation:
+    return Relation(row["scope"], row["source_ref"], row["type"], row["target_scope"], row["target_ref"])
 
 
 async def relations_from(conn: asyncpg.Connection, scope: str, refs: Iterable[str]) -> list[Relation]:
-    """Every relation whose source is one of `refs`, whoever emitted it."""
+    """Every relation whose source is one of `refs` at `scope`, whoever emitted it."""
     rows = await conn.fetch(
-        "SELECT DISTINCT source_ref, type, target_ref FROM relations WHERE scope = $1 AND source_ref = ANY($2::text[])",
+        "SELECT DISTINCT scope, source_ref, type, target_scope, target_ref FROM relations "
+        "WHERE scope = $1 AND source_ref = ANY($2::text[])",
         scope,
         list(refs),
     )
-    return [Relation(r["source_ref"], r["type"], r["target_ref"]) for r in rows]
+    return [_relation(r) for r in rows]
 
 
-async def emitted_targets(conn: asyncpg.Connection, originators: list[str]) -> set[str]:
-    """Both ends of every relation these entities emit."""
+async def emitted_relations(conn: asyncpg.Connection, originators: list[str]) -> dict[str, set[Relation]]:
+    """The relations each of these entities emits, by uid."""
     rows = await conn.fetch(
-        "SELECT source_ref, target_ref FROM relations WHERE originator = ANY($1::uuid[])", originators
+        "SELECT originator::text AS originator, scope, source_ref, type, target_scope, target_ref FROM relations "
+        "WHERE originator = ANY($1::uuid[])",
+        originators,
     )
-    return {r["source_ref"] for r in rows} | {r["target_ref"] for r in rows}
+    emitted: dict[str, set[Relation]] = {uid: set() for uid in originators}
+    for row in rows:
+        emitted[row["originator"]].add(_relation(row))
+    return emitted
+
+
+async def emitted_targets(conn: asyncpg.Connection, originators: list[str]) -> set[tuple[str, str]]:
+    """Both ends, as (scope, ref), of every relation these entities emit."""
+    rows = await conn.fetch(
+        "SELECT scope, source_ref, target_scope, target_ref FROM relations WHERE originator = ANY($1::uuid[])",
+        originators,
+    )
+    return {(r["scope"], r["source_ref"]) for r in rows} | {(r["target_scope"], r["target_ref"]) for r in rows}
+
+
+async def nearest_scopes(conn: asyncpg.Connection, scopes: list[str], refs: list[str]) -> dict[str, str]:
+    """Per ref, the deepest of `scopes` (a scope and its ancestors) that has an entity with it."""
+    rows = await conn.fetch(
+        "SELECT DISTINCT ON (ref) ref, scope FROM entities WHERE scope = ANY($1::text[]) AND ref = ANY($2::text[]) "
+        "ORDER BY ref, length(scope) DESC",
+        scopes,
+        refs,
+    )
+    return {row["ref"]: row["scope"] for row in rows}
+
+
+# Repeated in every query that should use the partial index `relations_by_target` (migration 0020).
+_MAY_RESOLVE_ELSEWHERE = "(scope <> 'account' OR target_scope <> 'account')"
+
+
+async def referrers(conn: asyncpg.Connection, scope: str, created: list[str], deleted: list[str]) -> list[str]:
+    """Uids of the entities at `scope` or below whose references to these refs may now resolve elsewhere:
+    those pointing at another scope than `scope` for a ref created there, at `scope` for one deleted there."""
+    rows = await conn.fetch(
+        f"""SELECT DISTINCT originator::text AS uid FROM relations
+            WHERE {_MAY_RESOLVE_ELSEWHERE} AND (scope = $1 OR starts_with(scope, $1 || '.'))
+              AND ((target_ref = ANY($2::text[]) AND target_scope <> $1)
+                   OR (target_ref = ANY($3::text[]) AND target_scope = $1))""",
+        scope,
+        created,
+        deleted,
+    )
+    return [row["uid"] for row in rows]
+
+
+async def entities_by_uid(conn: asyncpg.Connection, uids: list[str]) -> list[StoredEntity]:
+    rows = await conn.fetch(f"SELECT {_COLUMNS} FROM entities WHERE uid = ANY($1::uuid[])", uids)
+    return [StoredEntity(**dict(r)) for r in rows]
 
 
 TOKEN_SEPARATOR = "\x1f"
@@ -191,10 +249,10 @@ async def write_stitched(conn: asyncpg.Connection, stitched: list[StitchedEntity
     )
 
 
-async def unstitched(conn: asyncpg.Connection) -> list[tuple[str, str]]:
+async def unstitched(conn: asyncpg.Connection) -> set[tuple[str, str]]:
     """(scope, ref) of entities stored before stitched JSON was kept (migration 0006)."""
     rows = await conn.fetch("SELECT scope, ref FROM entities WHERE final_entity IS NULL")
-    return [(r["scope"], r["ref"]) for r in rows]
+    return {(r["scope"], r["ref"]) for r in rows}
 
 
 def filter_sql(node: Filter, args: list[Any]) -> str:
