@@ -27,11 +27,11 @@ from services.catalog import kinds as kinds_module
 from services.catalog import store
 from services.catalog.entity_ref import parse_entity_ref, ref_of
 from services.catalog.kinds import Kinds
-from services.catalog.model import LocationSpec, LocationView, StoredEntity, document_etag
+from services.catalog.model import ByNameQuery, LocationSpec, LocationView, StoredEntity, document_etag
 from services.catalog.reader import ReadEntity, ReadError, ReadResult, iter_location, read_location
 from services.catalog.relations import Reference
 from services.catalog.resolution import Stale
-from services.catalog.scopes import parse_scoped_ref
+from services.catalog.scopes import ScopeSelector, parse_scoped_ref
 from services.catalog.service import (
     EntityWrite,
     apply_writes,
@@ -359,13 +359,16 @@ async def get_location(pool: asyncpg.Pool, location_id: str) -> LocationView:
     return location_view(row)
 
 
-async def location_of_entity(pool: asyncpg.Pool, scope: str, kind: str, namespace: str, name: str) -> LocationView:
+async def location_of_entity(
+    pool: asyncpg.Pool, query: ByNameQuery, kind: str, namespace: str, name: str
+) -> LocationView:
     ref = str(parse_entity_ref({"kind": kind, "namespace": namespace, "name": name}))
+    scopes = ScopeSelector.of(query.scope, parents=query.includeParents).exact_scopes()
     async with pool.acquire() as conn:
-        entity = await store.get_by_ref(conn, check_scope(scope), ref)
+        entity = await store.get_nearest(conn, scopes, ref)
         row = await store.get_location(conn, entity.location_id) if entity and entity.location_id else None
     if row is None:
-        raise NotFoundError(f"no location emits {ref} at scope {scope}")
+        raise NotFoundError(f"no location emits {ref} at scope {query.scope}")
     return location_view(row)
 
 

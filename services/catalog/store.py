@@ -42,6 +42,17 @@ async def get_by_ref(conn: asyncpg.Connection, scope: str, ref: str, *, lock: bo
     return _entity(row)
 
 
+async def get_nearest(conn: asyncpg.Connection, scopes: list[str], ref: str) -> StoredEntity | None:
+    """The entity with `ref` at the deepest of `scopes` (a scope and its ancestors) that has it."""
+    row = await conn.fetchrow(
+        f"SELECT {_COLUMNS} FROM entities WHERE scope = ANY($1::text[]) AND ref = $2 "
+        "ORDER BY length(scope) DESC LIMIT 1",
+        scopes,
+        ref,
+    )
+    return _entity(row)
+
+
 async def get_by_uid(conn: asyncpg.Connection, uid: str, *, lock: bool = False) -> StoredEntity | None:
     try:
         uuid.UUID(uid)
