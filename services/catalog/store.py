@@ -248,6 +248,7 @@ async def write_stitched(conn: asyncpg.Connection, stitched: list[StitchedEntity
     await conn.execute(
         """UPDATE entities e SET final_entity = t.final_entity,
                   search_tokens = ARRAY(SELECT jsonb_array_elements_text(t.tokens::jsonb)),
+                  search_infix = lower(t.a || ' ' || t.b),
                   search_text = setweight(to_tsvector('simple', t.a), 'A') || setweight(to_tsvector('simple', t.b), 'B')
                              || setweight(to_tsvector('simple', t.c), 'C') || setweight(to_tsvector('simple', t.d), 'D')
            FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[])
@@ -362,24 +363,42 @@ async def query_entities(
     return await served_in_order(conn, [r["uid"] for r in uids]), total
 
 
+INFIX_MIN_LENGTH = 3
+"""Shorter words have no trigram to look up (pg_trgm would scan the whole index): they match word starts only."""
+
+
+def _search_word_sql(word: str, args: list[Any]) -> str:
+    """An entity matches a search word with a word starting with it, or, from three letters on, with it anywhere
+    in its name, title, tags or owner (trigram-indexed `search_infix`)."""
+    args.append(prefix_tsquery([word]))
+    condition = f"search_text @@ to_tsquery('simple', ${len(args)})"
+    if len(word) < INFIX_MIN_LENGTH:
+        return condition
+    args.append(_like_fragment(word))
+    return f"({condition} OR search_infix LIKE ${len(args)})"
+
+
 async def search_entities(
     conn: asyncpg.Connection, scope: str, where: Filter | None, words: list[str], *, offset: int, limit: int
 ) -> tuple[list[SearchHit], int]:
-    """Entities at `scope` or below whose full-text document has a word starting with each of `words`, best
-    first: `ts_rank` over the weighted document, plus 1 when the name is the whole search text."""
-    args: list[Any] = [prefix_tsquery(words), scope, scope + ".%"]
-    condition = "search_text @@ to_tsquery('simple', $1) AND (scope = $2 OR scope LIKE $3)"
+    """Entities at `scope` or below matching each of `words` (`_search_word_sql`), best first: `ts_rank` over the
+    weighted document, plus a tenth of how well the words match inside the short fields (so infix-only matches
+    rank too), plus 1 when the name is the whole search text."""
+    args: list[Any] = [scope, scope + ".%"]
+    condition = " AND ".join(["(scope = $1 OR scope LIKE $2)", *(_search_word_sql(word, args) for word in words)])
     if where is not None:
         condition += f" AND {filter_sql(where, args)}"
     total = await conn.fetchval(f"SELECT count(*) FROM entities WHERE {condition}", *args)
-    args.append("-".join(words))
+    args += [prefix_tsquery(words), " ".join(words), "-".join(words)]
+    query, text, name = (f"${len(args) - i}" for i in (2, 1, 0))
     rows = await conn.fetch(
         f"""SELECT e.final_entity, page.score,
                    ts_headline('simple', concat_ws(' · ', m->>'name', m->>'title', m->>'description'),
-                               to_tsquery('simple', $1), 'StartSel=**, StopSel=**, MaxWords=20, MinWords=8')
+                               to_tsquery('simple', {query}), 'StartSel=**, StopSel=**, MaxWords=20, MinWords=8')
                        AS highlight
             FROM (SELECT uid, ref,
-                         ts_rank(search_text, to_tsquery('simple', $1)) + (name = ${len(args)})::int AS score
+                         ts_rank(search_text, to_tsquery('simple', {query}))
+                             + word_similarity({text}, search_infix) / 10 + (name = {name})::int AS score
                   FROM entities WHERE {condition}
                   ORDER BY score DESC, ref OFFSET {int(offset)} LIMIT {int(limit)}) page
             JOIN entities e ON e.uid = page.uid
