@@ -364,28 +364,33 @@ async def query_entities(
 
 
 INFIX_MIN_LENGTH = 3
-"""Shorter words have no trigram to look up (pg_trgm would scan the whole index): they match word starts only."""
+"""Words shorter than this have no trigram to look up: a search made only of them matches word starts only."""
 
 
-def _search_word_sql(word: str, args: list[Any]) -> str:
-    """An entity matches a search word with a word starting with it, or, from three letters on, with it anywhere
-    in its name, title, tags or owner (trigram-indexed `search_infix`)."""
-    args.append(prefix_tsquery([word]))
-    condition = f"search_text @@ to_tsquery('simple', ${len(args)})"
-    if len(word) < INFIX_MIN_LENGTH:
-        return condition
-    args.append(_like_fragment(word))
-    return f"({condition} OR search_infix LIKE ${len(args)})"
+def _search_words_sql(words: list[str], args: list[Any]) -> str:
+    """An entity matches when each word starts a word of its full-text document, or, when one word has three
+    letters or more, when each word occurs anywhere in its name, title, tags or owner (`search_infix`, under a
+    pg_trgm index). Two branches rather than a choice per word: the first is the word-start query as it was,
+    one GIN lookup, and the second an intersection of trigram lookups."""
+    args.append(prefix_tsquery(words))
+    prefixes = f"search_text @@ to_tsquery('simple', ${len(args)})"
+    if all(len(word) < INFIX_MIN_LENGTH for word in words):
+        return prefixes
+    infixes = []
+    for word in words:
+        args.append(_like_fragment(word))
+        infixes.append(f"search_infix LIKE ${len(args)}")
+    return f"({prefixes} OR ({' AND '.join(infixes)}))"
 
 
 async def search_entities(
     conn: asyncpg.Connection, scope: str, where: Filter | None, words: list[str], *, offset: int, limit: int
 ) -> tuple[list[SearchHit], int]:
-    """Entities at `scope` or below matching each of `words` (`_search_word_sql`), best first: `ts_rank` over the
+    """Entities at `scope` or below matching `words` (`_search_words_sql`), best first: `ts_rank` over the
     weighted document, plus a tenth of how well the words match inside the short fields (so infix-only matches
     rank too), plus 1 when the name is the whole search text."""
     args: list[Any] = [scope, scope + ".%"]
-    condition = " AND ".join(["(scope = $1 OR scope LIKE $2)", *(_search_word_sql(word, args) for word in words)])
+    condition = f"(scope = $1 OR scope LIKE $2) AND {_search_words_sql(words, args)}"
     if where is not None:
         condition += f" AND {filter_sql(where, args)}"
     total = await conn.fetchval(f"SELECT count(*) FROM entities WHERE {condition}", *args)

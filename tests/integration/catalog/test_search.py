@@ -82,7 +82,10 @@ async def test_words_of_three_letters_or_more_also_match_inside_names_titles_tag
     assert names(await search(http, catalog, q="ments-te", kind="component")) == ["billing-api"]  # owner
     assert names(await search(http, catalog, q="illing orker")) == ["billing-worker"]  # every word must match
     assert (await search(http, catalog, q="etails"))["items"] == []  # inside a description word: no
-    assert (await search(http, catalog, q="il"))["items"] == []  # two letters: word starts only
+    assert (await search(http, catalog, q="il"))["items"] == []  # two letters only: word starts only
+    # Either every word starts a word (here `details`, in a description), or every word is inside the short fields.
+    assert names(await search(http, catalog, q="check detail")) == ["checkout"]
+    assert (await search(http, catalog, q="illing detail"))["items"] == []
 
 
 async def test_filters_combine(catalog, http):
