@@ -100,25 +100,25 @@ def references_of(
         if values is None:
             continue
         for index, value in enumerate(values if isinstance(values, list) else [values]):
-            field = f"$.spec.{rule.field}" + (f"[{index}]" if isinstance(values, list) else "")
             try:
-                target, scope = _target(value, rule, self_ref, field)
+                target, scope = _target(value, rule, self_ref)
             except EntityRefError as exc:
+                field = f"$.spec.{rule.field}" + (f"[{index}]" if isinstance(values, list) else "")
                 errors.append(FieldError(field, str(exc)))
-                continue
-            except InputError as exc:
-                errors.extend(exc.errors)
                 continue
             references[Reference(rule.forward, str(target), rule.reverse, scope)] = None
     return list(references), errors
 
 
-def _target(value: Any, rule: RelationRule, self_ref: EntityRef, field: str) -> tuple[EntityRef, str | None]:
+def _target(value: Any, rule: RelationRule, self_ref: EntityRef) -> tuple[EntityRef, str | None]:
     scope = None
     if isinstance(value, str):
         value, scope = split_spec_scope(value)
         if scope is not None:
-            check_scope(scope, field)
+            try:
+                check_scope(scope)
+            except InputError as exc:
+                raise EntityRefError(exc.errors[0].message) from None
     target = parse_entity_ref(value, default_kind=rule.default_kind, default_namespace=self_ref.namespace)
     return target, scope
 
