@@ -387,23 +387,23 @@ async def search_entities(
     conn: asyncpg.Connection, scope: str, where: Filter | None, words: list[str], *, offset: int, limit: int
 ) -> tuple[list[SearchHit], int]:
     """Entities at `scope` or below matching `words` (`_search_words_sql`), best first: `ts_rank` over the
-    weighted document, plus a tenth of how well the words match inside the short fields (so infix-only matches
-    rank too), plus 1 when the name is the whole search text."""
+    weighted document, plus 1 when the name is the whole search text. Matches inside words only rank 0 and come
+    after, by ref: pg_trgm's `word_similarity` would order them, but computing it for every match tripled the
+    cost of a search (61 ms against 19 for a name prefix at 100,000 entities)."""
     args: list[Any] = [scope, scope + ".%"]
     condition = f"(scope = $1 OR scope LIKE $2) AND {_search_words_sql(words, args)}"
     if where is not None:
         condition += f" AND {filter_sql(where, args)}"
     total = await conn.fetchval(f"SELECT count(*) FROM entities WHERE {condition}", *args)
-    args += [prefix_tsquery(words), " ".join(words), "-".join(words)]
-    query, text, name = (f"${len(args) - i}" for i in (2, 1, 0))
+    args += [prefix_tsquery(words), "-".join(words)]
+    query, name = f"${len(args) - 1}", f"${len(args)}"
     rows = await conn.fetch(
         f"""SELECT e.final_entity, page.score,
                    ts_headline('simple', concat_ws(' · ', m->>'name', m->>'title', m->>'description'),
                                to_tsquery('simple', {query}), 'StartSel=**, StopSel=**, MaxWords=20, MinWords=8')
                        AS highlight
             FROM (SELECT uid, ref,
-                         ts_rank(search_text, to_tsquery('simple', {query}))
-                             + word_similarity({text}, search_infix) / 10 + (name = {name})::int AS score
+                         ts_rank(search_text, to_tsquery('simple', {query})) + (name = {name})::int AS score
                   FROM entities WHERE {condition}
                   ORDER BY score DESC, ref OFFSET {int(offset)} LIMIT {int(limit)}) page
             JOIN entities e ON e.uid = page.uid
