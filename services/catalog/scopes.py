@@ -50,6 +50,16 @@ def names_scope(value: str) -> bool:
     return SCOPE_SEPARATOR in value
 
 
+def split_spec_scope(value: str) -> tuple[str, str | None]:
+    """A spec reference and the scope it names, if any. Backstage's parser lets a name hold `@` (the example
+    templates' `owner: user:guest@example.com`), so only a suffix that starts like a scope (`@account…`) names
+    one, and must then be a scope."""
+    ref, separator, scope = value.rpartition(SCOPE_SEPARATOR)
+    if separator and (scope == "account" or scope.startswith("account.")):
+        return ref, scope
+    return value, None
+
+
 def parse_scoped_ref(value: str, default_scope: str, field: str) -> tuple[EntityRef, str]:
     """A Backstage ref with an optional `@<scope>`, and the scope it names (else `default_scope`); InputError
     names `field`."""

@@ -67,8 +67,9 @@ from services.catalog.query import (
     project_fields,
     search_words,
 )
-from services.catalog.relations import Relation, relations_of
-from services.catalog.scopes import ScopeSelector, names_scope, parse_scoped_ref
+from services.catalog.relations import Reference, references_of
+from services.catalog.resolution import Stale, rewire_referrers, served_relations, write_relations
+from services.catalog.scopes import ScopeSelector, names_scope, parse_scoped_ref, scoped_ref
 from services.catalog.stitching import restitch
 from services.catalog.validation import default_namespace, validate_entity
 from services.catalog.visibility import EntityGate, EntityViewer, gate_of
@@ -102,7 +103,7 @@ def prepare_document(raw: Any, kinds: Kinds) -> tuple[dict[str, Any], list]:
     errors = document_errors(document, kinds)
     if errors:
         raise InputError(f"the entity is not valid: {errors[0].message}", errors=errors)
-    relations, ref_errors = relations_of(document, kinds.relation_rules(document))
+    relations, ref_errors = references_of(document, kinds.relation_rules(document))
     if ref_errors:
         raise InputError(f"the entity has invalid references: {ref_errors[0].message}", errors=ref_errors)
     return document, relations
@@ -125,8 +126,8 @@ class EntityWrite:
 
     before: StoredEntity | None
     after: StoredEntity | None
-    relations: list[Relation] = dataclasses.field(default_factory=list)
-    """The relations `after` emits."""
+    relations: list[Reference] = dataclasses.field(default_factory=list)
+    """The references `after` makes (its relations before their targets' scopes are resolved)."""
 
     def event(self, actor: Actor):
         if self.before is None:
@@ -142,11 +143,12 @@ class EntityWrite:
 
 async def write_entities(
     conn: asyncpg.Connection, actor: Actor, scope: str, writes: list[EntityWrite], *, kinds: Kinds
-) -> set[str]:
+) -> Stale:
     """Store entity changes at one scope set-based: rows, the relations they emit, and one event each in the
-    outbox. Returns the refs whose served form is now stale: the entities, and both ends of their old and new
-    relations where those changed (an entity's served form depends on its own document and the relations
-    from it only); the caller stitches them, once per batch."""
+    outbox. Returns the (scope, ref) whose served form is now stale: the entities, both ends of their old and
+    new relations where those changed (an entity's served form depends on its own document and the relations
+    from it only), and both ends of the references elsewhere that the created and deleted entities made
+    resolve to another scope; the caller stitches them, once per batch."""
     if not writes:
         return set()
     rewired = [
@@ -163,11 +165,13 @@ async def write_entities(
         await store.insert_entities(conn, created)
     if updated:
         await store.update_entities(conn, updated)
-    emitted = {w.after.uid: w.relations for w in rewired if w.after is not None}
+    emitted = [(w.after.uid, w.after.ref, w.relations) for w in rewired if w.after is not None]
     if emitted:
-        await store.replace_relations(conn, scope, emitted)
-    stale.update(w.after.ref for w in writes if w.after is not None)
-    stale.update(r.target for w in rewired for r in w.relations)
+        stale |= await write_relations(conn, scope, emitted)
+    stale.update((scope, w.after.ref) for w in writes if w.after is not None)
+    stale |= await rewire_referrers(
+        conn, scope, [e.ref for e in created], [w.before.ref for w in writes if w.after is None], kinds
+    )
     await write_events(conn, [write.event(actor) for write in writes])
     return stale
 
@@ -176,7 +180,7 @@ async def apply_writes(
     conn: asyncpg.Connection, actor: Actor, scope: str, writes: list[EntityWrite], *, kinds: Kinds
 ) -> None:
     """`write_entities`, then stitch what it touched: the whole change is queryable when the transaction commits."""
-    await restitch(conn, scope, await write_entities(conn, actor, scope, writes, kinds=kinds))
+    await restitch(conn, await write_entities(conn, actor, scope, writes, kinds=kinds))
 
 
 def revised(current: StoredEntity, document: dict[str, Any], **fields: Any) -> StoredEntity:
@@ -190,12 +194,6 @@ def revised(current: StoredEntity, document: dict[str, Any], **fields: Any) -> S
         generation=next_generation(current, document),
         **fields,
     )
-
-
-def served_relations(entity: StoredEntity, kinds: Kinds) -> list:
-    """Relations of the document as served: ingested properties may set `spec.owner` and the like."""
-    document = entity.served_document
-    return relations_of(document, kinds.relation_rules(document))[0]
 
 
 async def _served_document(conn: asyncpg.Connection, scope: str, ref: str) -> dict[str, Any]:
@@ -586,55 +584,81 @@ async def facet_counts(
 
 
 async def entity_graph(pool: asyncpg.Pool, query: GraphQuery, visible: Visibility = EVERYTHING) -> Graph:
-    """The entities reachable from `root` through chosen relation types, up to `depth` hops; dangling targets
-    are nodes marked `missing`. Entities the caller may not see are left out, with their edges, and not
+    """The entities reachable from `root` through chosen relation types, up to `depth` hops, across scopes;
+    dangling targets are nodes marked `missing`. Nodes at another scope than the root's are named by scoped ref
+    (`kind:namespace/name@scope`). Entities the caller may not see are left out, with their edges, and not
     followed."""
     root_ref, scope = parse_scoped_ref(query.root, check_scope(query.scope), "query.root")
-    root = str(root_ref)
     wanted = {t.strip().lower() for value in _as_list(query.relations) for t in value.split(",") if t.strip()}
-    seen, frontier, edges = {root}, {root}, set()
     async with pool.acquire() as conn:
         entity_viewer = viewer(conn, visible)
-        root_entity = await store.served_by_ref(conn, scope, root)
-        if root_entity is None or not await entity_viewer.sees(root_entity.json):
-            raise NotFoundError(f"no entity {root} at scope {scope}")
-        hidden: set[str] = set()
+        scopes = ScopeSelector.of(scope, parents=query.includeParents and not names_scope(query.root)).exact_scopes()
+        found_at = await store.nearest_scopes(conn, scopes, [str(root_ref)])
+        if str(root_ref) not in found_at:
+            raise NotFoundError(f"no entity {root_ref} at scope {scope}")
+        root = (found_at[str(root_ref)], str(root_ref))
+        if await _hidden(conn, entity_viewer, {root}):
+            raise NotFoundError(f"no entity {root_ref} at scope {scope}")
+        seen, frontier, edges = {root}, {root}, set()
         for _ in range(query.depth):
-            step = [
-                r for r in await store.relations_from(conn, scope, frontier) if not wanted or r.type.lower() in wanted
-            ]
-            frontier = {r.target for r in step} - seen
-            if not entity_viewer.sees_everything:
-                served = await store.served_nearest(conn, [scope], sorted(frontier))
-                hidden |= {ref for ref, each in served.items() if not await entity_viewer.sees(each.json)}
-                frontier -= hidden
-                step = [r for r in step if r.target not in hidden]
-            edges.update(step)
+            step = [r for r in await _relations_from(conn, frontier) if not wanted or r.type.lower() in wanted]
+            frontier = {(r.target_scope, r.target) for r in step} - seen
+            hidden = await _hidden(conn, entity_viewer, frontier)
+            frontier -= hidden
+            edges.update(r for r in step if (r.target_scope, r.target) not in hidden)
             seen |= frontier
             if not frontier:
                 break
-        found = await store.get_many(conn, scope, sorted(seen))
+        found = {(e.scope, e.ref): e for e in await _entities_at(conn, seen)}
+
+    def key(node_scope: str, ref: str) -> str:
+        return ref if node_scope == root[0] else scoped_ref(ref, node_scope)
+
     nodes = []
-    for ref in sorted(seen):
+    for node_scope, ref in sorted(seen, key=lambda node: key(*node)):
         kind, _, rest = ref.partition(":")
-        entity = found.get(ref)
+        entity = found.get((node_scope, ref))
         metadata = entity.document.get("metadata", {}) if entity else {}
         nodes.append(
             GraphNode(
-                ref=ref,
+                ref=key(node_scope, ref),
                 kind=entity.document["kind"] if entity else kind,
                 name=metadata.get("name", rest.partition("/")[2]),
                 title=metadata.get("title"),
                 missing=entity is None,
             )
         )
-    return Graph(
-        root=root,
-        nodes=nodes,
-        edges=[
-            GraphEdge(r.source, r.type, r.target) for r in sorted(edges, key=lambda r: (r.source, r.type, r.target))
-        ],
-    )
+    named = sorted((key(r.scope, r.source), r.type, key(r.target_scope, r.target)) for r in edges)
+    return Graph(root=key(*root), nodes=nodes, edges=[GraphEdge(*edge) for edge in named])
+
+
+def _by_scope(nodes: set[tuple[str, str]]) -> dict[str, list[str]]:
+    refs: dict[str, list[str]] = {}
+    for scope, ref in sorted(nodes):
+        refs.setdefault(scope, []).append(ref)
+    return refs
+
+
+async def _hidden(
+    conn: asyncpg.Connection, entity_viewer: EntityViewer, nodes: set[tuple[str, str]]
+) -> set[tuple[str, str]]:
+    """The nodes that are entities the caller may not see (dangling targets are not hidden: nothing is there)."""
+    if entity_viewer.sees_everything:
+        return set()
+    hidden = set()
+    for scope, refs in _by_scope(nodes).items():
+        for ref, served in (await store.served_nearest(conn, [scope], refs)).items():
+            if not await entity_viewer.sees(served.json):
+                hidden.add((scope, ref))
+    return hidden
+
+
+async def _relations_from(conn: asyncpg.Connection, nodes: set[tuple[str, str]]) -> list:
+    return [r for scope, refs in _by_scope(nodes).items() for r in await store.relations_from(conn, scope, refs)]
+
+
+async def _entities_at(conn: asyncpg.Connection, nodes: set[tuple[str, str]]) -> list[StoredEntity]:
+    return [e for scope, refs in _by_scope(nodes).items() for e in (await store.get_many(conn, scope, refs)).values()]
 
 
 async def validate_entity_document(pool: asyncpg.Pool, raw: Any) -> list[dict[str, str]]:

@@ -23,15 +23,22 @@ STITCH_BATCH = 2000
 """Entities stitched per round trip: large enough for set-based writes, small enough to bound memory."""
 
 
-async def restitch(conn: asyncpg.Connection, scope: str, refs: Iterable[str]) -> None:
-    """Rebuild what is served for the existing entities among `refs`; refs of missing entities are skipped.
+async def restitch(conn: asyncpg.Connection, stale: Iterable[tuple[str, str]]) -> None:
+    """Rebuild what is served for the existing entities among `stale` (scope, ref); missing ones are skipped.
 
     Chunk by chunk; a chunk's stitching (Python) runs in a thread while the previous chunk is written
     (PostgreSQL), so both sides work at once."""
-    ordered = sorted(set(refs))
-    chunks = [ordered[start : start + STITCH_BATCH] for start in range(0, len(ordered), STITCH_BATCH)]
+    refs_by_scope: dict[str, set[str]] = defaultdict(set)
+    for scope, ref in stale:
+        refs_by_scope[scope].add(ref)
+    chunks = [
+        (scope, ordered[start : start + STITCH_BATCH])
+        for scope, refs in sorted(refs_by_scope.items())
+        for ordered in [sorted(refs)]
+        for start in range(0, len(ordered), STITCH_BATCH)
+    ]
     writing: list[StitchedEntity] | None = None
-    for chunk in chunks:
+    for scope, chunk in chunks:
         inputs = await _inputs(conn, scope, chunk)
         if writing is None:  # nothing to write yet: stitch here (a single write never needs a thread)
             writing = _stitch_all(*inputs)
@@ -63,8 +70,4 @@ def _stitch_all(entities: list[StoredEntity], relations: dict[str, list[Relation
 async def stitch_unstitched(pool: asyncpg.Pool) -> None:
     """Stitch entities stored before the catalog kept their served JSON (once, after migration 0006)."""
     async with transaction(pool) as conn:
-        refs_by_scope: dict[str, list[str]] = defaultdict(list)
-        for scope, ref in await store.unstitched(conn):
-            refs_by_scope[scope].append(ref)
-        for scope, refs in refs_by_scope.items():
-            await restitch(conn, scope, refs)
+        await restitch(conn, await store.unstitched(conn))

@@ -3,6 +3,8 @@ predicate, ancestry through Location entities, and Backstage's error members in 
 
 from __future__ import annotations
 
+import hashlib
+
 import pytest_asyncio
 
 from services.catalog.app import DEFINITION as CATALOG
@@ -130,12 +132,19 @@ async def test_ancestry_follows_location_entities(catalog, http, tmp_path):
         assert r.status == 201, await r.text()
     async with http.get(f"{catalog.url}/api/catalog/entities/by-name/component/default/deep/ancestry") as r:
         ancestry = await r.json()
+    # As in Backstage, the registered location's generated Location entity (sha1 of "type:target") is the root.
+    location_key = "file:" + body["target"]
+    generated = "generated-" + hashlib.sha1(location_key.encode()).hexdigest()
     assert ancestry["rootEntityRef"] == "component:default/deep"
     assert [(i["entity"]["metadata"]["name"], i["parentEntityRefs"]) for i in ancestry["items"]] == [
         ("deep", ["location:default/team-a-files"]),
         ("team-a-files", ["location:default/root"]),
-        ("root", []),
+        ("root", [f"location:default/{generated}"]),
+        (generated, []),
     ]
+    location_entity = ancestry["items"][-1]["entity"]
+    assert location_entity["spec"] == {"type": "file", "target": body["target"]}
+    assert location_entity["metadata"]["annotations"]["backstage.io/managed-by-origin-location"] == location_key
     async with http.get(f"{catalog.url}/api/catalog/entities/by-name/component/default/svc-1/ancestry") as r:
         assert [i["parentEntityRefs"] for i in (await r.json())["items"]] == [[]]
     async with http.get(f"{catalog.url}/api/catalog/entities/by-name/component/default/nope/ancestry") as r:

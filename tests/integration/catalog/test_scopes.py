@@ -134,3 +134,36 @@ async def test_single_reads_may_resolve_at_the_nearest_scope_above(catalog, http
         "account.acme.shop",
         "account.other",
     ]
+
+
+async def test_routes_with_a_ref_in_the_path_take_scope_and_include_parents(make_settings, http, tmp_path):
+    """by-name, ancestry and locations/by-entity read at `scope`, or at the nearest scope above with
+    `includeParents`; graph resolves its root the same way."""
+    (tmp_path / "svc.yaml").write_text(
+        "apiVersion: backstage.io/v1alpha1\nkind: Component\nmetadata: {name: svc}\n"
+        "spec: {type: service, lifecycle: production, owner: team-a}\n"
+    )
+    settings = make_settings(CatalogSettings, file_location_roots=str(tmp_path))
+    async with running_service(CATALOG, settings) as catalog:
+        body = {"type": "file", "target": str(tmp_path / "svc.yaml")}
+        async with http.post(f"{catalog.url}/api/catalog/locations", params={"scope": "account.acme"}, json=body) as r:
+            assert r.status == 201, await r.text()
+        below = {"scope": "account.acme.shop"}
+        nearest = below | {"includeParents": "true"}
+        base = f"{catalog.url}/api/catalog"
+        for path in [
+            "entities/by-name/component/default/svc",
+            "entities/by-name/component/default/svc/ancestry",
+            "locations/by-entity/component/default/svc",
+        ]:
+            async with http.get(f"{base}/{path}", params=below) as r:
+                assert r.status == 404, path
+            async with http.get(f"{base}/{path}", params=nearest) as r:
+                assert r.status == 200, path
+        async with http.get(f"{base}/entities/by-name/component/default/svc/ancestry", params=nearest) as r:
+            items = (await r.json())["items"]
+        assert [i["entity"]["metadata"]["annotations"]["seed-idp.dev/scope"] for i in items] == ["account.acme"] * 2
+        async with http.get(f"{base}/graph", params={"root": "component:svc", **below}) as r:
+            assert r.status == 404
+        async with http.get(f"{base}/graph", params={"root": "component:svc", **nearest}) as r:
+            assert (await r.json())["root"] == "component:default/svc"

@@ -72,7 +72,20 @@ async def test_words_match_by_prefix_in_every_indexed_field(catalog, http):
     assert names(await search(http, catalog, q="pbill")) == ["checkout"]  # annotation value
     assert names(await search(http, catalog, q="payments")) == ["payments-team", "billing-api"]  # name, then tag
     assert names(await search(http, catalog, q="payments-team", kind="component")) == ["billing-api"]  # owner
-    assert (await search(http, catalog, q="illing"))["items"] == []  # prefixes, not infixes
+
+
+async def test_words_of_three_letters_or_more_also_match_inside_names_titles_tags_and_owners(catalog, http):
+    """pg_trgm (migration 0021): infix matches stay indexed; descriptions still match by word start only."""
+    assert names(await search(http, catalog, q="illing")) == ["billing-api", "billing-portal", "billing-worker"]
+    assert names(await search(http, catalog, q="orker")) == ["billing-worker"]  # name
+    assert names(await search(http, catalog, q="ava")) == ["billing-api", "billing-worker"]  # tag
+    assert names(await search(http, catalog, q="ments-te", kind="component")) == ["billing-api"]  # owner
+    assert names(await search(http, catalog, q="illing orker")) == ["billing-worker"]  # every word must match
+    assert (await search(http, catalog, q="etails"))["items"] == []  # inside a description word: no
+    assert (await search(http, catalog, q="il"))["items"] == []  # two letters only: word starts only
+    # Either every word starts a word (here `details`, in a description), or every word is inside the short fields.
+    assert names(await search(http, catalog, q="check detail")) == ["checkout"]
+    assert (await search(http, catalog, q="illing detail"))["items"] == []
 
 
 async def test_filters_combine(catalog, http):

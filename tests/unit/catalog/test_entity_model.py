@@ -9,7 +9,7 @@ import json
 import pytest
 
 from services.catalog.entity_ref import EntityRef, EntityRefError, parse_entity_ref, ref_of
-from services.catalog.relations import Relation, relations_of
+from services.catalog.relations import Reference, references_of, resolve
 from services.catalog.validation import default_namespace, validate_entity
 from tests.helpers import BACKSTAGE_EXAMPLES, backstage_example_entities
 
@@ -55,6 +55,17 @@ def test_the_example_catalog_is_valid_and_counted_as_backstage_counts_it():
     assert counts == json.loads((DATASET / "expected-counts.json").read_text())
 
 
+def pair(source: str, type: str, target: str) -> tuple[str, str, str]:
+    return (source, type, target)
+
+
+def relations_of(entity: dict, scope: str = "account") -> tuple[list[tuple[str, str, str]], list]:
+    """(source, type, target) of the relations an entity at `scope` emits, no other scope having its targets."""
+    references, errors = references_of(entity)
+    relations = resolve(str(ref_of(entity)), scope, references, {})
+    return [(r.source, r.type, r.target) for r in relations], errors
+
+
 def test_relations_of_a_component_come_in_pairs_with_backstage_defaults():
     entity = {
         "apiVersion": "backstage.io/v1alpha1",
@@ -73,14 +84,14 @@ def test_relations_of_a_component_come_in_pairs_with_backstage_defaults():
     me = "component:music/artist-lookup"
     assert errors == []
     assert relations == [
-        Relation(me, "ownedBy", "group:music/team-a"),
-        Relation("group:music/team-a", "ownerOf", me),
-        Relation(me, "providesApi", "api:default/lookup-api"),
-        Relation("api:default/lookup-api", "apiProvidedBy", me),
-        Relation(me, "dependsOn", "resource:music/artists-db"),
-        Relation("resource:music/artists-db", "dependencyOf", me),
-        Relation(me, "partOf", "system:music/portal"),
-        Relation("system:music/portal", "hasPart", me),
+        pair(me, "ownedBy", "group:music/team-a"),
+        pair("group:music/team-a", "ownerOf", me),
+        pair(me, "providesApi", "api:default/lookup-api"),
+        pair("api:default/lookup-api", "apiProvidedBy", me),
+        pair(me, "dependsOn", "resource:music/artists-db"),
+        pair("resource:music/artists-db", "dependencyOf", me),
+        pair(me, "partOf", "system:music/portal"),
+        pair("system:music/portal", "hasPart", me),
     ]
 
 
@@ -93,26 +104,26 @@ def test_depends_on_without_a_kind_is_an_error_naming_the_field():
     }
     relations, errors = relations_of(entity)
     assert [e.field for e in errors] == ["$.spec.dependsOn[1]"]
-    assert Relation("component:default/x", "dependsOn", "ok:default/a") in relations
+    assert pair("component:default/x", "dependsOn", "ok:default/a") in relations
 
 
 def test_group_hierarchy_and_membership_relations_of_the_example_org():
     entities = backstage_example_entities()
     relations = {r for e in entities for r in relations_of(e)[0]}
-    assert Relation("group:default/team-a", "childOf", "group:default/backstage") in relations
-    assert Relation("group:default/backstage", "parentOf", "group:default/team-a") in relations
-    assert Relation("user:default/breanna.davison", "memberOf", "group:default/team-a") in relations
-    assert Relation("group:default/team-a", "hasMember", "user:default/breanna.davison") in relations
+    assert pair("group:default/team-a", "childOf", "group:default/backstage") in relations
+    assert pair("group:default/backstage", "parentOf", "group:default/team-a") in relations
+    assert pair("user:default/breanna.davison", "memberOf", "group:default/team-a") in relations
+    assert pair("group:default/team-a", "hasMember", "user:default/breanna.davison") in relations
 
 
 def test_dangling_owner_references_are_kept_and_identifiable():
     entities = backstage_example_entities()
     known = {str(ref_of(e)) for e in entities}
-    owned_by = {r for e in entities for r in relations_of(e)[0] if r.type == "ownedBy"}
+    owned_by = {r for e in entities for r in references_of(e)[0] if r.type == "ownedBy"}
     dangling = {r.target for r in owned_by if r.target not in known}
     assert "group:default/guest" in dangling  # `owner: guest` defaults to a Group; only a User guest exists
     assert "user:default/guest" not in dangling
-    assert all(errors == [] for _, errors in map(relations_of, entities))
+    assert all(errors == [] for _, errors in map(references_of, entities))
 
 
 @pytest.mark.parametrize(
@@ -172,3 +183,34 @@ def test_api_definition_rules(spec, errors):
         "spec": {"lifecycle": "production", "owner": "g", **spec},
     }
     assert [e.field for e in validate_entity(entity)] == errors
+
+
+def test_a_scoped_ref_in_spec_names_the_target_scope_and_a_bad_scope_is_an_error_naming_the_field():
+    entity = {
+        "apiVersion": "backstage.io/v1alpha1",
+        "kind": "Component",
+        "metadata": {"name": "x"},
+        "spec": {
+            "type": "service",
+            "lifecycle": "production",
+            "owner": "group:default/platform@account.acme",
+            "dependsOn": ["resource:db@account.nope.too.deep"],
+        },
+    }
+    references, errors = references_of(entity)
+    assert references == [Reference("ownedBy", "group:default/platform", "ownerOf", "account.acme")]
+    assert [e.field for e in errors] == ["$.spec.dependsOn[0]"]
+
+
+def test_an_unscoped_target_resolves_at_the_nearest_scope_that_has_it_else_dangles_at_the_entity_scope():
+    references = [
+        Reference("ownedBy", "group:default/a", "ownerOf"),
+        Reference("partOf", "system:default/s", "hasPart"),
+    ]
+    relations = resolve("component:default/x", "account.acme.shop", references, {"group:default/a": "account.acme"})
+    assert [(r.scope, r.source, r.type, r.target_scope, r.target) for r in relations] == [
+        ("account.acme.shop", "component:default/x", "ownedBy", "account.acme", "group:default/a"),
+        ("account.acme", "group:default/a", "ownerOf", "account.acme.shop", "component:default/x"),
+        ("account.acme.shop", "component:default/x", "partOf", "account.acme.shop", "system:default/s"),
+        ("account.acme.shop", "system:default/s", "hasPart", "account.acme.shop", "component:default/x"),
+    ]

@@ -1,0 +1,77 @@
+"""Where relation targets live: resolving an entity's references to scopes when it is written, and again for
+the entities whose references a new or deleted target changes (design.md §5: visible from below).
+
+A reference without a scope resolves at the nearest scope at or above its entity's that has the target, so
+resolution depends on other entities: when a target appears at a nearer scope (it shadows the farther one) or
+goes away, the references to it are resolved again and both ends of what moved are stitched again.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+
+import asyncpg
+
+from services.catalog import store
+from services.catalog.kinds import Kinds
+from services.catalog.model import StoredEntity
+from services.catalog.relations import Reference, Relation, references_of, resolve, unscoped_targets
+from shared.scopes import ancestors
+
+Stale = set[tuple[str, str]]
+"""(scope, ref) of entities whose served form must be stitched again."""
+
+
+def served_relations(entity: StoredEntity, kinds: Kinds) -> list[Reference]:
+    """The references of the document as served: ingested properties may set `spec.owner` and the like."""
+    document = entity.served_document
+    return references_of(document, kinds.relation_rules(document))[0]
+
+
+def _ends(relations: set[Relation] | list[Relation]) -> Stale:
+    return {(r.scope, r.source) for r in relations} | {(r.target_scope, r.target) for r in relations}
+
+
+async def resolved(
+    conn: asyncpg.Connection, scope: str, entities: list[tuple[str, str, list[Reference]]]
+) -> dict[str, list[Relation]]:
+    """The relations of each (uid, ref, references) of entities at `scope`, targets placed at their scopes."""
+    wanted = set().union(*(unscoped_targets(references) for _, _, references in entities))
+    scopes = ancestors(scope)
+    # At `account` there is nothing above: every unscoped target resolves there, found or dangling.
+    nearest = await store.nearest_scopes(conn, scopes, sorted(wanted)) if wanted and len(scopes) > 1 else {}
+    return {uid: resolve(ref, scope, references, nearest) for uid, ref, references in entities}
+
+
+async def write_relations(
+    conn: asyncpg.Connection, scope: str, entities: list[tuple[str, str, list[Reference]]]
+) -> Stale:
+    """Store the resolved relations of entities at `scope`; returns the ends of the new relations."""
+    relations = await resolved(conn, scope, entities)
+    await store.replace_relations(conn, relations)
+    return _ends([r for emitted in relations.values() for r in emitted])
+
+
+async def rewire_referrers(
+    conn: asyncpg.Connection, scope: str, created: list[str], deleted: list[str], kinds: Kinds
+) -> Stale:
+    """Resolve again the references that entities created or deleted at `scope` may move; returns both ends of
+    the relations that moved."""
+    if not created and not deleted:
+        return set()
+    uids = await store.referrers(conn, scope, created, deleted)
+    if not uids:
+        return set()
+    current = await store.emitted_relations(conn, uids)
+    by_scope: dict[str, list[tuple[str, str, list[Reference]]]] = defaultdict(list)
+    for entity in await store.entities_by_uid(conn, uids):
+        by_scope[entity.scope].append((entity.uid, entity.ref, served_relations(entity, kinds)))
+    moved: dict[str, list[Relation]] = {}
+    for entity_scope, entities in by_scope.items():
+        for uid, relations in (await resolved(conn, entity_scope, entities)).items():
+            if set(relations) != current[uid]:
+                moved[uid] = relations
+    if not moved:
+        return set()
+    await store.replace_relations(conn, moved)
+    return _ends({r for uid in moved for r in current[uid]} | {r for relations in moved.values() for r in relations})
