@@ -25,7 +25,6 @@ import asyncio
 import contextlib
 import importlib
 import random
-import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -266,10 +265,8 @@ def main() -> None:
         if args.propagation:
             result |= asyncio.run(propagation(args.propagation))
         results.append(result)
-        print(f"run {run + 1}: " + ", ".join(f"{k}={v:.3f}" for k, v in result.items()), flush=True)
-    print("\n| measure | median |\n|---|---|")
-    for key in results[0]:
-        print(f"| {key} | {statistics.median(r[key] for r in results):.3f} |")
+        stack.print_run(run + 1, result, ".3f")
+    stack.print_medians(results, ".3f")
 
 
 if __name__ == "__main__":

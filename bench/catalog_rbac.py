@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -190,10 +189,8 @@ def main() -> None:
     for run in range(args.runs):
         result = asyncio.run(one_run(args))
         results.append(result)
-        print(f"run {run + 1}: " + ", ".join(f"{k}={v:.2f}" for k, v in result.items()), flush=True)
-    print("\n| measure | median |\n|---|---|")
-    for key in results[0]:
-        print(f"| {key} | {statistics.median(r[key] for r in results):.2f} |")
+        stack.print_run(run + 1, result)
+    stack.print_medians(results)
 
 
 if __name__ == "__main__":

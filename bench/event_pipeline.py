@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -156,7 +155,7 @@ async def main() -> None:
             for run in range(args.runs):
                 result = await one_run(servers.nats_url, servers.database_url, args)
                 results.append(result)
-                print(f"run {run + 1}: " + ", ".join(f"{k}={v:,.2f}" for k, v in result.items()), flush=True)
+                stack.print_run(run + 1, result)
         finally:
             for audit in audits:
                 audit.stop()
@@ -164,9 +163,7 @@ async def main() -> None:
         f"\nmedian of {args.runs} runs, N = {args.events:,}, paced {args.paced_rate:,.0f}/s, "
         f"{args.audit_replicas} audit replica(s):\n"
     )
-    print("| metric | median |\n|---|---|")
-    for key in results[0]:
-        print(f"| {key} | {statistics.median(r[key] for r in results):,.2f} |")
+    stack.print_medians(results)
 
 
 if __name__ == "__main__":

@@ -33,6 +33,7 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -341,14 +342,7 @@ async def update_latency(
         committed[ref] = time.perf_counter()
         components[name] = flipped
 
-    interval = 1 / args.updates_per_second
-    started = time.perf_counter()
-    tasks = []
-    for i, name in enumerate(chosen):
-        await asyncio.sleep(max(0.0, started + i * interval - time.perf_counter()))
-        tasks.append(asyncio.create_task(update(name)))
-    await asyncio.gather(*tasks)
-    offered_s = time.perf_counter() - started
+    offered_s = await paced(chosen, update, args.updates_per_second)
     with contextlib.suppress(TimeoutError):
         await asyncio.wait_for(all_scored.wait(), 60)
     await nc.close()
@@ -403,14 +397,7 @@ async def direct_latency(args, servers, db_conn, components: dict[str, dict], se
         sent[ref] = time.perf_counter()
         await publish_event(js, event)
 
-    interval = 1 / args.updates_per_second
-    started = time.perf_counter()
-    tasks = []
-    for i, ref in enumerate(chosen):
-        await asyncio.sleep(max(0.0, started + i * interval - time.perf_counter()))
-        tasks.append(asyncio.create_task(publish(ref)))
-    await asyncio.gather(*tasks)
-    offered_s = time.perf_counter() - started
+    offered_s = await paced(chosen, publish, args.updates_per_second)
     with contextlib.suppress(TimeoutError):
         await asyncio.wait_for(all_scored.wait(), 60)
     await nc.close()
@@ -420,6 +407,18 @@ async def direct_latency(args, servers, db_conn, components: dict[str, dict], se
         "scored": len(scored),
         "event_to_score": percentiles([scored[r] - sent[r] for r in scored]),
     }
+
+
+async def paced(items: list[str], start: Callable[[str], Awaitable[None]], per_second: float) -> float:
+    """`start(item)` for each item at a steady rate, without waiting for one to finish before the next; the seconds
+    until all have finished."""
+    started = time.perf_counter()
+    tasks = []
+    for i, item in enumerate(items):
+        await asyncio.sleep(max(0.0, started + i / per_second - time.perf_counter()))
+        tasks.append(asyncio.create_task(start(item)))
+    await asyncio.gather(*tasks)
+    return time.perf_counter() - started
 
 
 def percentiles(seconds: list[float]) -> dict[str, int | None]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import statistics
 import subprocess
 import sys
 import time
@@ -83,3 +84,14 @@ def start_service(module: str, servers: Servers, log: Path, **env: str) -> Servi
         time.sleep(0.2)
     process.kill()
     raise TimeoutError(f"{module} did not become ready")
+
+
+def print_run(run: int, result: dict[str, float], number_format: str = ",.2f") -> None:
+    print(f"run {run}: " + ", ".join(f"{k}={v:{number_format}}" for k, v in result.items()), flush=True)
+
+
+def print_medians(results: list[dict[str, float]], number_format: str = ",.2f") -> None:
+    """Each measure's median over the runs, as the Markdown table docs/benchmarks.md takes."""
+    print("\n| measure | median |\n|---|---|")
+    for key in results[0]:
+        print(f"| {key} | {statistics.median(r[key] for r in results):{number_format}} |")
