@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from typing import TypeVar
 
 from aiohttp import web
 
@@ -56,6 +57,7 @@ USERS = "/api/identity/users"
 GROUPS = "/api/identity/groups"
 ACCOUNTS = "/api/identity/service-accounts"
 NO_STORE = {"Cache-Control": "no-store"}
+T = TypeVar("T", Group, ServiceAccount)
 ACCOUNT = "account"
 """Users, signing keys, imports and directory syncs are account-wide: changing them takes the permission there."""
 SCIM_PERMISSIONS = {
@@ -93,22 +95,21 @@ def routes(deps: Deps) -> Routes:
     def visible(request: web.Request, permission: str) -> Visibility:
         return deps.access.visibility(principal_of(request), permission)
 
+    def reachable(request: web.Request, resource: T, view_permission: str, permission: str, what: str) -> T:
+        """`resource` (a group or service account) if the caller holds `permission` on it; one it may not even
+        see reads as missing."""
+        if not visible(request, view_permission).covers(resource.scope, resource.id):
+            raise NotFoundError(f"no {what} {resource.id}")
+        require(request, permission, resource.scope, resource.id)
+        return resource
+
     async def group_for(request: web.Request, permission: str) -> Group:
-        """The group in the path, if the caller holds `permission` on it; one it may not see reads as missing."""
         group = await service.get_group(pool, request.match_info["id"])
-        if not visible(request, "identity_group_view").covers(group.scope, group.id):
-            raise NotFoundError(f"no group {group.id}")
-        require(request, permission, group.scope, group.id)
-        return group
+        return reachable(request, group, "identity_group_view", permission, "group")
 
     async def account_for(request: web.Request, permission: str) -> ServiceAccount:
-        """The service account in the path, if the caller holds `permission` on it; one it may not see reads as
-        missing."""
         account = await service.get_service_account(pool, request.match_info["id"])
-        if not visible(request, "identity_service_account_view").covers(account.scope, account.id):
-            raise NotFoundError(f"no service account {account.id}")
-        require(request, permission, account.scope, account.id)
-        return account
+        return reachable(request, account, "identity_service_account_view", permission, "service account")
 
     # --- users ---
 
