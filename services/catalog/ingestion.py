@@ -28,7 +28,14 @@ from services.catalog import store
 from services.catalog.entity_ref import parse_entity_ref, ref_of
 from services.catalog.kinds import Kinds
 from services.catalog.model import ByNameQuery, LocationSpec, LocationView, StoredEntity, document_etag
-from services.catalog.reader import ReadEntity, ReadError, ReadResult, iter_location, read_location
+from services.catalog.reader import (
+    ReadEntity,
+    ReadError,
+    ReadResult,
+    iter_location,
+    read_location,
+    registered_location,
+)
 from services.catalog.relations import Reference
 from services.catalog.resolution import Stale
 from services.catalog.scopes import ScopeSelector, parse_scoped_ref
@@ -106,9 +113,12 @@ async def read(spec: LocationSpec, policy: IngestionPolicy) -> ReadResult:
 
 
 def open_read(spec: LocationSpec, policy: IngestionPolicy) -> Iterator[ReadEntity | ReadError]:
-    """What a location emits, read lazily by `apply_read`; the type and target are checked now."""
+    """What a location emits, read lazily by `apply_read`: its generated Location entity, then what the target
+    holds. The type and target are checked now."""
     target, fetch_url = _checked(spec, policy)
-    return iter_location(spec.type, target, allowed_roots=policy.file_roots, fetch_url=fetch_url)
+    generated = registered_location(spec.type, spec.target, f"{spec.type}:{target}")
+    found = iter_location(spec.type, target, allowed_roots=policy.file_roots, fetch_url=fetch_url)
+    return itertools.chain([generated], found)
 
 
 async def add_location(
@@ -122,7 +132,8 @@ async def add_location(
         async with transaction(pool) as conn:  # the shared lock on kinds lasts until the transaction ends
             existing = await store.find_location(conn, scope, spec.type, spec.target)
             kinds = await kinds_module.load(conn)
-        documents = [_try_prepare(e.document, kinds) for e in result.entities]
+        generated = registered_location(spec.type, spec.target, "")
+        documents = [_try_prepare(e.document, kinds) for e in (generated, *result.entities)]
         view = LocationView(id=existing["id"] if existing else "", type=spec.type, target=spec.target)
         return {"location": view, "entities": [d for d in documents if d], "exists": existing is not None}
     found = open_read(spec, policy)

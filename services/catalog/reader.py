@@ -17,6 +17,7 @@ chose.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os.path
 import re
@@ -51,6 +52,24 @@ class ReadEntity:
     document: dict[str, Any]
     location_key: str
     location: str
+
+
+def registered_location(type: str, target: str, location_key: str) -> ReadEntity:
+    """The Location entity Backstage generates for a registered location (`locationSpecToLocationEntity`), named
+    `generated-<sha1 of type:target>`. It is emitted before what the target holds, so it is stored, listed and the
+    root of every ancestry under that location; `location_key` is the resolved target it reads."""
+    key = f"{type}:{target}"
+    document = {
+        "apiVersion": "backstage.io/v1alpha1",
+        "kind": "Location",
+        "metadata": {
+            "name": f"generated-{hashlib.sha1(key.encode()).hexdigest()}",
+            "namespace": "default",
+            "annotations": {LOCATION_ANNOTATION: key, ORIGIN_LOCATION_ANNOTATION: key},
+        },
+        "spec": {"type": type, "target": target},
+    }
+    return ReadEntity(document, location_key=location_key, location=key)
 
 
 @dataclass(frozen=True)

@@ -77,7 +77,8 @@ async def test_relations_across_batches_are_stitched_on_both_ends(catalog, http,
     ) as r:
         assert [e["metadata"]["name"] for e in await r.json()] == ["svc-0"]
     counts = await event_counts(catalog)
-    assert counts["catalog.entity.created"] == 6 and counts["catalog.location.added"] == 1
+    # Five components, their group and the registered location's generated Location entity.
+    assert counts["catalog.entity.created"] == 7 and counts["catalog.location.added"] == 1
 
 
 async def test_a_refresh_writes_only_what_changed_with_one_event_each(catalog, http, tmp_path):

@@ -5,6 +5,7 @@ redirect), oversized bodies and slow servers."""
 from __future__ import annotations
 
 import asyncio
+import hashlib
 
 import pytest
 import pytest_asyncio
@@ -96,7 +97,9 @@ async def test_url_location_ingests_follows_relative_targets_and_refreshes(remot
         assert body["entities"] == []  # as Backstage: only a dry run lists them
         async with http.get(f"{catalog.url}/api/catalog/entities") as r:
             names = sorted(e["metadata"]["name"] for e in await r.json())
-        assert names == ["maybe", "petstore", "remote-root", "svc", "team-a"]  # a missing optional target is fine
+        generated = "generated-" + hashlib.sha1(f"url:{target}".encode()).hexdigest()
+        # A missing optional target is fine; the registered location's generated Location entity is listed too.
+        assert names == [generated, "maybe", "petstore", "remote-root", "svc", "team-a"]
         async with http.get(f"{catalog.url}/api/catalog/entities/by-name/api/default/petstore") as r:
             api = await r.json()
         assert api["spec"]["definition"].startswith("openapi: 3.0.0")
