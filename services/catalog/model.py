@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Annotated, Any, Literal
 
@@ -13,6 +14,7 @@ from services.catalog.properties import apply_properties
 from services.catalog.query import SearchRow, build_search_rows, full_text_fields
 from services.catalog.relations import Relation
 from shared.errors import FieldError
+from shared.events import Actor, ResourceRef, new_event
 
 SCOPE_ANNOTATION = "seed-idp.dev/scope"
 """Where a served entity says which scope it lives at (Backstage clients ignore unknown annotations)."""
@@ -79,20 +81,37 @@ def stitch(entity: StoredEntity, relations: list[Relation]) -> dict[str, Any]:
     metadata["annotations"] = {**(metadata.get("annotations") or {}), SCOPE_ANNOTATION: entity.scope}
     if entity.orphan:
         metadata["annotations"][ORPHAN_ANNOTATION] = "true"
-    ordered = sorted(
-        {(r.type, r.target, r.target_scope) for r in relations if r.source == entity.ref and r.scope == entity.scope}
-    )
-    return {
-        **document,
-        "metadata": metadata,
-        "relations": [_served_relation(kind, target, scope, entity.scope) for kind, target, scope in ordered],
-    }
+    return {**document, "metadata": metadata, "relations": served_relations_of(entity, relations)}
 
 
 def _served_relation(kind: str, target: str, target_scope: str, own_scope: str) -> dict[str, str]:
     if target_scope == own_scope:
         return {"type": kind, "targetRef": target}
     return {"type": kind, "targetRef": target, "targetScope": target_scope}
+
+
+SOURCE = "catalog"
+"""The `source` of the catalog's events."""
+
+
+def entity_event(verb: str, actor: Actor, entity: StoredEntity, data: dict[str, Any]):
+    """`catalog.entity.<verb>` about `entity`, its uid first in the data."""
+    return new_event(
+        f"catalog.entity.{verb}",
+        source=SOURCE,
+        actor=actor,
+        scope=entity.scope,
+        resource=ResourceRef("entity", entity.ref),
+        data={"uid": entity.uid, **data},
+    )
+
+
+def served_relations_of(entity: StoredEntity, relations: Iterable[Relation]) -> list[dict[str, str]]:
+    """The `relations` array of `entity` as served, from the relations among `relations` that start at it."""
+    ordered = sorted(
+        {(r.type, r.target, r.target_scope) for r in relations if r.source == entity.ref and r.scope == entity.scope}
+    )
+    return [_served_relation(kind, target, scope, entity.scope) for kind, target, scope in ordered]
 
 
 @dataclass(frozen=True, slots=True)

@@ -3,7 +3,9 @@ the entities whose references a new or deleted target changes (design.md §5: vi
 
 A reference without a scope resolves at the nearest scope at or above its entity's that has the target, so
 resolution depends on other entities: when a target appears at a nearer scope (it shadows the farther one) or
-goes away, the references to it are resolved again and both ends of what moved are stitched again.
+goes away, the references to it are resolved again and both ends of what moved are stitched again. Each entity
+whose relations moved so gets a `catalog.entity.updated` event with its served `relations` before and after,
+though its document did not change.
 """
 
 from __future__ import annotations
@@ -14,8 +16,10 @@ import asyncpg
 
 from services.catalog import store
 from services.catalog.kinds import Kinds
-from services.catalog.model import StoredEntity
+from services.catalog.model import StoredEntity, entity_event, served_relations_of
 from services.catalog.relations import Reference, Relation, references_of, resolve, unscoped_targets
+from shared.events import Actor
+from shared.outbox import write_events
 from shared.scopes import ancestors
 
 Stale = set[tuple[str, str]]
@@ -53,7 +57,7 @@ async def write_relations(
 
 
 async def rewire_referrers(
-    conn: asyncpg.Connection, scope: str, created: list[str], deleted: list[str], kinds: Kinds
+    conn: asyncpg.Connection, actor: Actor, scope: str, created: list[str], deleted: list[str], kinds: Kinds
 ) -> Stale:
     """Resolve again the references that entities created or deleted at `scope` may move; returns both ends of
     the relations that moved."""
@@ -63,15 +67,44 @@ async def rewire_referrers(
     if not uids:
         return set()
     current = await store.emitted_relations(conn, uids)
-    by_scope: dict[str, list[tuple[str, str, list[Reference]]]] = defaultdict(list)
+    by_scope: dict[str, list[StoredEntity]] = defaultdict(list)
     for entity in await store.entities_by_uid(conn, uids):
-        by_scope[entity.scope].append((entity.uid, entity.ref, served_relations(entity, kinds)))
+        by_scope[entity.scope].append(entity)
     moved: dict[str, list[Relation]] = {}
     for entity_scope, entities in by_scope.items():
-        for uid, relations in (await resolved(conn, entity_scope, entities)).items():
+        references = [(entity.uid, entity.ref, served_relations(entity, kinds)) for entity in entities]
+        for uid, relations in (await resolved(conn, entity_scope, references)).items():
             if set(relations) != current[uid]:
                 moved[uid] = relations
     if not moved:
         return set()
+    referrers = [entity for entities in by_scope.values() for entity in entities if entity.uid in moved]
+    before = await _served_relations(conn, referrers)
     await store.replace_relations(conn, moved)
+    after = await _served_relations(conn, referrers)
+    await write_events(
+        conn,
+        [
+            entity_event(
+                "updated",
+                actor,
+                entity,
+                {
+                    "changes": {"relations": {"before": before[entity.uid], "after": after[entity.uid]}},
+                    "generation": entity.generation,
+                },
+            )
+            for entity in referrers
+        ],
+    )
     return _ends({r for uid in moved for r in current[uid]} | {r for relations in moved.values() for r in relations})
+
+
+async def _served_relations(conn: asyncpg.Connection, entities: list[StoredEntity]) -> dict[str, list[dict[str, str]]]:
+    """The `relations` array each entity is served with, whoever emitted the relations, by uid."""
+    served = {}
+    for scope in {entity.scope for entity in entities}:
+        at_scope = [entity for entity in entities if entity.scope == scope]
+        relations = await store.relations_from(conn, scope, [entity.ref for entity in at_scope])
+        served |= {entity.uid: served_relations_of(entity, relations) for entity in at_scope}
+    return served

@@ -22,6 +22,7 @@ from services.catalog import store
 from services.catalog.entity_ref import EntityRefError, parse_entity_ref, ref_of
 from services.catalog.kinds import Kinds
 from services.catalog.model import (
+    SOURCE,
     ByNameQuery,
     ByRefsQuery,
     ByRefsRequest,
@@ -52,6 +53,7 @@ from services.catalog.model import (
     StoredEntity,
     body_ref_mismatches,
     document_etag,
+    entity_event,
     ingestible_document,
     next_generation,
 )
@@ -83,8 +85,6 @@ from shared.outbox import write_event, write_events
 from shared.policy import PolicyOutcome
 from shared.scopes import check_scope
 
-SOURCE = "catalog"
-
 
 def _as_list(value: list[str] | str | None) -> list[str]:
     return [] if value is None else [value] if isinstance(value, str) else value
@@ -109,17 +109,6 @@ def prepare_document(raw: Any, kinds: Kinds) -> tuple[dict[str, Any], list]:
     return document, relations
 
 
-def _event(kind: str, actor: Actor, entity: StoredEntity, data: dict[str, Any]):
-    return new_event(
-        f"catalog.entity.{kind}",
-        source=SOURCE,
-        actor=actor,
-        scope=entity.scope,
-        resource=ResourceRef("entity", entity.ref),
-        data={"uid": entity.uid, **data},
-    )
-
-
 @dataclasses.dataclass(frozen=True)
 class EntityWrite:
     """One entity change: created (no `before`), updated, or deleted (no `after`)."""
@@ -131,14 +120,14 @@ class EntityWrite:
 
     def event(self, actor: Actor):
         if self.before is None:
-            return _event("created", actor, self.after, {"entity": self.after.document})
+            return entity_event("created", actor, self.after, {"entity": self.after.document})
         if self.after is None:
-            return _event("deleted", actor, self.before, {"entity": self.before.document})
+            return entity_event("deleted", actor, self.before, {"entity": self.before.document})
         changes = diff_fields(self.before.served_document, self.after.served_document)
         if self.before.orphan != self.after.orphan:
             changes["orphan"] = {"before": self.before.orphan, "after": self.after.orphan}
         verb = "orphaned" if self.after.orphan and list(changes) == ["orphan"] else "updated"
-        return _event(verb, actor, self.after, {"changes": changes, "generation": self.after.generation})
+        return entity_event(verb, actor, self.after, {"changes": changes, "generation": self.after.generation})
 
 
 async def write_entities(
@@ -170,7 +159,7 @@ async def write_entities(
         stale |= await write_relations(conn, scope, emitted)
     stale.update((scope, w.after.ref) for w in writes if w.after is not None)
     stale |= await rewire_referrers(
-        conn, scope, [e.ref for e in created], [w.before.ref for w in writes if w.after is None], kinds
+        conn, actor, scope, [e.ref for e in created], [w.before.ref for w in writes if w.after is None], kinds
     )
     await write_events(conn, [write.event(actor) for write in writes])
     return stale

@@ -8,6 +8,7 @@ import pytest_asyncio
 
 from services.catalog.app import DEFINITION as CATALOG
 from services.catalog.app import Settings as CatalogSettings
+from shared.events import decode_event
 from shared.service import running_service
 
 ORG, PROJECT = "account.acme", "account.acme.shop"
@@ -41,6 +42,16 @@ async def create(http, catalog, scope: str, entity: dict) -> dict:
     async with http.post(f"{catalog.url}/api/catalog/entities", params={"scope": scope}, json=entity) as r:
         assert r.status == 201, await r.text()
         return await r.json()
+
+
+async def relation_updates(catalog, ref: str) -> list[dict]:
+    """The `relations` changes of the `catalog.entity.updated` events about `ref`, oldest first."""
+    async with catalog.deps.pool.acquire() as conn:
+        rows = await conn.fetch(
+            "SELECT payload FROM outbox WHERE subject = 'idp.evt.catalog.entity.updated' ORDER BY seq"
+        )
+    events = [decode_event(row["payload"]) for row in rows]
+    return [e.data["changes"]["relations"] for e in events if e.resource.id == ref and "relations" in e.data["changes"]]
 
 
 async def read(http, catalog, scope: str, kind: str, name: str) -> dict:
@@ -110,6 +121,13 @@ async def test_a_target_created_later_at_a_nearer_scope_shadows_the_farther_one_
     assert (await read(http, catalog, PROJECT, "component", "checkout"))["relations"][0]["targetScope"] == "account"
     assert (await read(http, catalog, "account", "group", "platform"))["relations"] == [
         {"type": "ownerOf", "targetRef": "component:default/checkout", "targetScope": PROJECT}
+    ]
+    # The component's document never changed, but its served relations moved twice: each move is an event.
+    far = {"type": "ownedBy", "targetRef": "group:default/platform", "targetScope": "account"}
+    near = {"type": "ownedBy", "targetRef": "group:default/platform"}
+    assert await relation_updates(catalog, "component:default/checkout") == [
+        {"before": [far], "after": [near]},
+        {"before": [near], "after": [far]},
     ]
 
 
