@@ -3,7 +3,8 @@
     python bench/proxy.py [--runs 5] [--requests 1000] [--concurrency 50] [--seconds 10] [--stream-mb 100]
 
 Starts NATS and PostgreSQL (embedded, or IDP_NATS_URL / IDP_DATABASE_URL), the plugin-proxy, an upstream aiohttp
-server on 127.0.0.2 and two delegate agent replicas, each as its own process; only loopback traffic. Per run:
+server on 127.0.0.2 and two delegate agent replicas (serving their probes, as deployed), each as its own process;
+only loopback traffic. Per run:
 
 - latency: `--requests` sequential small GETs through a direct endpoint and through a delegated one, alternately;
   p50/p99 of each and the delegate's added p50/p99;
@@ -110,6 +111,7 @@ class Bench:
     def start_agent(self, index: int) -> subprocess.Popen:
         with open(self.log, "ab") as out:
             arguments = ["--token", self.token, "--nats", self.nats_url, "--tag", "bench", "--instance", f"r{index}"]
+            arguments += ["--health-address", f"127.0.0.1:{stack.free_port()}"]  # as deployed: probes served
             return subprocess.Popen(
                 [sys.executable, "-m", "services.delegate", *arguments, "--allow", f"{UPSTREAM_HOST}/32"],
                 cwd=stack.ROOT,
