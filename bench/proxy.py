@@ -1,9 +1,11 @@
 """Plugin-proxy benchmark: delegate overhead, throughput, memory while streaming 100 MB, and failover.
 
     python bench/proxy.py [--runs 5] [--requests 1000] [--concurrency 50] [--seconds 10] [--stream-mb 100]
+                          [--jwt-caller]
 
 Starts NATS and PostgreSQL (embedded, or IDP_NATS_URL / IDP_DATABASE_URL), the plugin-proxy, an upstream aiohttp
-server on 127.0.0.2 and two delegate agent replicas, each as its own process; only loopback traffic. Per run:
+server on 127.0.0.2 and two delegate agent replicas (serving their probes, as deployed), each as its own process;
+only loopback traffic. Per run:
 
 - latency: `--requests` sequential small GETs through a direct endpoint and through a delegated one, alternately;
   p50/p99 of each and the delegate's added p50/p99;
@@ -16,6 +18,10 @@ server on 127.0.0.2 and two delegate agent replicas, each as its own process; on
   through the delegate;
 - failover: 20 clients call the delegated endpoint while one replica is killed (SIGKILL); reports the longest gap
   without a successful answer after the kill, and failed calls started after it (in-flight ones may fail).
+
+The calls carry the dev token, which the proxy checks without PyJWT. With `--jwt-caller`, identity-sync runs too,
+and before the first run the proxy verifies a user's access token, as it does once users call it: it then holds
+PyJWT and cryptography for the rest of the benchmark.
 """
 
 from __future__ import annotations
@@ -110,6 +116,7 @@ class Bench:
     def start_agent(self, index: int) -> subprocess.Popen:
         with open(self.log, "ab") as out:
             arguments = ["--token", self.token, "--nats", self.nats_url, "--tag", "bench", "--instance", f"r{index}"]
+            arguments += ["--health-address", f"127.0.0.1:{stack.free_port()}"]  # as deployed: probes served
             return subprocess.Popen(
                 [sys.executable, "-m", "services.delegate", *arguments, "--allow", f"{UPSTREAM_HOST}/32"],
                 cwd=stack.ROOT,
@@ -258,9 +265,20 @@ class Bench:
         return {"failover_gap_s": gap, "failed_after_kill": failed_after_kill, "failed_in_flight": failed_in_flight}
 
 
+async def verify_a_user_token(proxy_url: str, identity_url: str, admin: aiohttp.ClientSession) -> None:
+    """Have the proxy verify an identity-sync access token (the user may use no endpoint: a 403 is expected)."""
+    async with admin.post(f"{identity_url}/api/identity/users", json={"username": "bench-caller"}) as r:
+        user = (await r.json())["id"]
+    async with admin.post(f"{identity_url}/api/identity/users/{user}/tokens") as r:
+        token = (await r.json())["access_token"]
+    async with admin.get(f"{proxy_url}/api/proxy/direct/small", headers={"Authorization": f"Bearer {token}"}) as r:
+        assert r.status in (200, 403), f"the proxy did not accept the user's token: {r.status}"
+
+
 async def run(args: argparse.Namespace, log_dir: Path, upstream_port: int) -> list[dict[str, float]]:
     results = []
     with stack.servers(log_dir) as servers:
+        identity = stack.start_service("identity_sync", servers, log_dir / "identity.log") if args.jwt_caller else None
         proxy = stack.start_service("plugin_proxy", servers, log_dir / "proxy.log")
         bench = None
         try:
@@ -280,6 +298,8 @@ async def run(args: argparse.Namespace, log_dir: Path, upstream_port: int) -> li
                     }
                     async with admin.post(f"{proxy.url}/api/proxy/endpoints", json=body) as r:
                         assert r.status == 201, await r.text()
+                if identity is not None:
+                    await verify_a_user_token(proxy.url, identity.url, admin)
             bench = Bench(proxy, servers.nats_url, token, log_dir / "agents.log")
             bench.agents = [bench.start_agent(i) for i in range(2)]
             await bench.wait_for_replicas(2)
@@ -309,6 +329,8 @@ async def run(args: argparse.Namespace, log_dir: Path, upstream_port: int) -> li
                     agent.wait(30)
                 await bench.session.close()
             proxy.stop()
+            if identity is not None:
+                identity.stop()
     return results
 
 
@@ -319,6 +341,7 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=50)
     parser.add_argument("--seconds", type=float, default=10)
     parser.add_argument("--stream-mb", type=int, default=100)
+    parser.add_argument("--jwt-caller", action="store_true", help="the proxy verifies a user's JWT first")
     parser.add_argument("--serve-upstream", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve_upstream:

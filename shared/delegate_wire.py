@@ -279,6 +279,9 @@ class Channel:
             for start in range(0, len(chunk), CHUNK_BYTES):
                 await self._take_credit()
                 await self.nc.publish(self.peer, DATA + chunk[start : start + CHUNK_BYTES])
+                # Let nats-py's flusher write this chunk now: left queued, a window of chunks piles up in its
+                # pending list and is joined into one more copy of it all when written.
+                await asyncio.sleep(0)
         await self.nc.publish(self.peer, END)
 
     async def receive_body(self) -> AsyncIterator[bytes]:

@@ -1,14 +1,16 @@
 """Calling internal systems through named plugin-proxy endpoints, so an address or a secret lives in one place.
 
 Scorecard file checks, catalog `url:` locations and workflow HTTP steps call `ProxyClient.fetch` (bounded body in
-memory) or `ProxyClient.stream` (chunks) with an endpoint name and a path; the proxy adds credentials, applies its
-SSRF rules and picks a delegate agent when the endpoint has one.
+memory) or `ProxyClient.stream` (chunks) with an endpoint name and a path, and `ProxyClient.websocket` opens a
+WebSocket to an endpoint that allows them; the proxy adds credentials, applies its SSRF rules and picks a delegate
+agent when the endpoint has one.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
 
 import aiohttp
@@ -55,6 +57,11 @@ class ProxyClient:
         if self._owns_session and self._session is not None:
             await self._session.close()
 
+    def _client(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            self._session = aiohttp.ClientSession()
+        return self._session
+
     def _url(self, endpoint: str, path: str) -> URL:
         if not path.startswith("/"):
             raise InputError.for_field("path", "must start with /")
@@ -76,9 +83,7 @@ class ProxyClient:
         body: bytes | AsyncIterator[bytes] | None = None,
     ) -> AsyncIterator[aiohttp.ClientResponse]:
         """The upstream's response, open for reading in chunks (`response.content.iter_chunked(n)`)."""
-        if self._session is None:
-            self._session = aiohttp.ClientSession()
-        async with self._session.request(
+        async with self._client().request(
             method,
             self._url(endpoint, path),
             params=params,
@@ -90,6 +95,41 @@ class ProxyClient:
             if response.content_type == PROBLEM_CONTENT_TYPE and response.status >= 400:
                 await _raise_problem(response)
             yield response
+
+    @contextlib.asynccontextmanager
+    async def websocket(
+        self,
+        endpoint: str,
+        path: str,
+        *,
+        protocols: Sequence[str] = (),
+        params: dict[str, str] | None = None,
+        headers: dict[str, str] | None = None,
+        heartbeat: float | None = None,
+        max_message_bytes: int = 4 * 1024 * 1024,
+    ) -> AsyncIterator[aiohttp.ClientWebSocketResponse]:
+        """A WebSocket to the upstream of an endpoint with `websocket: true`, closed when the block ends.
+
+        The handshake carries the same bearer token as `fetch` and is bounded by the client's timeout; a handshake
+        the proxy refuses (unknown endpoint, forbidden, agent down, upstream refused or silent) raises the matching
+        `ProblemError`. `heartbeat` sends pings that keep an idle socket open through intermediaries.
+        """
+        try:
+            async with asyncio.timeout(self._timeout.total):
+                ws = await self._client().ws_connect(
+                    self._url(endpoint, path),
+                    protocols=protocols,
+                    params=params,
+                    headers=self._headers(headers),
+                    heartbeat=heartbeat,
+                    max_msg_size=max_message_bytes,
+                )
+        except aiohttp.WSServerHandshakeError as exc:
+            # aiohttp drops a refused handshake's body, so the proxy's problem is known by its status only.
+            error_type: type[ProblemError] = ERRORS_BY_STATUS.get(exc.status, BadGatewayError)
+            raise error_type(f"the proxy refused a WebSocket to {endpoint}{path} with status {exc.status}") from None
+        async with ws:
+            yield ws
 
     async def fetch(
         self, endpoint: str, path: str, *, max_bytes: int = 10 * 1024 * 1024, **options: Any

@@ -14,6 +14,9 @@ is also fetched at start and every `refresh_interval`, so a verifier that missed
 
 Principals seen are batched and reported to identity-sync (`seen`) so `last_seen` costs one write per
 batch, not one per request.
+
+PyJWT, and the `cryptography` it loads (~8 MB resident), is imported with the first JWT or key set, so a process
+whose callers all use API keys (service to service) never holds it.
 """
 
 from __future__ import annotations
@@ -27,7 +30,6 @@ from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any, Literal, TypeVar
 
-import jwt
 import msgspec
 import nats.errors
 from aiohttp import web
@@ -198,7 +200,8 @@ class TokenVerifier:
                 last_refresh = self._clock()
                 try:
                     await self._load_revocations()
-                    await self._load_keys()
+                    if self._keys:  # a process that never saw a JWT has no keys to keep fresh
+                        await self._load_keys()
                 except (ProblemError, nats.errors.Error) as exc:  # NATS or identity-sync away: next time
                     log.warning("token verifier refresh failed: %s", exc)
 
@@ -240,6 +243,8 @@ class TokenVerifier:
             self._tokens.popitem(last=False)
 
     async def _decode_jwt(self, token: str) -> _Cached:
+        import jwt  # imported on first use, see the module docstring
+
         try:
             header = jwt.get_unverified_header(token)
         except jwt.PyJWTError:
@@ -322,6 +327,8 @@ class TokenVerifier:
 
     async def _fetch_keys(self) -> None:
         jwks = await self._ask("jwks", Empty(), Jwks)
+        import jwt  # imported on first use, see the module docstring
+
         keys = {}
         for jwk in jwks.keys:
             try:

@@ -3,7 +3,8 @@ internal systems its own allowlist permits, with credentials it resolves itself.
 
 Replicas started with the same token serve `idp.delegate.<agent>.open` as one queue group, so they share the load
 and a replica that dies simply stops getting work. Each replica heartbeats to the plugin-proxy, which answers 401
-or 403 once the token is unknown or revoked; the replica then stops.
+or 403 once the token is unknown or revoked; the replica then stops. With `--health-address` it serves probes
+of what its heartbeats show (services/delegate/health.py).
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
 from yarl import URL
 
+from services.delegate.health import Health, parse_address, serve_health
 from shared import egress
 from shared.bus import connect, request_rpc
 from shared.delegate_wire import (
@@ -67,6 +69,10 @@ class AgentConfig:
     max_exchanges: int = 256
     heartbeat_seconds: float = 2.0
     instance: str = ""
+    health_address: str | None = None
+    """`host:port` to serve `/healthz` and `/readyz` on, for the platform's probes; None serves nothing."""
+    unhealthy_after: float = 60.0
+    """Seconds without a working NATS connection after which `/healthz` fails."""
 
     @property
     def agent_id(self) -> str:
@@ -88,11 +94,29 @@ def parse_args(argv: list[str] | None = None, environ: dict[str, str] | None = N
     parser.add_argument("--vault-address", default=env.get("VAULT_ADDR"))
     parser.add_argument("--max-exchanges", type=int, default=256, help="concurrent requests per replica")
     parser.add_argument("--instance", default=f"{os.uname().nodename[:40]}-{uuid.uuid4().hex[:8]}")
+    parser.add_argument(
+        "--health-address",
+        default=env.get("IDP_DELEGATE_HEALTH_ADDRESS"),
+        help="host:port for the /healthz and /readyz probes (IDP_DELEGATE_HEALTH_ADDRESS); none by default",
+    )
+    parser.add_argument(
+        "--unhealthy-after",
+        type=float,
+        default=env.get("IDP_DELEGATE_UNHEALTHY_AFTER_SECONDS", "60"),  # argparse converts string defaults
+        help="seconds without a working NATS connection before /healthz fails (IDP_DELEGATE_UNHEALTHY_AFTER_SECONDS)",
+    )
     args = parser.parse_args(argv)
     if not args.token or agent_id_of_token(args.token) is None:
         parser.error("--token must be an agent token minted by POST /api/proxy/agents")
     if not args.nats:
         parser.error("--nats (or IDP_NATS_URL) is required")
+    if args.health_address:
+        try:
+            parse_address(args.health_address)
+        except ValueError as exc:
+            parser.error(f"--health-address: {exc}")
+    if args.unhealthy_after <= 0:
+        parser.error("--unhealthy-after must be positive")
     tags = args.tag if args.tag is not None else _split(env.get("IDP_DELEGATE_TAGS", ""))
     allow = args.allow if args.allow is not None else _split(env.get("IDP_DELEGATE_ALLOW", ""))
     try:
@@ -109,6 +133,8 @@ def parse_args(argv: list[str] | None = None, environ: dict[str, str] | None = N
         vault=vault,
         max_exchanges=args.max_exchanges,
         instance="".join(c if c.isalnum() or c in "-_" else "-" for c in args.instance)[:64],
+        health_address=args.health_address,
+        unhealthy_after=args.unhealthy_after,
     )
 
 
@@ -119,9 +145,10 @@ def _split(text: str) -> list[str]:
 class Agent:
     """One replica: serves exchanges from the queue group and heartbeats until stopped or revoked."""
 
-    def __init__(self, config: AgentConfig, nc: NatsClient) -> None:
+    def __init__(self, config: AgentConfig, nc: NatsClient, health: Health) -> None:
         self.config = config
         self.nc = nc
+        self.health = health
         self.secrets = SecretResolver(vault=config.vault)
         self.session = egress.client_session(config.policy)
         self.inboxes = Inboxes(nc)
@@ -165,10 +192,13 @@ class Agent:
             try:
                 reply = await request_rpc(self.nc, "plugin_proxy", "agent_heartbeat", beat, HeartbeatReply)
                 interval = reply.interval_seconds
+                self.health.heartbeat_answered(interval)
             except (AuthenticationError, NotAllowedError) as exc:
                 log.error("the plugin-proxy refused this agent's token: %s; stopping", exc.detail)
                 return EXIT_REVOKED
             except (ServiceUnavailableError, nats.errors.Error) as exc:
+                if isinstance(exc.__cause__, nats.errors.NoRespondersError):
+                    self.health.proxy_absent()
                 log.warning("heartbeat not answered: %s", exc)
             await asyncio.sleep(interval)
 
@@ -285,19 +315,25 @@ async def run_agent(config: AgentConfig) -> int:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    nc = await connect(config.nats_url, f"idp-delegate-{config.agent_id}-{config.instance}")
-    try:
-        log.info(
-            "delegate agent %s (%s) serving tags %s, allowlist %s",
-            config.agent_id,
-            config.instance,
-            ",".join(config.tags),
-            config.policy.fingerprint(),
-        )
-        return await Agent(config, nc).run(stop)
-    finally:
-        with contextlib.suppress(Exception):
-            await asyncio.wait_for(nc.drain(), 5)
+    health = Health(config.unhealthy_after)
+    nc: NatsClient | None = None
+    async with contextlib.AsyncExitStack() as stack:
+        if config.health_address:  # served from the start, so a first connection that hangs shows too
+            probes = serve_health(health, lambda: nc is not None and nc.is_connected, config.health_address)
+            log.info("probes at %s/healthz and /readyz", await stack.enter_async_context(probes))
+        nc = await connect(config.nats_url, f"idp-delegate-{config.agent_id}-{config.instance}")
+        try:
+            log.info(
+                "delegate agent %s (%s) serving tags %s, allowlist %s",
+                config.agent_id,
+                config.instance,
+                ",".join(config.tags),
+                config.policy.fingerprint(),
+            )
+            return await Agent(config, nc, health).run(stop)
+        finally:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(nc.drain(), 5)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -307,6 +343,6 @@ def main(argv: list[str] | None = None) -> None:
     try:
         code = asyncio.run(run_agent(config))
     except (OSError, nats.errors.Error) as exc:
-        print(f"delegate: cannot connect to {config.nats_url}: {exc}", file=sys.stderr)
+        print(f"delegate: cannot start (NATS at {config.nats_url}): {exc}", file=sys.stderr)
         code = 1
     raise SystemExit(code)

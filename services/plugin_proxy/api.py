@@ -30,6 +30,7 @@ from services.plugin_proxy.model import (
     upstream_url,
     view,
 )
+from shared.delegate_wire import CHUNK_BYTES
 from shared.errors import InputError, NotAllowedError, PayloadTooLargeError, ProblemError
 from shared.etag import quoted
 from shared.http import REQUEST_ID_KEY, Handler, Routes, json_response, parse_query, principal_of, read_json
@@ -207,7 +208,7 @@ def _outbound(
     )
     if request.content_length is not None:
         headers.append(("Content-Length", str(request.content_length)))
-    body = BodyReader(request.content.iter_any(), spec.max_body_bytes) if request.body_exists else None
+    body = BodyReader(request.content.iter_chunked(CHUNK_BYTES), spec.max_body_bytes) if request.body_exists else None
     return url, headers, body
 
 

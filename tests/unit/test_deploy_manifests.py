@@ -5,6 +5,7 @@ from pathlib import Path
 import yaml
 
 from services.delegate.agent import parse_args
+from services.delegate.health import parse_address
 
 REPO = Path(__file__).resolve().parents[2]
 DEPLOY = REPO / "deploy"
@@ -159,9 +160,28 @@ def test_delegate_runs_two_outbound_only_replicas_with_its_token_from_a_secret()
     assert module_of(c["args"]) == "delegate" and (REPO / "services" / "delegate" / "__main__.py").exists()
     (token,) = [e for e in c["env"] if e["name"] == "IDP_DELEGATE_TOKEN"]
     assert token["valueFrom"]["secretKeyRef"] == {"name": "idp-delegate", "key": "token"}
-    assert "ports" not in c and not [d for d in docs if d["kind"] in ("Service", "Ingress")]
+    assert not [d for d in docs if d["kind"] in ("Service", "Ingress")]
     (policy,) = [d for d in docs if d["kind"] == "NetworkPolicy"]
     assert policy["spec"]["policyTypes"] == ["Ingress"] and "ingress" not in policy["spec"]
+
+
+def test_delegate_probes_ask_the_agents_health_port():
+    """Liveness and readiness are HTTP probes on the one port the container declares, which the agent serves
+    because its ConfigMap sets IDP_DELEGATE_HEALTH_ADDRESS to it."""
+    docs = delegate_manifests()
+    (deployment,) = [d for d in docs if d["kind"] == "Deployment"]
+    c = container(deployment)
+    (port,) = c["ports"]
+    probes = {name: c[name]["httpGet"] for name in ("livenessProbe", "readinessProbe")}
+    assert probes == {
+        "livenessProbe": {"path": "/healthz", "port": port["name"]},
+        "readinessProbe": {"path": "/readyz", "port": port["name"]},
+    }
+    (config,) = [d for d in docs if d["kind"] == "ConfigMap"]
+    agent = parse_args([], environ={**config["data"], "IDP_DELEGATE_TOKEN": "corp." + "s" * 40})
+    assert agent.health_address is not None
+    host, bound_port = parse_address(agent.health_address)
+    assert host == "0.0.0.0" and bound_port == port["containerPort"]  # the kubelet calls the pod's IP
 
 
 def test_delegate_is_non_root_read_only_and_memory_bounded():

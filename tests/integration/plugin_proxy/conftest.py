@@ -7,12 +7,12 @@ import os
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pytest_asyncio
-from aiohttp import web
+from aiohttp import WSMsgType, web
 
 from services.plugin_proxy.app import DEFINITION, Settings
 from shared.service import RunningService, running_service
@@ -117,8 +117,10 @@ class Agents:
     processes: list[subprocess.Popen]
 
 
-def start_agent_process(token: str, nats_url: str, instance: str, tags: list[str], allow: list[str], log: Path):
-    arguments = ["--token", token, "--nats", nats_url, "--instance", instance]
+def start_agent_process(
+    token: str, nats_url: str, instance: str, tags: list[str], allow: list[str], log: Path, *options: str
+) -> subprocess.Popen:
+    arguments = ["--token", token, "--nats", nats_url, "--instance", instance, *options]
     arguments += [a for tag in tags for a in ("--tag", tag)] + [a for entry in allow for a in ("--allow", entry)]
     with open(log, "ab") as out:
         return subprocess.Popen(
@@ -165,4 +167,58 @@ async def internal_upstream() -> AsyncIterator[str]:
     """An upstream on 127.0.0.2, which only the agents' allowlist reaches."""
     runner, url = await serve(upstream_app(), host="127.0.0.2")
     yield url
+    await runner.cleanup()
+
+
+@dataclass
+class WebSocketUpstream:
+    """What the upstream saw: each handshake's headers and how each of its sockets closed."""
+
+    url: str = ""
+    handshakes: list[dict[str, str]] = field(default_factory=list)
+    closes: asyncio.Queue[int | None] = field(default_factory=asyncio.Queue)
+
+
+def websocket_app(seen: WebSocketUpstream) -> web.Application:
+    """Greets, then echoes text as `echo:<text>` and binary reversed; `close-me` makes it close with 4002."""
+
+    async def chat(request: web.Request) -> web.WebSocketResponse:
+        ws = web.WebSocketResponse(protocols=("chat.v2", "chat.v1"))
+        await ws.prepare(request)
+        seen.handshakes.append(dict(request.headers))
+        await ws.send_str("hello")
+        async for message in ws:
+            if message.type == WSMsgType.TEXT and message.data == "close-me":
+                await ws.close(code=4002, message=b"asked to")
+            elif message.type == WSMsgType.TEXT:
+                await ws.send_str(f"echo:{message.data}")
+            elif message.type == WSMsgType.BINARY:
+                await ws.send_bytes(message.data[::-1])
+        seen.closes.put_nowait(ws.close_code)
+        return ws
+
+    async def moved(request: web.Request) -> web.Response:
+        raise web.HTTPFound("http://169.254.169.254/latest/meta-data")
+
+    app = web.Application()
+    app.router.add_get("/chat", chat)
+    app.router.add_get("/moved", moved)
+    return app
+
+
+@pytest_asyncio.fixture(params=["direct", "delegated"])
+async def chat_endpoint(request, proxy, http, start_agents) -> AsyncIterator[tuple[str, WebSocketUpstream]]:
+    """A WebSocket endpoint `chat` whose upstream is reached directly (127.0.0.1, allowed by the endpoint) or only
+    through an agent (127.0.0.2, in its allowlist)."""
+    seen = WebSocketUpstream()
+    delegated = request.param == "delegated"
+    runner, seen.url = await serve(websocket_app(seen), host="127.0.0.2" if delegated else "127.0.0.1")
+    spec = {"delegate": {"tags": ["eu"]}} if delegated else {"allow_networks": ["127.0.0.1/32"]}
+    if delegated:
+        await start_agents("sockets", replicas=1)
+    for name, limit in [("chat", {}), ("chat-small", {"max_body_bytes": 1024})]:
+        body = {"name": name, "target": seen.url, "websocket": True, "request_headers": ["X-Tenant"], **spec, **limit}
+        async with http.post(f"{proxy.url}/api/proxy/endpoints", json=body) as r:
+            assert r.status == 201, await r.text()
+    yield "chat", seen
     await runner.cleanup()

@@ -4,70 +4,13 @@ aiohttp WebSocket upstream."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
 
 import aiohttp
 import pytest
-import pytest_asyncio
-from aiohttp import WSMsgType, web
+from aiohttp import WSMsgType
 
 from tests.conftest import DEV_TOKEN
-from tests.integration.plugin_proxy.conftest import serve
-
-
-@dataclass
-class WebSocketUpstream:
-    """What the upstream saw: each handshake's headers and how each of its sockets closed."""
-
-    url: str = ""
-    handshakes: list[dict[str, str]] = field(default_factory=list)
-    closes: asyncio.Queue[int | None] = field(default_factory=asyncio.Queue)
-
-
-def websocket_app(seen: WebSocketUpstream) -> web.Application:
-    """Greets, then echoes text as `echo:<text>` and binary reversed; `close-me` makes it close with 4002."""
-
-    async def chat(request: web.Request) -> web.WebSocketResponse:
-        ws = web.WebSocketResponse(protocols=("chat.v2", "chat.v1"))
-        await ws.prepare(request)
-        seen.handshakes.append(dict(request.headers))
-        await ws.send_str("hello")
-        async for message in ws:
-            if message.type == WSMsgType.TEXT and message.data == "close-me":
-                await ws.close(code=4002, message=b"asked to")
-            elif message.type == WSMsgType.TEXT:
-                await ws.send_str(f"echo:{message.data}")
-            elif message.type == WSMsgType.BINARY:
-                await ws.send_bytes(message.data[::-1])
-        seen.closes.put_nowait(ws.close_code)
-        return ws
-
-    async def moved(request: web.Request) -> web.Response:
-        raise web.HTTPFound("http://169.254.169.254/latest/meta-data")
-
-    app = web.Application()
-    app.router.add_get("/chat", chat)
-    app.router.add_get("/moved", moved)
-    return app
-
-
-@pytest_asyncio.fixture(params=["direct", "delegated"])
-async def chat_endpoint(request, proxy, http, start_agents) -> AsyncIterator[tuple[str, WebSocketUpstream]]:
-    """A WebSocket endpoint `chat` whose upstream is reached directly (127.0.0.1, allowed by the endpoint) or only
-    through an agent (127.0.0.2, in its allowlist)."""
-    seen = WebSocketUpstream()
-    delegated = request.param == "delegated"
-    runner, seen.url = await serve(websocket_app(seen), host="127.0.0.2" if delegated else "127.0.0.1")
-    spec = {"delegate": {"tags": ["eu"]}} if delegated else {"allow_networks": ["127.0.0.1/32"]}
-    if delegated:
-        await start_agents("sockets", replicas=1)
-    for name, limit in [("chat", {}), ("chat-small", {"max_body_bytes": 1024})]:
-        body = {"name": name, "target": seen.url, "websocket": True, "request_headers": ["X-Tenant"], **spec, **limit}
-        async with http.post(f"{proxy.url}/api/proxy/endpoints", json=body) as r:
-            assert r.status == 201, await r.text()
-    yield "chat", seen
-    await runner.cleanup()
+from tests.integration.plugin_proxy.conftest import WebSocketUpstream, serve, websocket_app
 
 
 async def test_messages_flow_both_ways(proxy, http, chat_endpoint):

@@ -40,9 +40,27 @@ def test_flags_and_environment():
         ["--token", "not-a-token", "--nats", "nats://n"],
         ["--token", TOKEN],
         ["--token", TOKEN, "--nats", "nats://n", "--allow", "bad host!"],
+        ["--token", TOKEN, "--nats", "nats://n", "--health-address", "8081"],
+        ["--token", TOKEN, "--nats", "nats://n", "--health-address", "0.0.0.0:99999"],
+        ["--token", TOKEN, "--nats", "nats://n", "--unhealthy-after", "0"],
     ],
 )
 def test_bad_options_stop_with_a_usage_error(argv):
     with pytest.raises(SystemExit) as exited:
         parse_args(argv, environ={})
     assert exited.value.code == 2
+
+
+def test_a_bad_threshold_in_the_environment_is_a_usage_error():
+    with pytest.raises(SystemExit) as exited:
+        parse_args(["--token", TOKEN, "--nats", "nats://n"], environ={"IDP_DELEGATE_UNHEALTHY_AFTER_SECONDS": "soon"})
+    assert exited.value.code == 2
+
+
+def test_probes_are_served_only_when_asked_for():
+    assert parse_args(["--token", TOKEN, "--nats", "nats://n"], environ={}).health_address is None
+    config = parse_args(
+        ["--token", TOKEN, "--nats", "nats://n"],
+        environ={"IDP_DELEGATE_HEALTH_ADDRESS": "0.0.0.0:8081", "IDP_DELEGATE_UNHEALTHY_AFTER_SECONDS": "45"},
+    )
+    assert config.health_address == "0.0.0.0:8081" and config.unhealthy_after == 45
