@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 from aiohttp import web
@@ -36,6 +37,7 @@ from services.catalog.model import (
     ServedEntity,
     ValidateEntityRequest,
 )
+from services.catalog.read_cache import ServedCache, drop_after
 from shared.access import record_policy_outcome, warning_headers
 from shared.authz import Resource, Visibility
 from shared.etag import quoted
@@ -71,6 +73,7 @@ def _served_response(entity: ServedEntity) -> web.Response:
 
 def routes(deps: Deps) -> Routes:
     pool = deps.pool
+    cache: ServedCache = deps.context
     policy = deps.settings.ingestion_policy(deps.access)
     api = Routes(tag="catalog")
 
@@ -127,7 +130,9 @@ def routes(deps: Deps) -> Routes:
     )
     async def get_entity_by_name(request: web.Request) -> web.Response:
         query = parse_query(request, ByNameQuery)
-        return _served_response(await service.get_by_name(pool, query, *_path_ref(request), visible(request)))
+        return _served_response(
+            await service.get_by_name(pool, query, *_path_ref(request), visible(request), cache=cache)
+        )
 
     @api.put(
         BY_NAME,
@@ -470,4 +475,9 @@ def routes(deps: Deps) -> Routes:
         )
         return web.Response(status=204)
 
+    # What a write route committed is read fresh by its caller's next request (read_cache.py).
+    api.operations = [
+        op if op.method == "GET" else dataclasses.replace(op, handler=drop_after(cache, op.handler))
+        for op in api.operations
+    ]
     return api

@@ -67,6 +67,7 @@ from services.catalog.query import (
     project_fields,
     search_words,
 )
+from services.catalog.read_cache import ServedCache
 from services.catalog.relations import Reference, references_of
 from services.catalog.resolution import Stale, rewire_referrers, served_relations, write_relations
 from services.catalog.scopes import ScopeSelector, names_scope, parse_scoped_ref, scoped_ref
@@ -305,19 +306,45 @@ def viewer(conn: asyncpg.Connection, visible: Visibility) -> EntityViewer:
     return EntityViewer(visible, lambda identity_ids: store.refs_of_identities(conn, identity_ids))
 
 
+def pooled_viewer(pool: asyncpg.Pool, visible: Visibility) -> EntityViewer:
+    """A viewer that takes a connection only if a restricted entity makes it look up the caller's own refs."""
+
+    async def owned_refs(identity_ids: list[str]) -> frozenset[str]:
+        async with pool.acquire() as conn:
+            return await store.refs_of_identities(conn, identity_ids)
+
+    return EntityViewer(visible, owned_refs)
+
+
 async def _seen(conn: asyncpg.Connection, visible: Visibility, served: ServedEntity | None) -> ServedEntity | None:
     """`served` if the caller may see it; an entity it may not see reads as missing (visibility.py)."""
     return served if served is not None and await viewer(conn, visible).sees(served.json) else None
 
 
 async def get_by_name(
-    pool: asyncpg.Pool, query: ByNameQuery, kind: str, namespace: str, name: str, visible: Visibility = EVERYTHING
+    pool: asyncpg.Pool,
+    query: ByNameQuery,
+    kind: str,
+    namespace: str,
+    name: str,
+    visible: Visibility = EVERYTHING,
+    *,
+    cache: ServedCache | None = None,
 ) -> ServedEntity:
+    """The entity at the scope asked (or the nearest above it), from `cache` when it holds it (read_cache.py)."""
     ref = str(parse_entity_ref({"kind": kind, "namespace": namespace, "name": name}))
     scopes = ScopeSelector.of(query.scope, parents=query.includeParents).exact_scopes()
-    async with pool.acquire() as conn:
-        served = (await store.served_nearest(conn, scopes, [ref])).get(ref)
-        return _found(await _seen(conn, visible, served), f"no entity {ref}")
+    key = (*scopes, ref)
+    served = cache.get(key) if cache is not None else None
+    if served is None:
+        epoch = cache.epoch if cache is not None else 0
+        async with pool.acquire() as conn:
+            served = (await store.served_nearest(conn, scopes, [ref])).get(ref)
+        if served is not None and cache is not None:
+            cache.put(key, served, epoch)
+    if served is None or not await pooled_viewer(pool, visible).sees(served.json):
+        raise NotFoundError(f"no entity {ref}")
+    return served
 
 
 async def get_by_uid(pool: asyncpg.Pool, uid: str, visible: Visibility = EVERYTHING) -> ServedEntity:

@@ -1,0 +1,94 @@
+"""By-name reads come from each replica's cache of served entities (read_cache.py): a write through a replica is
+read fresh from it at once, a write through another replica (or any transaction) drops the cache when it commits
+(LISTEN/NOTIFY, migration 0030), and while the notices cannot be received nothing is cached."""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+
+import pytest_asyncio
+
+from services.catalog.app import DEFINITION as CATALOG
+from services.catalog.app import Settings as CatalogSettings
+from shared.service import running_service
+
+COMPONENT = {
+    "apiVersion": "backstage.io/v1alpha1",
+    "kind": "Component",
+    "metadata": {"name": "cached", "title": "First"},
+    "spec": {"type": "service", "lifecycle": "production", "owner": "team-a"},
+}
+BY_NAME = "/api/catalog/entities/by-name/component/default/cached"
+KEY = ("account", "component:default/cached")
+
+
+@pytest_asyncio.fixture
+async def replicas(make_settings, http):
+    """Two catalog replicas on one database, with the component created through the first."""
+    async with (
+        running_service(CATALOG, make_settings(CatalogSettings)) as first,
+        running_service(CATALOG, make_settings(CatalogSettings)) as second,
+    ):
+        await until(lambda: first.deps.context.listening and second.deps.context.listening)
+        async with http.post(f"{first.url}/api/catalog/entities", json=COMPONENT) as r:
+            assert r.status == 201, await r.text()
+        yield first, second
+
+
+async def until(condition, attempts: int = 200) -> None:
+    """Waits for what another connection delivers in its own time (a notice, a reconnect)."""
+    for _ in range(attempts):
+        if condition():
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError("condition never held")
+
+
+async def title(http, replica) -> str | None:
+    async with http.get(replica.url + BY_NAME) as r:
+        return (await r.json())["metadata"].get("title") if r.status == 200 else None
+
+
+async def replace(http, replica, new_title: str) -> None:
+    entity = copy.deepcopy(COMPONENT)
+    entity["metadata"]["title"] = new_title
+    async with http.put(replica.url + BY_NAME, json=entity) as r:
+        assert r.status == 200, await r.text()
+
+
+async def test_a_read_is_served_from_the_cache_and_a_write_through_the_replica_is_read_fresh(replicas, http):
+    first, _ = replicas
+    assert await title(http, first) == "First"
+    assert first.deps.context.get(KEY) is not None
+    await replace(http, first, "Second")
+    assert await title(http, first) == "Second"
+    uid = await first.deps.pool.fetchval("SELECT uid::text FROM entities WHERE ref = $1", KEY[1])
+    async with http.delete(f"{first.url}/api/catalog/entities/by-uid/{uid}") as r:
+        assert r.status == 204
+    assert await title(http, first) is None
+
+
+async def test_a_write_through_another_replica_drops_the_cache_when_it_commits(replicas, http):
+    first, second = replicas
+    assert await title(http, second) == "First"
+    assert second.deps.context.get(KEY) is not None
+    await replace(http, first, "Second")
+    await until(lambda: second.deps.context.get(KEY) is None)
+    assert await title(http, second) == "Second"
+
+
+async def test_nothing_is_cached_while_write_notices_cannot_arrive(replicas, http):
+    _, second = replicas
+    cache = second.deps.context
+    assert await title(http, second) == "First" and cache.get(KEY) is not None
+    await second.deps.pool.execute(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+        "WHERE query LIKE 'LISTEN %entities_written%' AND pid <> pg_backend_pid()"
+    )
+    await until(lambda: not cache.listening)
+    assert cache.get(KEY) is None
+    assert await title(http, second) == "First"
+    assert cache.listening or cache.get(KEY) is None
+    await until(lambda: cache.listening)  # listening again, on a new connection
+    assert await title(http, second) == "First" and cache.get(KEY) is not None
