@@ -20,6 +20,7 @@ from typing import Any, TypeVar
 import asyncpg
 import msgspec
 from aiohttp import web
+from opentelemetry import context as otel_context
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from shared.auth import Authenticator, Principal
@@ -33,7 +34,7 @@ from shared.errors import (
     UnsupportedMediaTypeError,
     input_error_from_validation,
 )
-from shared.telemetry import HTTP_DURATION
+from shared.telemetry import HTTP_DURATION, context_from_headers, server_spans_instrumented
 
 log = logging.getLogger(__name__)
 
@@ -220,6 +221,19 @@ async def request_context_middleware(request: web.Request, handler: Handler) -> 
     return response
 
 
+@web.middleware
+async def trace_context_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Where no server span is built (nothing records spans), the caller's `traceparent` still becomes the
+    request's trace context, so events, outgoing calls and logs carry it, as an unrecorded span would."""
+    if "traceparent" not in request.headers:
+        return await handler(request)
+    token = otel_context.attach(context_from_headers(request.headers))
+    try:
+        return await handler(request)
+    finally:
+        otel_context.detach(token)
+
+
 Authorize = Callable[[Principal, str], bool]
 """Whether a principal may call an operation declaring this permission (the route-level check)."""
 
@@ -276,10 +290,10 @@ def create_app(
     on_denied: DenialHook | None = None,
 ) -> web.Application:
     """A service's aiohttp app: its routes plus the standard ones, behind the standard middlewares."""
-    app = web.Application(
-        client_max_size=max_body_bytes,
-        middlewares=[request_context_middleware, auth_middleware(authenticate, authorize, on_denied)],
-    )
+    middlewares = [request_context_middleware, auth_middleware(authenticate, authorize, on_denied)]
+    if not server_spans_instrumented():
+        middlewares.insert(0, trace_context_middleware)
+    app = web.Application(client_max_size=max_body_bytes, middlewares=middlewares)
     standard = Routes(tag="operations")
     _add_standard_routes(standard, readiness, lambda: openapi_document(service, version, routes.operations))
     for operation in [*standard.operations, *routes.operations]:
