@@ -157,7 +157,8 @@ async def settled(database_url: str) -> float:
         while busy:
             busy = await conn.fetchval(
                 "SELECT (SELECT count(*) FROM catalog.outbox WHERE sent_at IS NULL) + (SELECT count(*) "
-                "FROM pg_stat_activity WHERE datname = current_database() AND query ILIKE 'VACUUM%')"
+                "FROM pg_stat_activity WHERE datname = current_database() AND state = 'active' "
+                "AND query ILIKE 'VACUUM%')"
             )
             await asyncio.sleep(0.5 if busy else 0)
     finally:

@@ -11,7 +11,7 @@ from typing import Annotated, Literal
 import msgspec
 
 from services.catalog import api, handlers, ingestion, stitching
-from services.catalog.read_cache import ServedCache, listen_for_writes
+from services.catalog.read_cache import ReadCaches, listen_for_writes
 from services.catalog.url_reader import DirectFetcher, UrlPolicy
 from shared.access import AccessReplica
 from shared.config import BaseSettings
@@ -33,7 +33,10 @@ class Settings(BaseSettings, kw_only=True, forbid_unknown_fields=True):
     """How long one `url:` fetch may take (`IDP_URL_FETCH_TIMEOUT_SECONDS`)."""
     read_cache_entities: Annotated[int, msgspec.Meta(ge=0, le=1_000_000)] = 20_000
     """Served entities this process keeps for by-name reads, dropped on every entity write
-    (`IDP_READ_CACHE_ENTITIES`; 0 turns the cache off). About 3 kB each for a typical entity."""
+    (`IDP_READ_CACHE_ENTITIES`; 0 turns this cache off). About 3 kB each for a typical entity."""
+    read_cache_pages: Annotated[int, msgspec.Meta(ge=0, le=1_000_000)] = 5_000
+    """`by-query` pages this process remembers (which entities, in order, and the total), dropped on every entity
+    write (`IDP_READ_CACHE_PAGES`; 0 turns this cache off). About 100 bytes per entity of a page."""
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -68,12 +71,12 @@ def entity_admission(access: AccessReplica) -> ingestion.EntityAdmission:
 
 
 @contextlib.asynccontextmanager
-async def read_cache(deps: Deps) -> AsyncIterator[ServedCache]:
-    yield ServedCache(deps.settings.read_cache_entities)
+async def read_caches(deps: Deps) -> AsyncIterator[ReadCaches]:
+    yield ReadCaches.sized(deps.settings.read_cache_entities, deps.settings.read_cache_pages)
 
 
-async def drop_cache_on_writes(deps: Deps) -> None:
-    if deps.context.capacity > 0:
+async def drop_caches_on_writes(deps: Deps) -> None:
+    if deps.context.enabled:
         await listen_for_writes(deps.pool, deps.context)
 
 
@@ -90,8 +93,8 @@ DEFINITION = ServiceDefinition(
     settings_type=Settings,
     routes=api.routes,
     migrations=Path(__file__).parent / "migrations",
-    background=(refresh_locations, handlers.mirror_identity, handlers.serve_entity_reads, drop_cache_on_writes),
-    open_context=read_cache,
+    background=(refresh_locations, handlers.mirror_identity, handlers.serve_entity_reads, drop_caches_on_writes),
+    open_context=read_caches,
 )
 
 

@@ -67,7 +67,7 @@ from services.catalog.query import (
     project_fields,
     search_words,
 )
-from services.catalog.read_cache import ServedCache
+from services.catalog.read_cache import PageUids, ReadCache
 from services.catalog.relations import Reference, references_of
 from services.catalog.resolution import Stale, rewire_referrers, served_relations, write_relations
 from services.catalog.scopes import ScopeSelector, names_scope, parse_scoped_ref, scoped_ref
@@ -329,7 +329,7 @@ async def get_by_name(
     name: str,
     visible: Visibility = EVERYTHING,
     *,
-    cache: ServedCache | None = None,
+    cache: ReadCache[ServedEntity] | None = None,
 ) -> ServedEntity:
     """The entity at the scope asked (or the nearest above it), from `cache` when it holds it (read_cache.py)."""
     ref = str(parse_entity_ref({"kind": kind, "namespace": namespace, "name": name}))
@@ -431,7 +431,13 @@ def _order_fields(values: list[str]) -> list[tuple[str, bool]]:
     return order
 
 
-async def query_entities(pool: asyncpg.Pool, query: EntityQuery, visible: Visibility = EVERYTHING) -> QueryPage:
+async def query_entities(
+    pool: asyncpg.Pool,
+    query: EntityQuery,
+    visible: Visibility = EVERYTHING,
+    *,
+    pages: ReadCache[PageUids] | None = None,
+) -> QueryPage:
     """Backstage's `GET /entities/by-query`: a page, the total, and cursors to the next and previous pages."""
     cursor = (
         decode_cursor(query.cursor, QueryCursor)
@@ -460,6 +466,7 @@ async def query_entities(pool: asyncpg.Pool, query: EntityQuery, visible: Visibi
         limit=query.limit,
         fields=parse_fields_param(_as_list(query.fields)),
         cursor_at=lambda offset: encode_cursor(msgspec.structs.replace(cursor, offset=offset)),
+        pages=pages,
     )
 
 
@@ -474,12 +481,23 @@ async def query_page(
     limit: int,
     fields: tuple[str, ...] | None,
     cursor_at: Callable[[int], str],
+    pages: ReadCache[PageUids] | None = None,
 ) -> QueryPage:
-    """A page of matching entities, the total, and cursors (made by `cursor_at(offset)`) to the pages around."""
+    """A page of matching entities, the total, and cursors (made by `cursor_at(offset)`) to the pages around. Which
+    entities the page holds comes from `pages` when it remembers the query (read_cache.py); their served JSON is
+    read each time."""
+    key = (scope, where, full_text, tuple(order), offset, limit)
+    remembered = pages.get(key) if pages is not None else None
     async with pool.acquire() as conn:
-        page, total = await store.query_entities(
-            conn, scope, where, full_text=full_text, order=order, offset=offset, limit=limit
-        )
+        if remembered is None:
+            epoch = pages.epoch if pages is not None else 0
+            remembered = await store.query_entities(
+                conn, scope, where, full_text=full_text, order=order, offset=offset, limit=limit
+            )
+            if pages is not None:
+                pages.put(key, remembered, epoch)
+        uids, total = remembered
+        page = await store.served_in_order(conn, uids)
     return QueryPage(_items(page, fields), total, _page_info(offset, len(page), total, limit, cursor_at))
 
 
@@ -546,7 +564,12 @@ def _decode_predicate_cursor(raw: str) -> PredicateCursor:
 
 
 async def query_by_predicate(
-    pool: asyncpg.Pool, scope: ScopeReadQuery, request: PredicateQueryRequest, visible: Visibility = EVERYTHING
+    pool: asyncpg.Pool,
+    scope: ScopeReadQuery,
+    request: PredicateQueryRequest,
+    visible: Visibility = EVERYTHING,
+    *,
+    pages: ReadCache[PageUids] | None = None,
 ) -> QueryPage:
     """Backstage's `POST /entities/by-query`: the predicate form of `GET /entities/by-query`."""
     cursor = (
@@ -576,6 +599,7 @@ async def query_by_predicate(
         limit=request.limit,
         fields=parse_fields_param(request.fields or []),
         cursor_at=lambda offset: _encode_predicate_cursor(msgspec.structs.replace(cursor, offset=offset)),
+        pages=pages,
     )
 
 

@@ -365,8 +365,8 @@ async def query_entities(
     order: list[tuple[str, bool]],
     offset: int,
     limit: int,
-) -> tuple[list[str], int]:
-    """The served JSON of one page of matching entities ordered by search fields (then ref), and the total."""
+) -> tuple[list[Any], int]:
+    """The uids of one page of matching entities ordered by search fields (then ref), and the total."""
     args: list[Any] = []
     condition = _query_where(scope, where, full_text, args)
     total = await cached_count(conn, f"SELECT count(*) FROM entities WHERE {condition}", args)
@@ -404,7 +404,7 @@ async def query_entities(
         f"ORDER BY {', '.join(sort)} OFFSET {int(offset)} LIMIT {int(limit)}",
         *args,
     )
-    return await served_in_order(conn, [r["uid"] for r in uids]), total
+    return [r["uid"] for r in uids], total
 
 
 async def _walk_is_cheaper(conn: asyncpg.Connection, scope: str, kind: str, total: int, rows: int) -> bool:

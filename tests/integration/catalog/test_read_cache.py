@@ -1,5 +1,5 @@
-"""By-name reads come from each replica's cache of served entities (read_cache.py): a write through a replica is
-read fresh from it at once, a write through another replica (or any transaction) drops the cache when it commits
+"""By-name reads and by-query pages come from each replica's caches (read_cache.py): a write through a replica is
+read fresh from it at once, a write through another replica (or any transaction) drops the caches when it commits
 (LISTEN/NOTIFY, migration 0030), and while the notices cannot be received nothing is cached."""
 
 from __future__ import annotations
@@ -60,7 +60,7 @@ async def replace(http, replica, new_title: str) -> None:
 async def test_a_read_is_served_from_the_cache_and_a_write_through_the_replica_is_read_fresh(replicas, http):
     first, _ = replicas
     assert await title(http, first) == "First"
-    assert first.deps.context.get(KEY) is not None
+    assert first.deps.context.entities.get(KEY) is not None
     await replace(http, first, "Second")
     assert await title(http, first) == "Second"
     uid = await first.deps.pool.fetchval("SELECT uid::text FROM entities WHERE ref = $1", KEY[1])
@@ -72,23 +72,42 @@ async def test_a_read_is_served_from_the_cache_and_a_write_through_the_replica_i
 async def test_a_write_through_another_replica_drops_the_cache_when_it_commits(replicas, http):
     first, second = replicas
     assert await title(http, second) == "First"
-    assert second.deps.context.get(KEY) is not None
+    assert second.deps.context.entities.get(KEY) is not None
     await replace(http, first, "Second")
-    await until(lambda: second.deps.context.get(KEY) is None)
+    await until(lambda: second.deps.context.entities.get(KEY) is None)
     assert await title(http, second) == "Second"
 
 
 async def test_nothing_is_cached_while_write_notices_cannot_arrive(replicas, http):
     _, second = replicas
-    cache = second.deps.context
+    caches = second.deps.context
+    cache = caches.entities
     assert await title(http, second) == "First" and cache.get(KEY) is not None
     await second.deps.pool.execute(
         "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
         "WHERE query LIKE 'LISTEN %entities_written%' AND pid <> pg_backend_pid()"
     )
-    await until(lambda: not cache.listening)
+    await until(lambda: not caches.listening)
     assert cache.get(KEY) is None
     assert await title(http, second) == "First"
-    assert cache.listening or cache.get(KEY) is None
-    await until(lambda: cache.listening)  # listening again, on a new connection
+    assert caches.listening or cache.get(KEY) is None
+    await until(lambda: caches.listening)  # listening again, on a new connection
     assert await title(http, second) == "First" and cache.get(KEY) is not None
+
+
+async def titles_found(http, replica, term: str) -> list[str]:
+    params = {"filter": "kind=component", "fullTextFilterTerm": term, "fullTextFilterFields": "metadata.title"}
+    async with http.get(f"{replica.url}/api/catalog/entities/by-query", params=params) as r:
+        page = await r.json()
+    assert page["totalItems"] == len(page["items"])
+    return [item["metadata"]["title"] for item in page["items"]]
+
+
+async def test_by_query_pages_are_remembered_until_a_write(replicas, http):
+    first, second = replicas
+    assert await titles_found(http, first, "sec") == [] and await titles_found(http, second, "sec") == []
+    assert len(first.deps.context.pages) == 1 and len(second.deps.context.pages) == 1
+    await replace(http, first, "Second")
+    assert await titles_found(http, first, "sec") == ["Second"]
+    await until(lambda: len(second.deps.context.pages) == 0)
+    assert await titles_found(http, second, "sec") == ["Second"]

@@ -4,13 +4,13 @@ that began before a drop, and at most `capacity` entries."""
 from __future__ import annotations
 
 from services.catalog.model import ServedEntity
-from services.catalog.read_cache import ServedCache, drop_after
+from services.catalog.read_cache import ReadCache, drop_after
 
 ENTITY = ServedEntity("etag-1", '{"kind": "Component"}')
 
 
-def listening_cache(capacity: int = 10) -> ServedCache:
-    cache = ServedCache(capacity)
+def listening_cache(capacity: int = 10) -> ReadCache:
+    cache = ReadCache(capacity)
     cache.listening = True
     return cache
 
@@ -30,7 +30,7 @@ def test_a_read_that_began_before_a_drop_stores_nothing():
 
 
 def test_nothing_is_stored_while_not_listening_for_writes():
-    cache = ServedCache(10)
+    cache = ReadCache(10)
     cache.put("a", ENTITY, cache.epoch)
     assert cache.get("a") is None
 
