@@ -76,8 +76,7 @@ async def read_caches(deps: Deps) -> AsyncIterator[ReadCaches]:
 
 
 async def drop_caches_on_writes(deps: Deps) -> None:
-    if deps.context.enabled:
-        await listen_for_writes(deps.pool, deps.context)
+    await listen_for_writes(deps.pool, deps.context)
 
 
 async def refresh_locations(deps: Deps) -> None:

@@ -78,10 +78,6 @@ class ReadCaches:
         return cls(ReadCache(entities), ReadCache(pages))
 
     @property
-    def enabled(self) -> bool:
-        return self.entities.capacity > 0 or self.pages.capacity > 0
-
-    @property
     def listening(self) -> bool:
         return self.entities.listening and self.pages.listening
 

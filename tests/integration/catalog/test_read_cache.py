@@ -116,3 +116,13 @@ async def test_by_query_pages_are_remembered_until_a_write(replicas, http):
     assert await titles_found(http, first, "sec") == ["Second"]
     await until(lambda: len(second.deps.context.pages) == 0)
     assert await titles_found(http, second, "sec") == ["Second"]
+
+
+async def test_with_the_caches_off_reads_are_served_and_nothing_is_kept(make_settings, http):
+    settings = make_settings(CatalogSettings, read_cache_entities=0, read_cache_pages=0)
+    async with running_service(CATALOG, settings) as catalog:
+        async with http.post(f"{catalog.url}/api/catalog/entities", json=COMPONENT) as r:
+            assert r.status == 201, await r.text()
+        assert await title(http, catalog) == "First" and await titles_found(http, catalog, "fir") == ["First"]
+        assert len(catalog.deps.context.entities) == 0 and len(catalog.deps.context.pages) == 0
+        assert not any(task.done() for task in catalog.tasks)
