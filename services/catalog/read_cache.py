@@ -3,7 +3,7 @@ entities (and how many in all) a `by-query` page holds.
 
 Every transaction that writes `entities` notifies `<schema>.entities_written` when it commits (migration 0030);
 each replica listens on one connection and drops its caches on every notice. A write made through this
-replica's own routes also drops it once the route has answered (`drop_after`), because the notice may reach the
+replica's own routes also drops them once the route has answered (`drop_after`), because the notice may reach the
 listener after the writer's response: a client never reads its own write stale from the replica it wrote
 through. Another replica serves the old version until the notice arrives (milliseconds). A read stores what it
 fetched only if nothing was dropped since it began (`epoch`), so a read that raced a write cannot put the old
