@@ -1,6 +1,6 @@
 """Catalog benchmark on the shared generator's realistic organisation (../shared/bench/gen_entities.py).
 
-    python bench/catalog.py --entities 100000 [--concurrency 50] [--seconds 10]
+    python bench/catalog.py --entities 100000 [--concurrency 50] [--seconds 10] [--data-dir DIR]
 
 Starts NATS and PostgreSQL (embedded, or IDP_NATS_URL / IDP_DATABASE_URL) and the catalog as its own process,
 registers the generated `location.yaml` (one `file:` Location whose targets hold all N entities) and times it
@@ -9,16 +9,24 @@ served and relations in the served entities against the generator's manifest), w
 and the embedded PostgreSQL spent. Then it times the ingestion API setting one property on every component
 (batches of 10,000; `--skip-ingest-api` leaves it out), waits until the outbox has published every event and the
 VACUUM after the bulk read is done, and loads the catalog with `--concurrency` clients, then with one, for
-`--seconds` each: `GET /entities/by-name` of random components, a filtered `by-query`, a full-text `by-query`
-(name prefix) and ranked `GET /search` (name prefix, then a partial word inside a name); req/s, p50 and p99 of
-each. Load comes from `wrk` when it is installed (the tool of Backstage's baseline in ../shared/bench/README.md),
-else from an aiohttp client in this process. Peak RSS is the catalog process's.
+`--seconds` each: `GET /entities/by-name` of random components, a filtered `by-query` (a random one of 54
+filters: component type, lifecycle and language tag, at a random page of the first ten), a full-text `by-query`
+(a random component's name prefix) and ranked `GET /search` (name prefix, then a partial word inside a name);
+req/s, p50 and p99 of each. Every scenario draws its requests from 5,000 random paths, so in-process caches see
+as many distinct entities and queries. Load comes from `wrk` when it is installed (the tool of Backstage's
+baseline in ../shared/bench/README.md), else from an aiohttp client in this process. Peak RSS is the catalog
+process's.
+
+`--data-dir DIR` keeps the generated entities, NATS and PostgreSQL in DIR instead of a temporary directory; a
+later run with the same DIR and `--entities` finds the location registered and goes straight to the load (the
+ingest figures are then left out). `--scenarios` runs only the named load scenarios.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import functools
 import json
 import os
@@ -168,6 +176,66 @@ async def ingest_properties(session: aiohttp.ClientSession, url: str, refs: list
     return time.perf_counter() - started
 
 
+async def registered(session: aiohttp.ClientSession, url: str, target: Path) -> dict | None:
+    """The location already registered for `target` (a run on a kept `--data-dir`), or None."""
+    async with session.get(f"{url}/api/catalog/locations") as r:
+        assert r.status == 200, await r.text()
+        return next((item["data"] for item in await r.json() if item["data"]["target"] == str(target)), None)
+
+
+async def ingest_location(
+    session: aiohttp.ClientSession, catalog: stack.ServiceProcess, data: Path, postgres_dir: Path, rss: PeakRss
+) -> dict[str, object]:
+    """Registers the generated location and times it until every entity and relation is served."""
+    cpu_before = cpu_seconds(catalog.process.pid, postgres_dir)
+    load_before = os.getloadavg()[0]
+    started = time.perf_counter()
+    async with session.post(
+        f"{catalog.url}/api/catalog/locations", json={"type": "file", "target": str(data / "location.yaml")}
+    ) as r:
+        body = await r.json()
+        assert r.status == 201, body
+    ingest_s = time.perf_counter() - started
+    cpu_after = cpu_seconds(catalog.process.pid, postgres_dir)
+    ingest_cpu = {k: round(v - cpu_before[k], 1) for k, v in cpu_after.items()}
+    # The machine is shared: the 1-minute load average before and after says how busy it was.
+    ingest_load = (round(load_before, 1), round(os.getloadavg()[0], 1))
+    progress(f"location ingested in {ingest_s:.1f} s, CPU {ingest_cpu}, RSS {rss.peak / 2**20:.0f} MiB")
+    return {
+        "ingest_s": ingest_s,
+        "ingest_cpu_s": ingest_cpu,
+        "ingest_load_average": ingest_load,
+        "location_errors": len(body["location"].get("errors", [])),
+    }
+
+
+def query_paths(names: list[str]) -> dict[str, Callable[[], str]]:
+    """Each load scenario's random request path."""
+    api = "/api/catalog/entities"
+
+    def filtered() -> str:
+        filter_ = ",".join(
+            [
+                "kind=component",
+                f"spec.type={random.choice(('service', 'website', 'library'))}",
+                f"spec.lifecycle={random.choice(('production', 'experimental', 'deprecated'))}",
+                f"metadata.tags={random.choice(('java', 'go', 'python', 'typescript', 'rust', 'kotlin'))}",
+            ]
+        )
+        return f"{api}/by-query?filter={filter_}&limit=100&offset={100 * random.randrange(10)}"
+
+    return {
+        "by_name": lambda: f"{api}/by-name/component/default/{random.choice(names)}",
+        "filtered_by_query": filtered,
+        "full_text_by_query": lambda: (
+            f"{api}/by-query?fullTextFilterTerm={random.choice(names)[:6]}&fullTextFilterFields=metadata.name&limit=20"
+        ),
+        "search": lambda: f"/api/catalog/search?q={random.choice(names)[:6]}&limit=20",
+        # The first word of a name less its first letter (`tidal-…` → `idal`): found by trigrams only.
+        "infix_search": lambda: f"/api/catalog/search?q={random.choice(names).split('-')[0][1:6]}&limit=20",
+    }
+
+
 async def run(args: argparse.Namespace, data: Path, tmp: Path) -> dict[str, object]:
     manifest = json.loads((data / "manifest.json").read_text())
     names = manifest.get("component_names") or (data / "component-names.txt").read_text().split()
@@ -188,23 +256,14 @@ async def run(args: argparse.Namespace, data: Path, tmp: Path) -> dict[str, obje
             timeout = aiohttp.ClientTimeout(total=None)
             connector = aiohttp.TCPConnector(limit=args.concurrency)
             async with aiohttp.ClientSession(headers=headers, timeout=timeout, connector=connector) as session:
-                cpu_before = cpu_seconds(catalog.process.pid, postgres_dir)
-                load_before = os.getloadavg()[0]
-                started = time.perf_counter()
-                async with session.post(
-                    f"{catalog.url}/api/catalog/locations", json={"type": "file", "target": str(data / "location.yaml")}
-                ) as r:
-                    body = await r.json()
-                    assert r.status == 201, body
-                ingest_s = time.perf_counter() - started
-                cpu_after = cpu_seconds(catalog.process.pid, postgres_dir)
-                ingest_cpu = {k: round(v - cpu_before[k], 1) for k, v in cpu_after.items()}
-                # The machine is shared: the 1-minute load average before and after says how busy it was.
-                ingest_load = (round(load_before, 1), round(os.getloadavg()[0], 1))
-                progress(f"location ingested in {ingest_s:.1f} s, CPU {ingest_cpu}, RSS {rss.peak / 2**20:.0f} MiB")
+                ingest: dict[str, object] = {}
+                if await registered(session, catalog.url, data / "location.yaml") is None:
+                    ingest = await ingest_location(session, catalog, data, postgres_dir, rss)
+                else:
+                    progress("location already ingested in the kept data directory")
                 entities, relations = await served_counts(servers.database_url)
                 properties_s = None
-                if not args.skip_ingest_api:
+                if ingest and not args.skip_ingest_api:
                     properties_s = await ingest_properties(session, catalog.url, [f"component:{n}" for n in names])
                     progress(f"ingestion API: {properties_s:.1f} s")
                 settled_s = await settled(servers.database_url)
@@ -223,37 +282,18 @@ async def run(args: argparse.Namespace, data: Path, tmp: Path) -> dict[str, obje
                     progress(f"{paths[0]}: {result} (load average {os.getloadavg()[0]:.1f})")
                     return result
 
-                api = "/api/catalog/entities"
-                results = {
-                    "by_name": await load(lambda: f"{api}/by-name/component/default/{random.choice(names)}"),
-                    "filtered_by_query": await load(
-                        lambda: f"{api}/by-query?filter=kind=component,spec.type=service&limit=100"
-                    ),
-                    "full_text_by_query": await load(
-                        lambda: (
-                            f"{api}/by-query?fullTextFilterTerm={random.choice(names)[:6]}"
-                            "&fullTextFilterFields=metadata.name&limit=20"
-                        )
-                    ),
-                    "search": await load(lambda: f"/api/catalog/search?q={random.choice(names)[:6]}&limit=20"),
-                    # The first word of a name less its first letter (`tidal-…` → `idal`): found by trigrams only.
-                    "infix_search": await load(
-                        lambda: f"/api/catalog/search?q={random.choice(names).split('-')[0][1:6]}&limit=20"
-                    ),
-                }
+                scenarios = query_paths(names)
+                results = {name: await load(scenarios[name]) for name in args.scenarios or scenarios}
         finally:
             rss.running = False
             catalog.stop()
     return {
         "entities": args.entities,
         "load_generator": "wrk" if wrk else "aiohttp",
-        "ingest_s": ingest_s,
-        "ingest_cpu_s": ingest_cpu,
-        "ingest_load_average": ingest_load,
+        **ingest,
         "entities_served": entities,
         "relations_served": relations,
         "relations_expected": manifest["expected_relations"],
-        "location_errors": len(body["location"].get("errors", [])),
         "ingest_api_all_components_s": properties_s,
         "settled_after_s": settled_s,
         **results,
@@ -267,13 +307,20 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=50)
     parser.add_argument("--seconds", type=int, default=10)
     parser.add_argument("--skip-ingest-api", action="store_true", help="do not time the ingestion API")
+    parser.add_argument("--data-dir", type=Path, help="keep entities, NATS and PostgreSQL here, to reuse them later")
+    parser.add_argument("--scenarios", nargs="+", choices=list(query_paths([])), help="load only these scenarios")
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory(prefix="idp-bench-catalog-") as tmp:
-        data = Path(tmp) / "entities"
-        subprocess.run(
-            [sys.executable, str(GENERATOR), str(args.entities), str(data)], check=True, stdout=subprocess.DEVNULL
-        )
-        result = asyncio.run(run(args, data, Path(tmp)))
+    with contextlib.ExitStack() as resources:
+        if args.data_dir is None:
+            tmp = Path(resources.enter_context(tempfile.TemporaryDirectory(prefix="idp-bench-catalog-")))
+        else:
+            tmp = args.data_dir.resolve()
+        data = tmp / f"entities-{args.entities}"
+        if not (data / "manifest.json").exists():
+            subprocess.run(
+                [sys.executable, str(GENERATOR), str(args.entities), str(data)], check=True, stdout=subprocess.DEVNULL
+            )
+        result = asyncio.run(run(args, data, tmp))
     print(json.dumps(result, indent=2))
 
 

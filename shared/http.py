@@ -9,6 +9,8 @@ permission checks and the routes cannot drift apart.
 from __future__ import annotations
 
 import asyncio
+import functools
+import itertools
 import logging
 import re
 import time
@@ -20,6 +22,7 @@ from typing import Any, TypeVar
 import asyncpg
 import msgspec
 from aiohttp import web
+from opentelemetry import context as otel_context
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from shared.auth import Authenticator, Principal
@@ -33,7 +36,7 @@ from shared.errors import (
     UnsupportedMediaTypeError,
     input_error_from_validation,
 )
-from shared.telemetry import HTTP_DURATION
+from shared.telemetry import HTTP_DURATION, context_from_headers, server_spans_instrumented
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +52,10 @@ T = TypeVar("T")
 PRINCIPAL_KEY = web.RequestKey("idp.principal", Principal)
 REQUEST_ID_KEY = web.RequestKey("idp.request_id", str)
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._\-]{1,128}$")
+# A request without an id gets this process's random prefix and a sequence number: unique across replicas
+# like a UUID, without drawing random bytes per request.
+_REQUEST_ID_PREFIX = uuid.uuid4().hex[:16]
+_request_numbers = itertools.count(1)
 _json = msgspec.json.Encoder()
 
 
@@ -188,7 +195,9 @@ def _problem_from_http_exception(exc: web.HTTPException) -> ProblemError:
 async def request_context_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Request id in and out, errors as problem+json, and the duration histogram."""
     incoming = request.headers.get("X-Request-Id", "")
-    request[REQUEST_ID_KEY] = incoming if _REQUEST_ID.match(incoming) else uuid.uuid4().hex
+    if not _REQUEST_ID.match(incoming):
+        incoming = f"{_REQUEST_ID_PREFIX}{next(_request_numbers):x}"
+    request[REQUEST_ID_KEY] = incoming
     started = time.perf_counter()
     try:
         response = await handler(request)
@@ -214,10 +223,30 @@ async def request_context_middleware(request: web.Request, handler: Handler) -> 
     if not response.prepared:
         response.headers["X-Request-Id"] = request[REQUEST_ID_KEY]
     route = request.match_info.route.resource
-    HTTP_DURATION.labels(route.canonical if route else "unmatched", request.method, str(response.status)).observe(
+    _duration_of(route.canonical if route else "unmatched", request.method, response.status).observe(
         time.perf_counter() - started
     )
     return response
+
+
+@functools.cache
+def _duration_of(route: str, method: str, status: int) -> Any:
+    """The histogram's child for these labels; finding it through `labels()` every time cost 2 % of a cached read.
+    Bounded by the routes, methods and statuses served."""
+    return HTTP_DURATION.labels(route, method, str(status))
+
+
+@web.middleware
+async def trace_context_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Where no server span is built (nothing records spans), the caller's `traceparent` still becomes the
+    request's trace context, so events, outgoing calls and logs carry it, as an unrecorded span would."""
+    if "traceparent" not in request.headers:
+        return await handler(request)
+    token = otel_context.attach(context_from_headers(request.headers))
+    try:
+        return await handler(request)
+    finally:
+        otel_context.detach(token)
 
 
 Authorize = Callable[[Principal, str], bool]
@@ -276,10 +305,10 @@ def create_app(
     on_denied: DenialHook | None = None,
 ) -> web.Application:
     """A service's aiohttp app: its routes plus the standard ones, behind the standard middlewares."""
-    app = web.Application(
-        client_max_size=max_body_bytes,
-        middlewares=[request_context_middleware, auth_middleware(authenticate, authorize, on_denied)],
-    )
+    middlewares = [request_context_middleware, auth_middleware(authenticate, authorize, on_denied)]
+    if not server_spans_instrumented():
+        middlewares.insert(0, trace_context_middleware)
+    app = web.Application(client_max_size=max_body_bytes, middlewares=middlewares)
     standard = Routes(tag="operations")
     _add_standard_routes(standard, readiness, lambda: openapi_document(service, version, routes.operations))
     for operation in [*standard.operations, *routes.operations]:

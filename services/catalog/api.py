@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 from aiohttp import web
@@ -36,11 +37,12 @@ from services.catalog.model import (
     ServedEntity,
     ValidateEntityRequest,
 )
+from services.catalog.read_cache import ReadCaches, drop_after
 from shared.access import record_policy_outcome, warning_headers
 from shared.authz import Resource, Visibility
 from shared.etag import quoted
 from shared.events import DEFAULT_SCOPE, ResourceRef
-from shared.http import Routes, json_response, parse_query, principal_of, read_json
+from shared.http import Operation, Routes, json_response, parse_query, principal_of, read_json
 from shared.scopes import check_scope
 from shared.service import Deps
 
@@ -69,8 +71,13 @@ def _served_response(entity: ServedEntity) -> web.Response:
     return web.Response(text=entity.json, content_type="application/json", headers={"ETag": quoted(entity.etag)})
 
 
+def _writes_entities(operation: Operation) -> bool:
+    return operation.method != "GET" and not (operation.permission or "").endswith("_view")
+
+
 def routes(deps: Deps) -> Routes:
     pool = deps.pool
+    caches: ReadCaches = deps.context
     policy = deps.settings.ingestion_policy(deps.access)
     api = Routes(tag="catalog")
 
@@ -127,7 +134,9 @@ def routes(deps: Deps) -> Routes:
     )
     async def get_entity_by_name(request: web.Request) -> web.Response:
         query = parse_query(request, ByNameQuery)
-        return _served_response(await service.get_by_name(pool, query, *_path_ref(request), visible(request)))
+        return _served_response(
+            await service.get_by_name(pool, query, *_path_ref(request), visible(request), cache=caches.entities)
+        )
 
     @api.put(
         BY_NAME,
@@ -181,7 +190,7 @@ def routes(deps: Deps) -> Routes:
     )
     async def query_entities(request: web.Request) -> web.Response:
         query = parse_query(request, EntityQuery)
-        return json_response(await service.query_entities(pool, query, visible(request)))
+        return json_response(await service.query_entities(pool, query, visible(request), pages=caches.pages))
 
     @api.post(
         "/api/catalog/entities/by-query",
@@ -194,7 +203,7 @@ def routes(deps: Deps) -> Routes:
     async def query_entities_by_predicate(request: web.Request) -> web.Response:
         scope = parse_query(request, ScopeReadQuery)
         body = await read_json(request, PredicateQueryRequest)
-        return json_response(await service.query_by_predicate(pool, scope, body, visible(request)))
+        return json_response(await service.query_by_predicate(pool, scope, body, visible(request), pages=caches.pages))
 
     @api.post(
         "/api/catalog/entities/by-refs",
@@ -470,4 +479,10 @@ def routes(deps: Deps) -> Routes:
         )
         return web.Response(status=204)
 
+    # What a write route committed is read fresh by its caller's next request (read_cache.py). Routes that need
+    # only a view permission (reads sent as POST, favorites) write no entity.
+    api.operations = [
+        dataclasses.replace(op, handler=drop_after(caches, op.handler)) if _writes_entities(op) else op
+        for op in api.operations
+    ]
     return api

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Annotated, Literal
 
 import msgspec
 
 from services.catalog import api, handlers, ingestion, stitching
+from services.catalog.read_cache import ReadCaches, listen_for_writes
 from services.catalog.url_reader import DirectFetcher, UrlPolicy
 from shared.access import AccessReplica
 from shared.config import BaseSettings
@@ -28,6 +31,12 @@ class Settings(BaseSettings, kw_only=True, forbid_unknown_fields=True):
     private, link-local), comma-separated (`IDP_URL_LOCATION_ALLOW`); none by default."""
     url_fetch_timeout_seconds: Annotated[float, msgspec.Meta(gt=0, le=300)] = 10.0
     """How long one `url:` fetch may take (`IDP_URL_FETCH_TIMEOUT_SECONDS`)."""
+    read_cache_entities: Annotated[int, msgspec.Meta(ge=0, le=1_000_000)] = 20_000
+    """Served entities this process keeps for by-name reads, dropped on every entity write
+    (`IDP_READ_CACHE_ENTITIES`; 0 turns this cache off). About 3 kB each for a typical entity."""
+    read_cache_pages: Annotated[int, msgspec.Meta(ge=0, le=1_000_000)] = 5_000
+    """`by-query` pages this process remembers (which entities, in order, and the total), dropped on every entity
+    write (`IDP_READ_CACHE_PAGES`; 0 turns this cache off). About 100 bytes per entity of a page."""
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -61,6 +70,15 @@ def entity_admission(access: AccessReplica) -> ingestion.EntityAdmission:
     return denials
 
 
+@contextlib.asynccontextmanager
+async def read_caches(deps: Deps) -> AsyncIterator[ReadCaches]:
+    yield ReadCaches.sized(deps.settings.read_cache_entities, deps.settings.read_cache_pages)
+
+
+async def drop_caches_on_writes(deps: Deps) -> None:
+    await listen_for_writes(deps.pool, deps.context)
+
+
 async def refresh_locations(deps: Deps) -> None:
     settings: Settings = deps.settings
     await stitching.stitch_unstitched(deps.pool)
@@ -74,7 +92,8 @@ DEFINITION = ServiceDefinition(
     settings_type=Settings,
     routes=api.routes,
     migrations=Path(__file__).parent / "migrations",
-    background=(refresh_locations, handlers.mirror_identity, handlers.serve_entity_reads),
+    background=(refresh_locations, handlers.mirror_identity, handlers.serve_entity_reads, drop_caches_on_writes),
+    open_context=read_caches,
 )
 
 

@@ -69,6 +69,7 @@ from services.catalog.query import (
     project_fields,
     search_words,
 )
+from services.catalog.read_cache import PageUids, ReadCache
 from services.catalog.relations import Reference, references_of
 from services.catalog.resolution import Stale, rewire_referrers, served_relations, write_relations
 from services.catalog.scopes import ScopeSelector, names_scope, parse_scoped_ref, scoped_ref
@@ -294,19 +295,45 @@ def viewer(conn: asyncpg.Connection, visible: Visibility) -> EntityViewer:
     return EntityViewer(visible, lambda identity_ids: store.refs_of_identities(conn, identity_ids))
 
 
+def pooled_viewer(pool: asyncpg.Pool, visible: Visibility) -> EntityViewer:
+    """A viewer that takes a connection only if a restricted entity makes it look up the caller's own refs."""
+
+    async def owned_refs(identity_ids: list[str]) -> frozenset[str]:
+        async with pool.acquire() as conn:
+            return await store.refs_of_identities(conn, identity_ids)
+
+    return EntityViewer(visible, owned_refs)
+
+
 async def _seen(conn: asyncpg.Connection, visible: Visibility, served: ServedEntity | None) -> ServedEntity | None:
     """`served` if the caller may see it; an entity it may not see reads as missing (visibility.py)."""
     return served if served is not None and await viewer(conn, visible).sees(served.json) else None
 
 
 async def get_by_name(
-    pool: asyncpg.Pool, query: ByNameQuery, kind: str, namespace: str, name: str, visible: Visibility = EVERYTHING
+    pool: asyncpg.Pool,
+    query: ByNameQuery,
+    kind: str,
+    namespace: str,
+    name: str,
+    visible: Visibility = EVERYTHING,
+    *,
+    cache: ReadCache[ServedEntity] | None = None,
 ) -> ServedEntity:
+    """The entity at the scope asked (or the nearest above it), from `cache` when it holds it (read_cache.py)."""
     ref = str(parse_entity_ref({"kind": kind, "namespace": namespace, "name": name}))
     scopes = ScopeSelector.of(query.scope, parents=query.includeParents).exact_scopes()
-    async with pool.acquire() as conn:
-        served = (await store.served_nearest(conn, scopes, [ref])).get(ref)
-        return _found(await _seen(conn, visible, served), f"no entity {ref}")
+    key = (*scopes, ref)
+    served = cache.get(key) if cache is not None else None
+    if served is None:
+        epoch = cache.epoch if cache is not None else 0
+        async with pool.acquire() as conn:
+            served = (await store.served_nearest(conn, scopes, [ref])).get(ref)
+        if served is not None and cache is not None:
+            cache.put(key, served, epoch)
+    if served is None or not await pooled_viewer(pool, visible).sees(served.json):
+        raise NotFoundError(f"no entity {ref}")
+    return served
 
 
 async def get_by_uid(pool: asyncpg.Pool, uid: str, visible: Visibility = EVERYTHING) -> ServedEntity:
@@ -393,7 +420,13 @@ def _order_fields(values: list[str]) -> list[tuple[str, bool]]:
     return order
 
 
-async def query_entities(pool: asyncpg.Pool, query: EntityQuery, visible: Visibility = EVERYTHING) -> QueryPage:
+async def query_entities(
+    pool: asyncpg.Pool,
+    query: EntityQuery,
+    visible: Visibility = EVERYTHING,
+    *,
+    pages: ReadCache[PageUids] | None = None,
+) -> QueryPage:
     """Backstage's `GET /entities/by-query`: a page, the total, and cursors to the next and previous pages."""
     cursor = (
         decode_cursor(query.cursor, QueryCursor)
@@ -422,6 +455,7 @@ async def query_entities(pool: asyncpg.Pool, query: EntityQuery, visible: Visibi
         limit=query.limit,
         fields=parse_fields_param(_as_list(query.fields)),
         cursor_at=lambda offset: encode_cursor(msgspec.structs.replace(cursor, offset=offset)),
+        pages=pages,
     )
 
 
@@ -436,12 +470,23 @@ async def query_page(
     limit: int,
     fields: tuple[str, ...] | None,
     cursor_at: Callable[[int], str],
+    pages: ReadCache[PageUids] | None = None,
 ) -> QueryPage:
-    """A page of matching entities, the total, and cursors (made by `cursor_at(offset)`) to the pages around."""
+    """A page of matching entities, the total, and cursors (made by `cursor_at(offset)`) to the pages around. Which
+    entities the page holds comes from `pages` when it remembers the query (read_cache.py); their served JSON is
+    read each time."""
+    key = (scope, where, full_text, tuple(order), offset, limit)
+    remembered = pages.get(key) if pages is not None else None
     async with pool.acquire() as conn:
-        page, total = await store.query_entities(
-            conn, scope, where, full_text=full_text, order=order, offset=offset, limit=limit
-        )
+        if remembered is None:
+            epoch = pages.epoch if pages is not None else 0
+            remembered = await store.query_entities(
+                conn, scope, where, full_text=full_text, order=order, offset=offset, limit=limit
+            )
+            if pages is not None:
+                pages.put(key, remembered, epoch)
+        uids, total = remembered
+        page = await store.served_in_order(conn, uids)
     return QueryPage(_items(page, fields), total, _page_info(offset, len(page), total, limit, cursor_at))
 
 
@@ -508,7 +553,12 @@ def _decode_predicate_cursor(raw: str) -> PredicateCursor:
 
 
 async def query_by_predicate(
-    pool: asyncpg.Pool, scope: ScopeReadQuery, request: PredicateQueryRequest, visible: Visibility = EVERYTHING
+    pool: asyncpg.Pool,
+    scope: ScopeReadQuery,
+    request: PredicateQueryRequest,
+    visible: Visibility = EVERYTHING,
+    *,
+    pages: ReadCache[PageUids] | None = None,
 ) -> QueryPage:
     """Backstage's `POST /entities/by-query`: the predicate form of `GET /entities/by-query`."""
     cursor = (
@@ -538,6 +588,7 @@ async def query_by_predicate(
         limit=request.limit,
         fields=parse_fields_param(request.fields or []),
         cursor_at=lambda offset: _encode_predicate_cursor(msgspec.structs.replace(cursor, offset=offset)),
+        pages=pages,
     )
 
 

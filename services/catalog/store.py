@@ -307,6 +307,16 @@ def _like_fragment(term: str) -> str:
     return "%" + like_escape(term) + "%"
 
 
+TRIGRAM_KEYS = frozenset({"metadata.name", "metadata.title", "spec.profile.displayname"})
+"""Search keys whose values have a trigram index (migration 0030): the fields of Backstage's entity list search."""
+
+
+def full_text_by_trigrams(term: str, keys: tuple[str, ...]) -> bool:
+    """Whether the trigram index answers a `fullTextFilter`: it names only indexed keys, and the term has a word of
+    three letters or more (without a trigram to look up, the index would hand back every row)."""
+    return bool(keys) and TRIGRAM_KEYS.issuperset(keys) and any(len(word) >= 3 for word in search_words(term))
+
+
 def _query_where(
     scope: ScopeSelector, where: Predicate | None, full_text: tuple[str, tuple[str, ...]] | None, args: list[Any]
 ) -> str:
@@ -315,6 +325,15 @@ def _query_where(
         condition += f" AND {predicate_sql(where, args)}"
     if full_text is not None:
         term, keys = full_text
+        if full_text_by_trigrams(term, keys):
+            # Exactly the matching search rows, from the trigram index (migration 0030); the keys are written as
+            # literals (all from TRIGRAM_KEYS) so the planner proves the index's predicate.
+            args.append(_like_fragment(term.lower()))
+            literals = ", ".join(f"'{key}'" for key in sorted(set(keys)))
+            return (
+                f"{condition} AND uid IN (SELECT entity_uid FROM search WHERE key IN ({literals}) "
+                f"AND value LIKE ${len(args)})"
+            )
         # Words of one or two letters start too many words to narrow anything down.
         words = [word for word in search_words(term) if len(word) > 2]
         narrowed = bool(words) and full_text_indexed(keys)
@@ -346,8 +365,8 @@ async def query_entities(
     order: list[tuple[str, bool]],
     offset: int,
     limit: int,
-) -> tuple[list[str], int]:
-    """The served JSON of one page of matching entities ordered by search fields (then ref), and the total."""
+) -> tuple[list[Any], int]:
+    """The uids of one page of matching entities ordered by search fields (then ref), and the total."""
     args: list[Any] = []
     condition = _query_where(scope, where, full_text, args)
     total = await cached_count(conn, f"SELECT count(*) FROM entities WHERE {condition}", args)
@@ -385,7 +404,7 @@ async def query_entities(
         f"ORDER BY {', '.join(sort)} OFFSET {int(offset)} LIMIT {int(limit)}",
         *args,
     )
-    return await served_in_order(conn, [r["uid"] for r in uids]), total
+    return [r["uid"] for r in uids], total
 
 
 async def _walk_is_cheaper(conn: asyncpg.Connection, scope: str, kind: str, total: int, rows: int) -> bool:

@@ -80,6 +80,27 @@ async def test_by_query_full_text(catalog, http):
         assert (await r.json())["totalItems"] == 2
 
 
+async def test_by_query_full_text_on_the_entity_list_fields_matches_inside_values_in_order(catalog, http):
+    """Name, title and profile display name answer from their trigram index (migration 0030), with Backstage's
+    substring semantics: the term anywhere in one of the chosen fields, not in the others."""
+    url = f"{catalog.url}/api/catalog/entities/by-query"
+    fields = "metadata.name,metadata.title,spec.profile.displayName"
+    params = {"fullTextFilterTerm": "ckout 1", "fullTextFilterFields": fields, "orderField": "metadata.name,desc"}
+    async with http.get(url, params=params) as r:
+        page = await r.json()
+    assert [i["metadata"]["name"] for i in page["items"]] == ["svc-10"] and page["totalItems"] == 1
+    for term in ("svc-0", "vc-0"):  # the second has no trigram to look up: the search rows answer it
+        params = {"fullTextFilterTerm": term, "fullTextFilterFields": fields, "limit": "3"}
+        async with http.get(url, params=params) as r:
+            page = await r.json()
+        assert [i["metadata"]["name"] for i in page["items"]] == ["svc-00", "svc-01", "svc-02"]
+        assert page["totalItems"] == 10
+    # `java` is a tag, not in the chosen fields.
+    params = {"fullTextFilterTerm": "java", "fullTextFilterFields": fields}
+    async with http.get(url, params=params) as r:
+        assert (await r.json())["totalItems"] == 0
+
+
 async def test_entity_facets_count_values_among_filtered_entities(catalog, http):
     params = [("facet", "spec.type"), ("facet", "metadata.tags"), ("filter", "kind=component")]
     async with http.get(f"{catalog.url}/api/catalog/entity-facets", params=params) as r:

@@ -1,0 +1,139 @@
+"""Bounded in-process caches for reads, dropped whenever entities change: served entities for by-name, and which
+entities (and how many in all) a `by-query` page holds.
+
+Every transaction that writes `entities` notifies `<schema>.entities_written` when it commits (migration 0030);
+each replica listens on one connection and drops its caches on every notice. A write made through this
+replica's own routes also drops them once the route has answered (`drop_after`), because the notice may reach the
+listener after the writer's response: a client never reads its own write stale from the replica it wrote
+through. Another replica serves the old version until the notice arrives (milliseconds). A read stores what it
+fetched only if nothing was dropped since it began (`epoch`), so a read that raced a write cannot put the old
+version back; and while the listening connection is down nothing is stored, since a notice could be missed.
+
+By-name entries serve every caller: visibility is decided per request on the cached JSON (visibility.py). Page
+keys include the caller's visibility, which the page's SQL applied.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable, Hashable
+from dataclasses import dataclass
+from typing import Generic, TypeVar
+
+import asyncpg
+
+from services.catalog.model import ServedEntity
+
+log = logging.getLogger(__name__)
+V = TypeVar("V")
+
+
+class ReadCache(Generic[V]):
+    """Values by key, at most `capacity` of them (the oldest stored goes first)."""
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self.listening = False
+        """Whether write notices are being received: only then is anything stored."""
+        self._entries: dict[Hashable, V] = {}
+        self._epoch = 0
+
+    @property
+    def epoch(self) -> int:
+        """Taken before a read fetches, handed back to `put`: it changes whenever the cache is dropped."""
+        return self._epoch
+
+    def get(self, key: Hashable) -> V | None:
+        return self._entries.get(key)
+
+    def put(self, key: Hashable, value: V, epoch: int) -> None:
+        if not self.listening or epoch != self._epoch or self.capacity <= 0:
+            return
+        if len(self._entries) >= self.capacity and key not in self._entries:
+            del self._entries[next(iter(self._entries))]
+        self._entries[key] = value
+
+    def drop(self) -> None:
+        self._epoch += 1
+        self._entries.clear()
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+
+PageUids = tuple[list, int]
+"""A `by-query` page: its entities' uids in order, and the number of matches in all."""
+
+
+@dataclass
+class ReadCaches:
+    """This replica's caches, listened for and dropped together."""
+
+    entities: ReadCache[ServedEntity]
+    pages: ReadCache[PageUids]
+
+    @classmethod
+    def sized(cls, entities: int, pages: int) -> ReadCaches:
+        return cls(ReadCache(entities), ReadCache(pages))
+
+    @property
+    def listening(self) -> bool:
+        return self.entities.listening and self.pages.listening
+
+    @listening.setter
+    def listening(self, value: bool) -> None:
+        self.entities.listening = self.pages.listening = value
+
+    def drop(self) -> None:
+        self.entities.drop()
+        self.pages.drop()
+
+
+def drop_after(cache: ReadCache | ReadCaches, handler: Callable[..., Awaitable]) -> Callable[..., Awaitable]:
+    """`handler`, dropping the cache once it has run (answered or failed): whatever it committed is read fresh by
+    the caller's next request."""
+
+    async def dropping(*args, **kwargs):
+        try:
+            return await handler(*args, **kwargs)
+        finally:
+            cache.drop()
+
+    return dropping
+
+
+async def listen_for_writes(pool: asyncpg.Pool, cache: ReadCaches, retry_seconds: float = 1.0) -> None:
+    """Drops `cache` on every write notice, for as long as it runs; reconnects when the connection is lost (the
+    cache is dropped and stores nothing until it listens again)."""
+    while True:
+        try:
+            await _listen_until_lost(pool, cache)
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            log.warning("catalog read cache: not listening for writes (%s); retrying", exc)
+        await asyncio.sleep(retry_seconds)
+
+
+async def _listen_until_lost(pool: asyncpg.Pool, cache: ReadCaches) -> None:
+    lost = asyncio.Event()
+
+    def on_notice(*_: object) -> None:
+        cache.drop()
+
+    def on_lost(_: object) -> None:
+        lost.set()
+
+    async with pool.acquire() as conn:
+        channel = await conn.fetchval("SELECT current_schema()") + ".entities_written"
+        conn.add_termination_listener(on_lost)
+        await conn.add_listener(channel, on_notice)
+        try:
+            cache.drop()  # whatever was written before the listener was in place
+            cache.listening = True
+            await lost.wait()
+        finally:
+            cache.listening = False
+            cache.drop()
+            if not conn.is_closed():
+                conn.remove_termination_listener(on_lost)
+                await conn.remove_listener(channel, on_notice)

@@ -1,0 +1,128 @@
+"""By-name reads and by-query pages come from each replica's caches (read_cache.py): a write through a replica is
+read fresh from it at once, a write through another replica (or any transaction) drops the caches when it commits
+(LISTEN/NOTIFY, migration 0030), and while the notices cannot be received nothing is cached."""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+
+import pytest_asyncio
+
+from services.catalog.app import DEFINITION as CATALOG
+from services.catalog.app import Settings as CatalogSettings
+from shared.service import running_service
+
+COMPONENT = {
+    "apiVersion": "backstage.io/v1alpha1",
+    "kind": "Component",
+    "metadata": {"name": "cached", "title": "First"},
+    "spec": {"type": "service", "lifecycle": "production", "owner": "team-a"},
+}
+BY_NAME = "/api/catalog/entities/by-name/component/default/cached"
+KEY = ("account", "component:default/cached")
+
+
+@pytest_asyncio.fixture
+async def replicas(make_settings, http):
+    """Two catalog replicas on one database, with the component created through the first."""
+    async with (
+        running_service(CATALOG, make_settings(CatalogSettings)) as first,
+        running_service(CATALOG, make_settings(CatalogSettings)) as second,
+    ):
+        await until(lambda: first.deps.context.listening and second.deps.context.listening)
+        before = first.deps.context.entities.epoch, second.deps.context.entities.epoch
+        async with http.post(f"{first.url}/api/catalog/entities", json=COMPONENT) as r:
+            assert r.status == 201, await r.text()
+        # The creation's notice reaches both (the first dropped once already, after its route answered), so no
+        # later drop empties what the tests read next.
+        await until(lambda: first.deps.context.entities.epoch >= before[0] + 2)
+        await until(lambda: second.deps.context.entities.epoch >= before[1] + 1)
+        yield first, second
+
+
+async def until(condition, attempts: int = 200) -> None:
+    """Waits for what another connection delivers in its own time (a notice, a reconnect)."""
+    for _ in range(attempts):
+        if condition():
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError("condition never held")
+
+
+async def title(http, replica) -> str | None:
+    async with http.get(replica.url + BY_NAME) as r:
+        return (await r.json())["metadata"].get("title") if r.status == 200 else None
+
+
+async def replace(http, replica, new_title: str) -> None:
+    entity = copy.deepcopy(COMPONENT)
+    entity["metadata"]["title"] = new_title
+    async with http.put(replica.url + BY_NAME, json=entity) as r:
+        assert r.status == 200, await r.text()
+
+
+async def test_a_read_is_served_from_the_cache_and_a_write_through_the_replica_is_read_fresh(replicas, http):
+    first, _ = replicas
+    assert await title(http, first) == "First"
+    assert first.deps.context.entities.get(KEY) is not None
+    await replace(http, first, "Second")
+    assert await title(http, first) == "Second"
+    uid = await first.deps.pool.fetchval("SELECT uid::text FROM entities WHERE ref = $1", KEY[1])
+    async with http.delete(f"{first.url}/api/catalog/entities/by-uid/{uid}") as r:
+        assert r.status == 204
+    assert await title(http, first) is None
+
+
+async def test_a_write_through_another_replica_drops_the_cache_when_it_commits(replicas, http):
+    first, second = replicas
+    assert await title(http, second) == "First"
+    assert second.deps.context.entities.get(KEY) is not None
+    await replace(http, first, "Second")
+    await until(lambda: second.deps.context.entities.get(KEY) is None)
+    assert await title(http, second) == "Second"
+
+
+async def test_nothing_is_cached_while_write_notices_cannot_arrive(replicas, http):
+    _, second = replicas
+    caches = second.deps.context
+    cache = caches.entities
+    assert await title(http, second) == "First" and cache.get(KEY) is not None
+    await second.deps.pool.execute(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+        "WHERE query LIKE 'LISTEN %entities_written%' AND pid <> pg_backend_pid()"
+    )
+    await until(lambda: not caches.listening)
+    assert cache.get(KEY) is None
+    assert await title(http, second) == "First"
+    assert caches.listening or cache.get(KEY) is None
+    await until(lambda: caches.listening)  # listening again, on a new connection
+    assert await title(http, second) == "First" and cache.get(KEY) is not None
+
+
+async def titles_found(http, replica, term: str) -> list[str]:
+    params = {"filter": "kind=component", "fullTextFilterTerm": term, "fullTextFilterFields": "metadata.title"}
+    async with http.get(f"{replica.url}/api/catalog/entities/by-query", params=params) as r:
+        page = await r.json()
+    assert page["totalItems"] == len(page["items"])
+    return [item["metadata"]["title"] for item in page["items"]]
+
+
+async def test_by_query_pages_are_remembered_until_a_write(replicas, http):
+    first, second = replicas
+    assert await titles_found(http, first, "sec") == [] and await titles_found(http, second, "sec") == []
+    assert len(first.deps.context.pages) == 1 and len(second.deps.context.pages) == 1
+    await replace(http, first, "Second")
+    assert await titles_found(http, first, "sec") == ["Second"]
+    await until(lambda: len(second.deps.context.pages) == 0)
+    assert await titles_found(http, second, "sec") == ["Second"]
+
+
+async def test_with_the_caches_off_reads_are_served_and_nothing_is_kept(make_settings, http):
+    settings = make_settings(CatalogSettings, read_cache_entities=0, read_cache_pages=0)
+    async with running_service(CATALOG, settings) as catalog:
+        async with http.post(f"{catalog.url}/api/catalog/entities", json=COMPONENT) as r:
+            assert r.status == 201, await r.text()
+        assert await title(http, catalog) == "First" and await titles_found(http, catalog, "fir") == ["First"]
+        assert len(catalog.deps.context.entities) == 0 and len(catalog.deps.context.pages) == 0
+        assert not any(task.done() for task in catalog.tasks)

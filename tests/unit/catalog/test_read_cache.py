@@ -1,0 +1,69 @@
+"""The served-entity cache's rules: nothing stored while write notices are not received, nothing stored by a read
+that began before a drop, and at most `capacity` entries."""
+
+from __future__ import annotations
+
+from services.catalog.model import ServedEntity
+from services.catalog.read_cache import ReadCache, drop_after
+
+ENTITY = ServedEntity("etag-1", '{"kind": "Component"}')
+
+
+def listening_cache(capacity: int = 10) -> ReadCache:
+    cache = ReadCache(capacity)
+    cache.listening = True
+    return cache
+
+
+def test_a_read_stores_what_it_fetched_when_nothing_was_dropped_meanwhile():
+    cache = listening_cache()
+    cache.put("a", ENTITY, cache.epoch)
+    assert cache.get("a") is ENTITY
+
+
+def test_a_read_that_began_before_a_drop_stores_nothing():
+    cache = listening_cache()
+    began = cache.epoch
+    cache.drop()  # a write committed while the read was fetching
+    cache.put("a", ENTITY, began)
+    assert cache.get("a") is None
+
+
+def test_nothing_is_stored_while_not_listening_for_writes():
+    cache = ReadCache(10)
+    cache.put("a", ENTITY, cache.epoch)
+    assert cache.get("a") is None
+
+
+def test_a_drop_empties_the_cache():
+    cache = listening_cache()
+    cache.put("a", ENTITY, cache.epoch)
+    cache.drop()
+    assert cache.get("a") is None and len(cache) == 0
+
+
+def test_the_oldest_entry_goes_when_full():
+    cache = listening_cache(capacity=2)
+    for key in ("a", "b", "c"):
+        cache.put(key, ENTITY, cache.epoch)
+    assert (cache.get("a"), cache.get("b"), cache.get("c")) == (None, ENTITY, ENTITY)
+
+
+def test_capacity_zero_stores_nothing():
+    cache = listening_cache(capacity=0)
+    cache.put("a", ENTITY, cache.epoch)
+    assert len(cache) == 0
+
+
+async def test_a_write_handler_drops_the_cache_even_when_it_fails():
+    cache = listening_cache()
+
+    async def failing_write() -> None:
+        cache.put("a", ENTITY, cache.epoch)
+        raise RuntimeError("refused")
+
+    try:
+        await drop_after(cache, failing_write)()
+    except RuntimeError:
+        pass
+    assert cache.get("a") is None
