@@ -202,6 +202,18 @@ async def run(args: argparse.Namespace, data: Path, tmp: Path) -> dict[str, obje
                 ingest_load = (round(load_before, 1), round(os.getloadavg()[0], 1))
                 progress(f"location ingested in {ingest_s:.1f} s, CPU {ingest_cpu}, RSS {rss.peak / 2**20:.0f} MiB")
                 entities, relations = await served_counts(servers.database_url)
+                if args.ingest_only:
+                    return {
+                        "entities": args.entities,
+                        "ingest_s": ingest_s,
+                        "ingest_cpu_s": ingest_cpu,
+                        "ingest_load_average": ingest_load,
+                        "entities_served": entities,
+                        "relations_served": relations,
+                        "relations_expected": manifest["expected_relations"],
+                        "location_errors": len(body["location"].get("errors", [])),
+                        "peak_rss_mib": rss.peak / 2**20,
+                    }
                 properties_s = None
                 if not args.skip_ingest_api:
                     properties_s = await ingest_properties(session, catalog.url, [f"component:{n}" for n in names])
@@ -266,6 +278,9 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=50)
     parser.add_argument("--seconds", type=int, default=10)
     parser.add_argument("--skip-ingest-api", action="store_true", help="do not time the ingestion API")
+    parser.add_argument(
+        "--ingest-only", action="store_true", help="stop after the location ingest (no outbox wait, no read load)"
+    )
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="idp-bench-catalog-") as tmp:
         data = Path(tmp) / "entities"

@@ -46,7 +46,7 @@ from shared.authz import EVERYTHING, Visibility
 from shared.db import transaction
 from shared.errors import ConflictError, InputError, NotFoundError
 from shared.events import SYSTEM, Actor, ResourceRef, new_event
-from shared.outbox import write_event
+from shared.outbox import write_event, write_staged_events
 from shared.scopes import check_scope
 
 SUPPORTED_TYPES = ("file", "url")
@@ -227,7 +227,7 @@ async def apply_read(
             counts[outcome] += 1
             if write is not None:
                 writes.append(write)
-        stale |= await write_entities(conn, actor, scope, writes, kinds=kinds)
+        stale |= await write_entities(conn, actor, scope, writes, kinds=kinds, stage_events=True)
     gone = sorted(set(await store.refs_of_location(conn, location_id)) - seen)
     orphans = list((await store.get_many(conn, scope, gone, lock=True)).values())
     if policy.orphan_strategy == "delete":
@@ -240,8 +240,9 @@ async def apply_read(
             if not entity.orphan
         ]
         counts["orphaned"] += len(writes)
-    stale |= await write_entities(conn, actor, scope, writes, kinds=kinds)
+    stale |= await write_entities(conn, actor, scope, writes, kinds=kinds, stage_events=True)
     await restitch(conn, stale)
+    await write_staged_events(conn)
     await store.record_location_read(conn, location_id, errors)
     return {**counts, "errors": errors}
 

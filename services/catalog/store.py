@@ -139,7 +139,8 @@ async def update_entities(conn: asyncpg.Connection, entities: list[StoredEntity]
 
 
 async def delete_entities(conn: asyncpg.Connection, uids: list[str]) -> None:
-    """Delete entities; their relations and favorites go by cascade, their search rows here."""
+    """Delete entities with the relations they emit and their search rows; favorites go by cascade."""
+    await conn.execute("DELETE FROM relations WHERE originator = ANY($1::uuid[])", uids)
     await conn.execute("DELETE FROM search WHERE entity_uid = ANY($1::uuid[])", uids)
     await conn.execute("DELETE FROM entities WHERE uid = ANY($1::uuid[])", uids)
 
