@@ -155,6 +155,8 @@ class _Prepared:
     document: dict[str, Any]
     relations: list[Reference]
     ref: str
+    etag: str
+    """The document's etag (hashed here, in the reading thread, rather than on the event loop)."""
 
 
 def _error(read: ReadError | ReadEntity, exc: InputError | None = None) -> dict[str, Any]:
@@ -178,7 +180,7 @@ def _take_prepared(
         except InputError as exc:
             batch.append(_error(item, exc))
             continue
-        batch.append(_Prepared(item, document, relations, str(ref_of(document))))
+        batch.append(_Prepared(item, document, relations, str(ref_of(document)), document_etag(document)))
     return batch
 
 
@@ -209,6 +211,7 @@ async def apply_read(
     seen: set[str] = set()
     stale: Stale = set()
     kinds = await kinds_module.load(conn)
+    await store.defer_index_merges(conn)
     async for batch in _prepared_batches(found, kinds):
         fresh: list[_Prepared] = []
         for item in batch:
@@ -242,6 +245,7 @@ async def apply_read(
         counts["orphaned"] += len(writes)
     stale |= await write_entities(conn, actor, scope, writes, kinds=kinds, stage_events=True)
     await restitch(conn, stale)
+    await store.merge_pending_entries(conn)
     await write_staged_events(conn)
     await store.record_location_read(conn, location_id, errors)
     return {**counts, "errors": errors}
@@ -270,7 +274,7 @@ def _classify(
             return "denied", None
     if current is None:
         entity = StoredEntity(
-            str(uuid_utils.uuid4()), scope, item.ref, item.document, document_etag(item.document), 1, location_id, key
+            str(uuid_utils.uuid4()), scope, item.ref, item.document, item.etag, 1, location_id, key
         )
         return "created", EntityWrite(None, entity, item.relations)
     if current.location_key not in (None, key):
