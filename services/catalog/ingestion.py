@@ -273,9 +273,7 @@ def _classify(
             )
             return "denied", None
     if current is None:
-        entity = StoredEntity(
-            str(uuid_utils.uuid4()), scope, item.ref, item.document, item.etag, 1, location_id, key
-        )
+        entity = StoredEntity(str(uuid_utils.uuid4()), scope, item.ref, item.document, item.etag, 1, location_id, key)
         return "created", EntityWrite(None, entity, item.relations)
     if current.location_key not in (None, key):
         errors.append(
