@@ -148,8 +148,10 @@ async def settled(database_url: str) -> float:
         busy = True
         while busy:
             busy = await conn.fetchval(
+                # `query` stays a connection's last statement while it idles in the pool: only a running VACUUM counts.
                 "SELECT (SELECT count(*) FROM catalog.outbox WHERE sent_at IS NULL) + (SELECT count(*) "
-                "FROM pg_stat_activity WHERE datname = current_database() AND query ILIKE 'VACUUM%')"
+                "FROM pg_stat_activity WHERE datname = current_database() AND state = 'active' "
+                "AND query ILIKE 'VACUUM%')"
             )
             await asyncio.sleep(0.5 if busy else 0)
     finally:
