@@ -156,6 +156,7 @@ async def settled(database_url: str) -> float:
         busy = True
         while busy:
             busy = await conn.fetchval(
+                # `query` stays a connection's last statement while it idles in the pool: only a running VACUUM counts.
                 "SELECT (SELECT count(*) FROM catalog.outbox WHERE sent_at IS NULL) + (SELECT count(*) "
                 "FROM pg_stat_activity WHERE datname = current_database() AND state = 'active' "
                 "AND query ILIKE 'VACUUM%')"
@@ -262,6 +263,15 @@ async def run(args: argparse.Namespace, data: Path, tmp: Path) -> dict[str, obje
                 else:
                     progress("location already ingested in the kept data directory")
                 entities, relations = await served_counts(servers.database_url)
+                if args.ingest_only:
+                    return {
+                        "entities": args.entities,
+                        **ingest,
+                        "entities_served": entities,
+                        "relations_served": relations,
+                        "relations_expected": manifest["expected_relations"],
+                        "peak_rss_mib": rss.peak / 2**20,
+                    }
                 properties_s = None
                 if ingest and not args.skip_ingest_api:
                     properties_s = await ingest_properties(session, catalog.url, [f"component:{n}" for n in names])
@@ -309,6 +319,9 @@ def main() -> None:
     parser.add_argument("--skip-ingest-api", action="store_true", help="do not time the ingestion API")
     parser.add_argument("--data-dir", type=Path, help="keep entities, NATS and PostgreSQL here, to reuse them later")
     parser.add_argument("--scenarios", nargs="+", choices=list(query_paths([])), help="load only these scenarios")
+    parser.add_argument(
+        "--ingest-only", action="store_true", help="stop after the location ingest (no outbox wait, no read load)"
+    )
     args = parser.parse_args()
     with contextlib.ExitStack() as resources:
         if args.data_dir is None:

@@ -61,7 +61,9 @@ def setup_telemetry(service: str, log_level: str = "INFO") -> None:
 
 def spans_recorded() -> bool:
     """Whether an SDK tracer provider is installed, so spans are recorded (and exported) rather than dropped."""
-    return isinstance(trace.get_tracer_provider(), TracerProvider)
+    # The SDK is imported only where spans are recorded (`setup_telemetry`, tests): not loaded, not installed.
+    sdk_trace = sys.modules.get("opentelemetry.sdk.trace")
+    return sdk_trace is not None and isinstance(trace.get_tracer_provider(), sdk_trace.TracerProvider)
 
 
 def instrument_libraries() -> None:

@@ -53,7 +53,7 @@ from shared.authz import EVERYTHING, Visibility
 from shared.db import transaction
 from shared.errors import ConflictError, InputError, NotFoundError
 from shared.events import SYSTEM, Actor, ResourceRef, new_event
-from shared.outbox import write_event
+from shared.outbox import write_event, write_staged_events
 from shared.scopes import check_scope
 
 SUPPORTED_TYPES = ("file", "url")
@@ -166,6 +166,8 @@ class _Prepared:
     document: dict[str, Any]
     relations: list[Reference]
     ref: str
+    etag: str
+    """The document's etag (hashed here, in the reading thread, rather than on the event loop)."""
 
 
 def _error(read: ReadError | ReadEntity, exc: InputError | None = None) -> dict[str, Any]:
@@ -189,7 +191,7 @@ def _take_prepared(
         except InputError as exc:
             batch.append(_error(item, exc))
             continue
-        batch.append(_Prepared(item, document, relations, str(ref_of(document))))
+        batch.append(_Prepared(item, document, relations, str(ref_of(document)), document_etag(document)))
     return batch
 
 
@@ -220,6 +222,7 @@ async def apply_read(
     seen: set[str] = set()
     stale: Stale = set()
     kinds = await kinds_module.load(conn)
+    await store.defer_index_merges(conn)
     async for batch in _prepared_batches(found, kinds):
         fresh: list[_Prepared] = []
         for item in batch:
@@ -238,7 +241,7 @@ async def apply_read(
             counts[outcome] += 1
             if write is not None:
                 writes.append(write)
-        stale |= await write_entities(conn, actor, scope, writes, kinds=kinds)
+        stale |= await write_entities(conn, actor, scope, writes, kinds=kinds, stage_events=True)
     gone = sorted(set(await store.refs_of_location(conn, location_id)) - seen)
     orphans = list((await store.get_many(conn, scope, gone, lock=True)).values())
     if policy.orphan_strategy == "delete":
@@ -251,8 +254,10 @@ async def apply_read(
             if not entity.orphan
         ]
         counts["orphaned"] += len(writes)
-    stale |= await write_entities(conn, actor, scope, writes, kinds=kinds)
+    stale |= await write_entities(conn, actor, scope, writes, kinds=kinds, stage_events=True)
     await restitch(conn, stale)
+    await store.merge_pending_entries(conn)
+    await write_staged_events(conn)
     await store.record_location_read(conn, location_id, errors)
     return {**counts, "errors": errors}
 
@@ -279,9 +284,7 @@ def _classify(
             )
             return "denied", None
     if current is None:
-        entity = StoredEntity(
-            str(uuid_utils.uuid4()), scope, item.ref, item.document, document_etag(item.document), 1, location_id, key
-        )
+        entity = StoredEntity(str(uuid_utils.uuid4()), scope, item.ref, item.document, item.etag, 1, location_id, key)
         return "created", EntityWrite(None, entity, item.relations)
     if current.location_key not in (None, key):
         errors.append(

@@ -16,7 +16,7 @@ their scopes.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from services.catalog.entity_ref import EntityRef, EntityRefError, parse_entity_ref, ref_of
 from services.catalog.scopes import split_spec_scope
@@ -24,8 +24,7 @@ from shared.errors import FieldError, InputError
 from shared.scopes import check_scope
 
 
-@dataclass(frozen=True, slots=True)
-class Reference:
+class Reference(NamedTuple):
     """What one spec value names: `entity --type--> target`, and `target --reverse--> entity` on the target."""
 
     type: str
@@ -36,10 +35,10 @@ class Reference:
     """The scope a scoped ref names; None: the nearest scope at or above the entity's that has the target."""
 
 
-@dataclass(frozen=True, slots=True)
-class Relation:
+class Relation(NamedTuple):
     """`source --type--> target` as stored and served: canonical refs, the source at `scope`, the target at
-    `target_scope`."""
+    `target_scope`. A named tuple: a bulk load makes millions, and a frozen dataclass takes about three times
+    as long to build and hash."""
 
     scope: str
     source: str

@@ -76,13 +76,14 @@ from services.catalog.scopes import ScopeSelector, names_scope, parse_scoped_ref
 from services.catalog.stitching import restitch
 from services.catalog.validation import default_namespace, validate_entity
 from services.catalog.visibility import EntityGate, EntityViewer, gate_of
+from shared import outbox
 from shared.authz import EVERYTHING, Resource, Visibility
 from shared.cursors import decode_cursor, encode_cursor
 from shared.db import transaction
 from shared.errors import ConflictError, FieldError, InputError, NotFoundError
 from shared.etag import check_if_match
 from shared.events import Actor, ResourceRef, diff_fields, new_event
-from shared.outbox import write_event, write_events
+from shared.outbox import write_event
 from shared.policy import PolicyOutcome
 from shared.scopes import check_scope
 
@@ -132,13 +133,20 @@ class EntityWrite:
 
 
 async def write_entities(
-    conn: asyncpg.Connection, actor: Actor, scope: str, writes: list[EntityWrite], *, kinds: Kinds
+    conn: asyncpg.Connection,
+    actor: Actor,
+    scope: str,
+    writes: list[EntityWrite],
+    *,
+    kinds: Kinds,
+    stage_events: bool = False,
 ) -> Stale:
     """Store entity changes at one scope set-based: rows, the relations they emit, and one event each in the
-    outbox. Returns the (scope, ref) whose served form is now stale: the entities, both ends of their old and
-    new relations where those changed (an entity's served form depends on its own document and the relations
-    from it only), and both ends of the references elsewhere that the created and deleted entities made
-    resolve to another scope; the caller stitches them, once per batch."""
+    outbox (staged, for a bulk transaction that calls `write_staged_events` before it commits). Returns the
+    (scope, ref) whose served form is now stale: the entities, both ends of their old and new relations where
+    those changed (an entity's served form depends on its own document and the relations from it only), and
+    both ends of the references elsewhere that the created and deleted entities made resolve to another scope;
+    the caller stitches them, once per batch."""
     if not writes:
         return set()
     rewired = [
@@ -162,7 +170,7 @@ async def write_entities(
     stale |= await rewire_referrers(
         conn, actor, scope, [e.ref for e in created], [w.before.ref for w in writes if w.after is None], kinds
     )
-    await write_events(conn, [write.event(actor) for write in writes])
+    await (outbox.stage_events if stage_events else outbox.write_events)(conn, [write.event(actor) for write in writes])
     return stale
 
 

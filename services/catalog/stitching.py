@@ -15,7 +15,7 @@ from collections.abc import Iterable
 import asyncpg
 
 from services.catalog import store
-from services.catalog.model import StitchedEntity, StoredEntity, stitched
+from services.catalog.model import StoredEntity, stitched
 from services.catalog.relations import Relation
 from shared.db import transaction
 
@@ -37,7 +37,7 @@ async def restitch(conn: asyncpg.Connection, stale: Iterable[tuple[str, str]]) -
         for ordered in [sorted(refs)]
         for start in range(0, len(ordered), STITCH_BATCH)
     ]
-    writing: list[StitchedEntity] | None = None
+    writing: store.StitchedWrite | None = None
     for scope, chunk in chunks:
         inputs = await _inputs(conn, scope, chunk)
         if writing is None:  # nothing to write yet: stitch here (a single write never needs a thread)
@@ -48,7 +48,7 @@ async def restitch(conn: asyncpg.Connection, stale: Iterable[tuple[str, str]]) -
             await store.write_stitched(conn, writing)
         finally:
             writing = await stitching
-    if writing:
+    if writing is not None and writing.uids:
         await store.write_stitched(conn, writing)
 
 
@@ -63,8 +63,8 @@ async def _inputs(
     return list(entities.values()), relations
 
 
-def _stitch_all(entities: list[StoredEntity], relations: dict[str, list[Relation]]) -> list[StitchedEntity]:
-    return [stitched(entity, relations.get(entity.ref, [])) for entity in entities]
+def _stitch_all(entities: list[StoredEntity], relations: dict[str, list[Relation]]) -> store.StitchedWrite:
+    return store.stitched_write([stitched(entity, relations.get(entity.ref, [])) for entity in entities])
 
 
 async def stitch_unstitched(pool: asyncpg.Pool) -> None:

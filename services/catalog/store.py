@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import uuid
 from collections.abc import Iterable
@@ -139,7 +140,8 @@ async def update_entities(conn: asyncpg.Connection, entities: list[StoredEntity]
 
 
 async def delete_entities(conn: asyncpg.Connection, uids: list[str]) -> None:
-    """Delete entities; their relations and favorites go by cascade, their search rows here."""
+    """Delete entities with the relations they emit and their search rows; favorites go by cascade."""
+    await conn.execute("DELETE FROM relations WHERE originator = ANY($1::uuid[])", uids)
     await conn.execute("DELETE FROM search WHERE entity_uid = ANY($1::uuid[])", uids)
     await conn.execute("DELETE FROM entities WHERE uid = ANY($1::uuid[])", uids)
 
@@ -246,14 +248,35 @@ def search_tokens(rows: list[SearchRow]) -> list[str]:
     return sorted(tokens)
 
 
-async def write_stitched(conn: asyncpg.Connection, stitched: list[StitchedEntity]) -> None:
+@dataclasses.dataclass(frozen=True, slots=True)
+class StitchedWrite:
+    """What `write_stitched` sends for some stitched entities, built by `stitched_write` off the event loop, so
+    that a bulk load prepares the next chunk while PostgreSQL writes this one."""
+
+    uids: list[str]
+    search_records: list[tuple[str, str, str | None, str | None]]
+    final_entities: list[str]
+    tokens: list[str]
+    """Per entity, its filter tokens as a JSON array."""
+    full_text: list[list[str]]
+    """Per full-text weight (A to D), every entity's text."""
+
+
+def stitched_write(stitched: list[StitchedEntity]) -> StitchedWrite:
+    return StitchedWrite(
+        uids=[s.uid for s in stitched],
+        search_records=[(s.uid, r.key, r.value, r.original_value) for s in stitched for r in s.search_rows],
+        final_entities=[s.final_entity for s in stitched],
+        tokens=_json_texts(search_tokens(s.search_rows) for s in stitched),
+        full_text=[[s.full_text[i] for s in stitched] for i in range(4)],
+    )
+
+
+async def write_stitched(conn: asyncpg.Connection, write: StitchedWrite) -> None:
     """Store what stitching produced: the served JSON, the search rows, filter tokens and full-text document."""
-    uids = [s.uid for s in stitched]
-    await conn.execute("DELETE FROM search WHERE entity_uid = ANY($1::uuid[])", uids)
+    await conn.execute("DELETE FROM search WHERE entity_uid = ANY($1::uuid[])", write.uids)
     await conn.copy_records_to_table(
-        "search",
-        records=[(s.uid, r.key, r.value, r.original_value) for s in stitched for r in s.search_rows],
-        columns=["entity_uid", "key", "value", "original_value"],
+        "search", records=write.search_records, columns=["entity_uid", "key", "value", "original_value"]
     )
     await conn.execute(
         """UPDATE entities e SET final_entity = t.final_entity,
@@ -264,11 +287,28 @@ async def write_stitched(conn: asyncpg.Connection, stitched: list[StitchedEntity
            FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[])
                 AS t(uid, final_entity, tokens, a, b, c, d)
            WHERE e.uid = t.uid""",
-        uids,
-        [s.final_entity for s in stitched],
-        _json_texts(search_tokens(s.search_rows) for s in stitched),
-        *([s.full_text[i] for s in stitched] for i in range(4)),
+        write.uids,
+        write.final_entities,
+        write.tokens,
+        *write.full_text,
     )
+
+
+GIN_INDEXES = ("entities_search_tokens", "entities_search_text", "entities_search_infix")
+
+
+async def defer_index_merges(conn: asyncpg.Connection) -> None:
+    """For the rest of this transaction, entity writes only append to the GIN indexes' pending lists: merged every
+    4 MB (the default), the merges were most of a bulk load's stitched-column writes. `merge_pending_entries`
+    merges them once, before the transaction commits, so readers never scan a long pending list."""
+    await conn.execute("SET LOCAL gin_pending_list_limit = '1GB'")
+
+
+async def merge_pending_entries(conn: asyncpg.Connection) -> None:
+    """Merge the GIN indexes' pending lists into the indexes, sorting with up to 256 MB (in 4 MB rounds by default,
+    `work_mem`, when writes overflow the list)."""
+    await conn.execute("SET LOCAL maintenance_work_mem = '256MB'")
+    await conn.execute("SELECT gin_clean_pending_list(index::regclass) FROM unnest($1::text[]) AS index", GIN_INDEXES)
 
 
 async def unstitched(conn: asyncpg.Connection) -> set[tuple[str, str]]:

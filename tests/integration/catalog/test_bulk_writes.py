@@ -6,9 +6,10 @@ from __future__ import annotations
 
 import collections
 
+import msgspec
 import pytest_asyncio
 
-from services.catalog import ingestion, stitching
+from services.catalog import ingestion, stitching, store
 from services.catalog.app import DEFINITION as CATALOG
 from services.catalog.app import Settings as CatalogSettings
 from shared.service import running_service
@@ -79,6 +80,31 @@ async def test_relations_across_batches_are_stitched_on_both_ends(catalog, http,
     counts = await event_counts(catalog)
     # Five components, their group and the registered location's generated Location entity.
     assert counts["catalog.entity.created"] == 7 and counts["catalog.location.added"] == 1
+
+
+async def test_a_location_read_stages_its_events_and_writes_them_in_order(catalog, http, tmp_path):
+    """The read's events reach the outbox at its end, in the order of the writes, before the location's own event;
+    a second read (here a refresh) stages again."""
+    await register(http, catalog, tmp_path)
+    (tmp_path / "catalog-info.yaml").write_text(
+        YAML.replace("metadata: {name: svc-4}", "metadata: {name: svc-4, title: Four}")
+    )
+    async with http.post(f"{catalog.url}/api/catalog/refresh", json={"entityRef": "component:svc-1"}) as r:
+        assert r.status == 200
+    async with catalog.deps.pool.acquire() as conn:
+        rows = await conn.fetch("SELECT subject, payload FROM outbox ORDER BY seq")
+    events = [(r["subject"].removeprefix("idp.evt.catalog."), msgspec.json.decode(r["payload"])) for r in rows]
+    created = [event["resource"]["id"] for subject, event in events if subject == "entity.created"]
+    assert created == [f"component:default/{name}" for name in COMPONENTS] + ["group:default/team-a"]
+    assert [subject for subject, _ in events] == ["entity.created"] * 6 + ["location.added", "entity.updated"]
+
+
+async def test_a_location_read_leaves_no_pending_index_entries(catalog, http, tmp_path):
+    """The GIN indexes' pending lists are merged before the read commits, so no reader scans them."""
+    await register(http, catalog, tmp_path)
+    async with catalog.deps.pool.acquire() as conn:
+        for index in store.GIN_INDEXES:
+            assert await conn.fetchval("SELECT gin_clean_pending_list($1::regclass)", index) == 0, index
 
 
 async def test_a_refresh_writes_only_what_changed_with_one_event_each(catalog, http, tmp_path):

@@ -123,6 +123,10 @@ async def test_delete_removes_the_entity_and_its_reverse_relations(catalog, http
     assert (await by_name(http, catalog, "Group", "team-a"))[1]["relations"] == []
     async with http.get(f"{catalog.url}/api/catalog/entities", params={"filter": "relations.ownerof"}) as r:
         assert await r.json() == []
+    async with catalog.deps.pool.acquire() as conn:  # relation rows are deleted with their entity (no cascade)
+        assert (
+            await conn.fetchval("SELECT count(*) FROM relations WHERE originator = $1", created["metadata"]["uid"]) == 0
+        )
 
 
 async def test_the_same_name_lives_in_two_projects(catalog, http):
