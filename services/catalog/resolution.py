@@ -18,8 +18,7 @@ from services.catalog import store
 from services.catalog.kinds import Kinds
 from services.catalog.model import StoredEntity, entity_event, served_relations_of
 from services.catalog.relations import Reference, Relation, references_of, resolve, unscoped_targets
-from shared.events import Actor
-from shared.outbox import write_events
+from shared.events import Actor, Event
 from shared.scopes import ancestors
 
 Stale = set[tuple[str, str]]
@@ -58,14 +57,14 @@ async def write_relations(
 
 async def rewire_referrers(
     conn: asyncpg.Connection, actor: Actor, scope: str, created: list[str], deleted: list[str], kinds: Kinds
-) -> Stale:
+) -> tuple[Stale, list[Event]]:
     """Resolve again the references that entities created or deleted at `scope` may move; returns both ends of
-    the relations that moved."""
+    the relations that moved, and an update event for each entity whose relations moved."""
     if not created and not deleted:
-        return set()
+        return set(), []
     uids = await store.referrers(conn, scope, created, deleted)
     if not uids:
-        return set()
+        return set(), []
     current = await store.emitted_relations(conn, uids)
     by_scope: dict[str, list[StoredEntity]] = defaultdict(list)
     for entity in await store.entities_by_uid(conn, uids):
@@ -77,27 +76,25 @@ async def rewire_referrers(
             if set(relations) != current[uid]:
                 moved[uid] = relations
     if not moved:
-        return set()
+        return set(), []
     referrers = [entity for entities in by_scope.values() for entity in entities if entity.uid in moved]
     before = await _served_relations(conn, referrers)
     await store.replace_relations(conn, moved)
     after = await _served_relations(conn, referrers)
-    await write_events(
-        conn,
-        [
-            entity_event(
-                "updated",
-                actor,
-                entity,
-                {
-                    "changes": {"relations": {"before": before[entity.uid], "after": after[entity.uid]}},
-                    "generation": entity.generation,
-                },
-            )
-            for entity in referrers
-        ],
-    )
-    return _ends({r for uid in moved for r in current[uid]} | {r for relations in moved.values() for r in relations})
+    events = [
+        entity_event(
+            "updated",
+            actor,
+            entity,
+            {
+                "changes": {"relations": {"before": before[entity.uid], "after": after[entity.uid]}},
+                "generation": entity.generation,
+            },
+        )
+        for entity in referrers
+    ]
+    moved_ends = {r for uid in moved for r in current[uid]} | {r for relations in moved.values() for r in relations}
+    return _ends(moved_ends), events
 
 
 async def _served_relations(conn: asyncpg.Connection, entities: list[StoredEntity]) -> dict[str, list[dict[str, str]]]:

@@ -167,11 +167,12 @@ async def write_entities(
     if emitted:
         stale |= await write_relations(conn, scope, emitted)
     stale.update((scope, w.after.ref) for w in writes if w.after is not None)
-    stale |= await rewire_referrers(
+    moved, relation_events = await rewire_referrers(
         conn, actor, scope, [e.ref for e in created], [w.before.ref for w in writes if w.after is None], kinds
     )
-    await (outbox.stage_events if stage_events else outbox.write_events)(conn, [write.event(actor) for write in writes])
-    return stale
+    events = [write.event(actor) for write in writes] + relation_events
+    await (outbox.stage_events if stage_events else outbox.write_events)(conn, events)
+    return stale | moved
 
 
 async def apply_writes(

@@ -95,8 +95,10 @@ async def test_a_location_read_stages_its_events_and_writes_them_in_order(catalo
         rows = await conn.fetch("SELECT subject, payload FROM outbox ORDER BY seq")
     events = [(r["subject"].removeprefix("idp.evt.catalog."), msgspec.json.decode(r["payload"])) for r in rows]
     created = [event["resource"]["id"] for subject, event in events if subject == "entity.created"]
-    assert created == [f"component:default/{name}" for name in COMPONENTS] + ["group:default/team-a"]
-    assert [subject for subject, _ in events] == ["entity.created"] * 6 + ["location.added", "entity.updated"]
+    # The registered location's generated Location entity is emitted first.
+    assert created[0].startswith("location:default/generated-")
+    assert created[1:] == [f"component:default/{name}" for name in COMPONENTS] + ["group:default/team-a"]
+    assert [subject for subject, _ in events] == ["entity.created"] * 7 + ["location.added", "entity.updated"]
 
 
 async def test_a_location_read_leaves_no_pending_index_entries(catalog, http, tmp_path):
