@@ -154,7 +154,7 @@ def _composed_documents(text: str | bytes, budget: _Budget) -> Iterator[tuple[in
     except _Fatal as exc:
         yield index, exc.error
     except yaml.YAMLError as exc:
-        yield index, _from_pyyaml(exc)
+        yield index, _too_deep(exc, budget) or _from_pyyaml(exc)
     finally:
         if loader is not None:
             loader.dispose()
@@ -236,6 +236,21 @@ def _document(loader: Any, budget: _Budget) -> Any:
         return _from_pyyaml(exc)
 
 
+def _too_deep(exc: yaml.YAMLError, budget: _Budget) -> YamlError | None:
+    """libyaml's own depth limit (1,000 levels, libyaml 0.2.6 in PyYAML 6.0.4's wheels) as our limit's error.
+
+    Its scanner reads a flow collection's openers ahead of the first event, so it stops before our composer
+    sees level 65; the text is nested deeper than our limit either way.
+    """
+    if isinstance(exc, yaml.MarkedYAMLError) and "maximum nesting depth" in (exc.problem or ""):
+        return YamlError.at(_too_deep_message(budget), exc.problem_mark)
+    return None
+
+
+def _too_deep_message(budget: _Budget) -> str:
+    return f"YAML is nested deeper than {budget.max_depth} levels"
+
+
 def _from_pyyaml(exc: Exception) -> YamlError:
     if isinstance(exc, yaml.MarkedYAMLError):
         message = ": ".join(part for part in (exc.context, exc.problem) if part) or "invalid YAML"
@@ -293,8 +308,7 @@ class _Composer:
     def _check_depth(self, depth: int, event: Event) -> None:
         # Fatal, not per document: libyaml's scanner slows quadratically with flow nesting, so reading on is no option.
         if depth >= self.budget.max_depth:
-            message = f"YAML is nested deeper than {self.budget.max_depth} levels"
-            raise _Fatal(YamlError.at(message, event.start_mark))
+            raise _Fatal(YamlError.at(_too_deep_message(self.budget), event.start_mark))
 
     def _on(self, event: Event) -> None:
         if isinstance(event, ScalarEvent):
