@@ -15,16 +15,21 @@ is also fetched at start and every `refresh_interval`, so a verifier that missed
 Principals seen are batched and reported to identity-sync (`seen`) so `last_seen` costs one write per
 batch, not one per request.
 
-PyJWT, and the `cryptography` it loads (~8 MB resident), is imported with the first JWT or key set, so a process
-whose callers all use API keys (service to service) never holds it.
+Access tokens are checked with PyNaCl (libsodium's Ed25519, ~1 MB resident) rather than PyJWT, whose
+`cryptography` costs every verifying process ~8 MB (the plugin proxy's memory target is 64 MB). Only the one
+form identity-sync issues is accepted: a compact JWS, `alg` EdDSA, a `kid`, and the registered claims PyJWT
+would check (`exp`, `iat`, `nbf`, `iss`, `aud`, `sub`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
 import contextlib
 import hashlib
 import logging
+import re
 import time
 from collections import OrderedDict
 from collections.abc import Callable
@@ -33,6 +38,8 @@ from typing import Any, Literal, TypeVar
 import msgspec
 import nats.errors
 from aiohttp import web
+from nacl.exceptions import CryptoError
+from nacl.signing import VerifyKey
 from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
 
@@ -48,6 +55,9 @@ IDENTITY_SERVICE = "identity_sync"
 ISSUER = "seed-idp"
 AUDIENCE = "seed-idp"
 ALGORITHM = "EdDSA"
+CLOCK_SKEW_SECONDS = 30.0
+"""How far ahead of this host's clock a token's `iat` or `nbf` may be (identity-sync runs on another host)."""
+REQUIRED_CLAIMS = ("exp", "iat", "sub", "iss", "aud")
 API_KEY_PREFIX = "idp_"
 PrincipalKind = Literal["user", "service_account"]
 
@@ -130,6 +140,84 @@ def hash_secret(secret: str) -> bytes:
     return hashlib.sha256(secret.encode()).digest()
 
 
+# --- access tokens: compact JWS signed with Ed25519 (RFC 7515, RFC 8037) -------------------------------
+
+_BASE64URL = re.compile(r"[A-Za-z0-9_-]*")
+
+
+def _base64url(part: str) -> bytes:
+    """Unpadded base64url (RFC 7515 §2), strictly: any other character is an error, not skipped."""
+    if not _BASE64URL.fullmatch(part) or len(part) % 4 == 1:
+        raise ValueError("not unpadded base64url")
+    return base64.urlsafe_b64decode(part + "=" * (-len(part) % 4))
+
+
+def verify_key(jwk: dict[str, Any]) -> VerifyKey:
+    """The Ed25519 public key of an RFC 8037 OKP JWK; ValueError for any other key."""
+    if jwk.get("kty") != "OKP" or jwk.get("crv") != "Ed25519" or not isinstance(jwk.get("x"), str):
+        raise ValueError("not an Ed25519 public key")
+    return VerifyKey(_base64url(jwk["x"]))
+
+
+def _numeric(claims: dict[str, Any], name: str) -> float:
+    value = claims[name]
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise AuthenticationError(f"the token's {name} claim is not a NumericDate")
+    return float(value)
+
+
+class SignedToken(msgspec.Struct, frozen=True):
+    """A compact JWS split into its parts; nothing in it is trusted before `claims` has checked the signature."""
+
+    header: dict[str, Any]
+    signing_input: bytes
+    payload: bytes
+    signature: bytes
+
+    @classmethod
+    def parse(cls, token: str) -> SignedToken:
+        try:
+            header_part, payload_part, signature_part = token.split(".")
+            header = msgspec.json.decode(_base64url(header_part))
+            payload, signature = _base64url(payload_part), _base64url(signature_part)
+        except (ValueError, binascii.Error, msgspec.DecodeError):
+            raise AuthenticationError("the bearer token is malformed") from None
+        if not isinstance(header, dict):
+            raise AuthenticationError("the bearer token is malformed")
+        signing_input = f"{header_part}.{payload_part}".encode("ascii")
+        return cls(header=header, signing_input=signing_input, payload=payload, signature=signature)
+
+    @property
+    def key_id(self) -> str:
+        """The `kid` of an EdDSA token; tokens of any other algorithm, or with extensions (`crit`), are refused."""
+        kid = self.header.get("kid")
+        if self.header.get("alg") != ALGORITHM or not isinstance(kid, str) or "crit" in self.header:
+            raise AuthenticationError(f"access tokens must be signed with {ALGORITHM} and name their key")
+        return kid
+
+    def claims(self, key: VerifyKey, now: float) -> dict[str, Any]:
+        """The claims, once the signature is `key`'s and the token is valid at `now` for this issuer and audience."""
+        try:
+            key.verify(self.signing_input, self.signature)
+            claims = msgspec.json.decode(self.payload)
+        except (CryptoError, ValueError, msgspec.DecodeError):
+            raise AuthenticationError("the token's signature or claims are invalid") from None
+        if not isinstance(claims, dict) or any(name not in claims for name in REQUIRED_CLAIMS):
+            raise AuthenticationError("the token's signature or claims are invalid")
+        if _numeric(claims, "exp") <= now:
+            raise AuthenticationError("the token has expired")
+        not_before = max(_numeric(claims, "iat"), _numeric(claims, "nbf") if "nbf" in claims else 0.0)
+        audience = claims["aud"] if isinstance(claims["aud"], list) else [claims["aud"]]
+        if (
+            not_before > now + CLOCK_SKEW_SECONDS
+            or claims["iss"] != ISSUER
+            or AUDIENCE not in audience
+            or not isinstance(claims["sub"], str)
+        ):
+            raise AuthenticationError("the token's signature or claims are invalid")
+        return claims
+
+
 # --- the verifier ------------------------------------------------------------------------------------
 
 
@@ -169,7 +257,7 @@ class TokenVerifier:
         self._revocation_horizon = revocation_horizon
         self._cache_size = cache_size
         self._clock = clock
-        self._keys: dict[str, Any] = {}
+        self._keys: dict[str, VerifyKey] = {}
         self._keys_fetched_at = 0.0
         self._revoked: dict[tuple[str, str], float] = {}
         self._revocations_loaded = False
@@ -243,32 +331,13 @@ class TokenVerifier:
             self._tokens.popitem(last=False)
 
     async def _decode_jwt(self, token: str) -> _Cached:
-        import jwt  # imported on first use, see the module docstring
-
-        try:
-            header = jwt.get_unverified_header(token)
-        except jwt.PyJWTError:
-            raise AuthenticationError("the bearer token is malformed") from None
-        kid = header.get("kid")
-        if header.get("alg") != ALGORITHM or not isinstance(kid, str):
-            raise AuthenticationError(f"access tokens must be signed with {ALGORITHM} and name their key")
+        signed = SignedToken.parse(token)
+        kid = signed.key_id
         await self._ensure_revocations()
         key = self._keys.get(kid) or await self._key_after_refresh(kid)
         if key is None:
             raise AuthenticationError("the token is signed with an unknown key")
-        try:
-            claims = jwt.decode(
-                token,
-                key,
-                algorithms=[ALGORITHM],
-                audience=AUDIENCE,
-                issuer=ISSUER,
-                options={"require": ["exp", "iat", "sub", "iss", "aud"]},
-            )
-        except jwt.ExpiredSignatureError:
-            raise AuthenticationError("the token has expired") from None
-        except jwt.PyJWTError:
-            raise AuthenticationError("the token's signature or claims are invalid") from None
+        claims = signed.claims(key, self._clock())
         kind = claims.get("kind")
         if kind not in ("user", "service_account"):
             raise AuthenticationError("the token names no principal kind")
@@ -310,7 +379,7 @@ class TokenVerifier:
         except nats.errors.Error as exc:
             raise ServiceUnavailableError(f"identity-sync is unreachable: {type(exc).__name__}") from None
 
-    async def _key_after_refresh(self, kid: str) -> Any:
+    async def _key_after_refresh(self, kid: str) -> VerifyKey | None:
         """The key `kid` after fetching the key set again: a token may be signed by a key rotated in just now.
 
         Fetches happen at most once a second, so tokens naming made-up keys cannot flood identity-sync.
@@ -327,13 +396,11 @@ class TokenVerifier:
 
     async def _fetch_keys(self) -> None:
         jwks = await self._ask("jwks", Empty(), Jwks)
-        import jwt  # imported on first use, see the module docstring
-
         keys = {}
         for jwk in jwks.keys:
             try:
-                keys[jwk["kid"]] = jwt.PyJWK(jwk, algorithm=ALGORITHM).key
-            except (jwt.PyJWTError, KeyError) as exc:
+                keys[jwk["kid"]] = verify_key(jwk)
+            except (ValueError, KeyError) as exc:
                 log.warning("ignoring an unusable published key: %s", exc)
         self._keys = keys
         self._keys_fetched_at = self._clock()

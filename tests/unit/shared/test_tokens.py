@@ -1,9 +1,20 @@
-"""API-key format and the verifier's revocation rule, without I/O."""
+"""API-key format, access-token checks and the verifier's revocation rule, without I/O."""
 
 from __future__ import annotations
 
+import base64
+import subprocess
+import sys
+
+import jwt
+import msgspec
+import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from nacl.signing import VerifyKey
+
 from shared.auth import Principal
-from shared.tokens import TokenVerifier, _Cached, parse_api_key
+from shared.errors import AuthenticationError
+from shared.tokens import SignedToken, TokenVerifier, _Cached, parse_api_key, verify_key
 
 
 def test_api_keys_parse_into_id_and_secret():
@@ -44,3 +55,91 @@ async def test_a_cached_api_key_is_checked_again_when_its_cache_entry_lapses():
     await verifier.verify(key)
     now[0] += 30
     assert (await verifier.verify(key)).id == "s" and len(checks) == 2
+
+
+# --- access tokens: signed by PyJWT with cryptography exactly as identity-sync signs them, checked with PyNaCl ---
+
+NOW = 1_800_000_000.0
+CLAIMS = {"sub": "u1", "kind": "user", "iss": "seed-idp", "aud": "seed-idp", "iat": NOW - 10, "exp": NOW + 900}
+
+
+def signing_key() -> tuple[Ed25519PrivateKey, VerifyKey]:
+    private = Ed25519PrivateKey.generate()
+    jwk = {"kty": "OKP", "crv": "Ed25519", "kid": "k1", "x": _b64url(private.public_key().public_bytes_raw())}
+    return private, verify_key(jwk)
+
+
+def _b64url(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def issue(private: Ed25519PrivateKey, headers: dict | None = None, **claims) -> str:
+    body = {k: v for k, v in {**CLAIMS, **claims}.items() if v is not None}
+    return jwt.encode(body, private, algorithm="EdDSA", headers={"kid": "k1", **(headers or {})})
+
+
+def refusal(token: str, key: VerifyKey, now: float = NOW) -> str:
+    with pytest.raises(AuthenticationError) as raised:
+        signed = SignedToken.parse(token)
+        assert signed.key_id == "k1"
+        signed.claims(key, now)
+    return raised.value.detail
+
+
+def test_an_identity_sync_token_verifies_with_its_published_key():
+    private, key = signing_key()
+    signed = SignedToken.parse(issue(private, perms=["catalog_entity_view"]))
+    assert signed.key_id == "k1"
+    assert signed.claims(key, NOW) == {**CLAIMS, "perms": ["catalog_entity_view"]}
+    assert SignedToken.parse(issue(private, aud=["other", "seed-idp"])).claims(key, NOW)["sub"] == "u1"
+
+
+def test_forged_tampered_and_other_algorithms_are_refused():
+    private, key = signing_key()
+    token = issue(private)
+    header, payload, signature = token.split(".")
+    other = _b64url(msgspec.json.encode({**CLAIMS, "sub": "admin"}))
+    assert "signature" in refusal(issue(Ed25519PrivateKey.generate()), key)
+    assert "signature" in refusal(f"{header}.{other}.{signature}", key)
+    assert "signature" in refusal(f"{header}.{payload}.{signature[:-4]}", key)
+    unsigned = jwt.encode(CLAIMS, None, algorithm="none", headers={"kid": "k1"})
+    assert "EdDSA" in refusal(unsigned, key)
+    hmac_signed = jwt.encode(CLAIMS, "secret-that-is-long-enough-for-hs256!", algorithm="HS256", headers={"kid": "k1"})
+    assert "EdDSA" in refusal(hmac_signed, key)
+    assert "EdDSA" in refusal(issue(private, headers={"crit": ["exp"]}), key)
+    for malformed in ("a.b.c", f"{header}=.{payload}.{signature}", f"{header}.{payload}.{signature}!", "x.y", ".."):
+        assert "malformed" in refusal(malformed, key), malformed
+
+
+def test_claims_are_checked_as_pyjwt_checks_them():
+    private, key = signing_key()
+    assert "expired" in refusal(issue(private, exp=NOW), key)
+    assert "invalid" in refusal(issue(private, iss="someone-else"), key)
+    assert "invalid" in refusal(issue(private, aud="another-audience"), key)
+    assert "invalid" in refusal(issue(private, iat=NOW + 31), key), "issued in the future, beyond the clock skew"
+    assert "invalid" in refusal(issue(private, nbf=NOW + 60), key)
+    assert SignedToken.parse(issue(private, iat=NOW + 5)).claims(key, NOW), "within the clock skew"
+    for name in ("exp", "iat", "sub", "iss", "aud"):
+        assert "invalid" in refusal(issue(private, **{name: None}), key), f"{name} is required"
+    assert "NumericDate" in refusal(issue(private, exp=True), key)
+    assert "NumericDate" in refusal(issue(private, exp=str(NOW + 900)), key)
+
+
+def test_only_ed25519_keys_are_used():
+    for jwk in (
+        {"kty": "RSA", "n": "AQAB", "e": "AQAB"},
+        {"kty": "OKP", "crv": "X25519", "x": _b64url(b"1" * 32)},
+        {"kty": "OKP", "crv": "Ed25519", "x": _b64url(b"1" * 31)},
+        {"kty": "OKP", "crv": "Ed25519"},
+    ):
+        with pytest.raises(ValueError):
+            verify_key(jwk)
+
+
+def test_verifying_tokens_loads_neither_pyjwt_nor_cryptography():
+    """The plugin proxy's 64 MB target: `cryptography` alone is ~8 MB resident."""
+    check = (
+        "import sys, services.plugin_proxy.app, shared.tokens; "
+        "assert not {'jwt', 'cryptography'} & {m.split('.')[0] for m in sys.modules}, sorted(sys.modules)"
+    )
+    subprocess.run([sys.executable, "-c", check], check=True)
