@@ -32,8 +32,15 @@ PREFERRED_PORTS = dict(zip(SERVICES, range(8081, 8087), strict=True))
 STATE_FILE = "stack.json"
 DEMO_DATA = Path(__file__).parent / "demo" / "fernhill.yaml"
 DEMO_MARKER = "demo-loaded"
-SCORECARD_KEY = Path("secrets") / "scorecard-api-key"
-"""The scorecard service account's API key, which the scorecard calls the plugin-proxy with."""
+PROXY_CALLERS = ("scorecard", "catalog")
+"""Services that read repository files through the plugin-proxy, each as its own service account."""
+
+
+def proxy_key_path(service: str) -> Path:
+    """Where `idp up` keeps the API key `service` calls the plugin-proxy with (under the data directory)."""
+    return Path("secrets") / f"{service}-api-key"
+
+
 READY_TIMEOUT = 180.0
 STOP_TIMEOUT = 15.0
 
@@ -197,18 +204,18 @@ class Stack:
         ports = {
             name: PREFERRED_PORTS[name] if _port_is_free(PREFERRED_PORTS[name]) else free_port() for name in SERVICES
         }
-        # Identity-sync reassigns ownership through the catalog's HTTP API; the scorecard reads repository files
-        # through the plugin-proxy with its service account's key (`provision_scorecard_account`).
+        # Identity-sync reassigns ownership through the catalog's HTTP API; the scorecard and the catalog read
+        # repository files through the plugin-proxy, each with its service account's key (`provision_proxy_caller`).
         env = {
             "IDP_PROXY_URL": f"http://127.0.0.1:{ports['plugin_proxy']}",
-            "IDP_PROXY_TOKEN": f"file:{(self.data_dir / SCORECARD_KEY).resolve()}",
             **env,
             "IDP_CATALOG_URL": f"http://127.0.0.1:{ports['catalog']}",
         }
         for name, port in ports.items():
-            self.services.append(
-                ServiceProcess(name, port, {**env, "IDP_HTTP_PORT": str(port)}, self.data_dir / "logs" / f"{name}.log")
-            )
+            own = {"IDP_HTTP_PORT": str(port)}
+            if name in PROXY_CALLERS:
+                own["IDP_PROXY_TOKEN"] = f"file:{(self.data_dir / proxy_key_path(name)).resolve()}"
+            self.services.append(ServiceProcess(name, port, {**env, **own}, self.data_dir / "logs" / f"{name}.log"))
         for svc in self.services:
             await svc.start()
         self.supervisors = [asyncio.create_task(svc.supervise()) for svc in self.services]
@@ -286,10 +293,11 @@ async def _run(stack: Stack, stop: asyncio.Event) -> int:
             if svc.name in not_ready:
                 print(f"! {svc.name} is not ready after {READY_TIMEOUT:.0f}s; last log lines:\n{svc.tail()}")
         return 1
-    key_path = stack.data_dir / SCORECARD_KEY
-    if not key_path.exists():
-        identity = next(s for s in stack.services if s.name == "identity_sync")
-        await provision_scorecard_account(identity.url, token, key_path)
+    identity = next(s for s in stack.services if s.name == "identity_sync")
+    for caller in PROXY_CALLERS:
+        key_path = stack.data_dir / proxy_key_path(caller)
+        if not key_path.exists():
+            await provision_proxy_caller(identity.url, token, caller, key_path)
     marker = stack.data_dir / DEMO_MARKER
     if not marker.exists():
         catalog = next(s for s in stack.services if s.name == "catalog")
@@ -321,27 +329,26 @@ async def load_demo_data(catalog_url: str, token: str, path: Path = DEMO_DATA) -
     return created
 
 
-async def provision_scorecard_account(identity_url: str, token: str, key_path: Path) -> None:
-    """The `scorecard` service account, bound at the account to a role holding `proxy_endpoint_use`, and a new
-    API key for it in `key_path` (mode 0600), which the scorecard reads as `IDP_PROXY_TOKEN=file:…`."""
+async def provision_proxy_caller(identity_url: str, token: str, service: str, key_path: Path) -> None:
+    """The `service` service account, bound at the account to a role holding `proxy_endpoint_use`, and a new API
+    key for it in `key_path` (mode 0600), which the service reads as `IDP_PROXY_TOKEN=file:…`."""
     async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {token}"}) as session:
 
         async def post(path: str, body: dict[str, Any], accept: tuple[int, ...] = (201,)) -> tuple[int, Any]:
             async with session.post(f"{identity_url}/api/identity/{path}", json=body) as response:
                 if response.status not in accept:
-                    raise RuntimeError(f"provisioning the scorecard's service account: {await response.text()}")
+                    raise RuntimeError(f"provisioning the {service} service account: {await response.text()}")
                 return response.status, await response.json()
 
-        status, account = await post("service-accounts", {"name": "scorecard"}, accept=(201, 409))
+        status, account = await post("service-accounts", {"name": service}, accept=(201, 409))
         if status == 409:  # made by an earlier start whose key file is gone: it keeps its binding
-            async with session.get(f"{identity_url}/api/identity/service-accounts", params={"q": "scorecard"}) as r:
-                account = next(a for a in (await r.json())["items"] if a["name"] == "scorecard")
+            async with session.get(f"{identity_url}/api/identity/service-accounts", params={"q": service}) as r:
+                account = next(a for a in (await r.json())["items"] if a["name"] == service)
         else:
             reach = {"scope": "account", "all_resources": True, "include_child_scopes": True}
-            _, role = await post(
-                "roles", {"scope": "account", "name": "Scorecard files", "permissions": ["proxy_endpoint_use"]}
-            )
-            _, group = await post("resource-groups", {**reach, "name": "Scorecard files"})
+            name = f"{service.capitalize()} repository files"
+            _, role = await post("roles", {"scope": "account", "name": name, "permissions": ["proxy_endpoint_use"]})
+            _, group = await post("resource-groups", {**reach, "name": name})
             subject = f"service_account:{account['id']}"
             binding = {"scope": "account", "subject": subject, "role_id": role["id"], "resource_group_id": group["id"]}
             await post("role-bindings", binding)

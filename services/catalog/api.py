@@ -77,8 +77,8 @@ def _writes_entities(operation: Operation) -> bool:
 
 def routes(deps: Deps) -> Routes:
     pool = deps.pool
-    caches: ReadCaches = deps.context
-    policy = deps.settings.ingestion_policy(deps.access)
+    caches: ReadCaches = deps.context.caches
+    policy = deps.settings.ingestion_policy(deps.access, deps.context.fetcher)
     api = Routes(tag="catalog")
 
     def authorize_write(request: web.Request, permission: str, resource: Resource, body: Any):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -12,10 +13,12 @@ import msgspec
 
 from services.catalog import api, handlers, ingestion, stitching
 from services.catalog.read_cache import ReadCaches, listen_for_writes
-from services.catalog.url_reader import DirectFetcher, UrlPolicy
+from services.catalog.url_reader import DirectFetcher, ProxiedFetcher, UrlFetcher, UrlPolicy
 from shared.access import AccessReplica
 from shared.config import BaseSettings
 from shared.events import SYSTEM
+from shared.repositories import RepositoryProxy, check_proxy_settings, parse_repository_hosts
+from shared.secretref import SecretResolver
 from shared.service import Deps, ServiceDefinition, run_service
 
 
@@ -31,6 +34,17 @@ class Settings(BaseSettings, kw_only=True, forbid_unknown_fields=True):
     private, link-local), comma-separated (`IDP_URL_LOCATION_ALLOW`); none by default."""
     url_fetch_timeout_seconds: Annotated[float, msgspec.Meta(gt=0, le=300)] = 10.0
     """How long one `url:` fetch may take (`IDP_URL_FETCH_TIMEOUT_SECONDS`)."""
+    proxy_url: str | None = None
+    """The plugin-proxy's base URL, through which `url:` locations on the repository hosts are read
+    (`IDP_PROXY_URL`)."""
+    proxy_token: str | None = None
+    """Secret reference (`env:NAME` or `file:/path`) to the API key of the service account the catalog calls the
+    proxy as (`IDP_PROXY_TOKEN`); it needs `proxy_endpoint_use` on the repository endpoints."""
+    repository_hosts: str = ""
+    """Which proxy endpoint serves each private repository host's files, and at which path
+    (`IDP_REPOSITORY_HOSTS`): `host=endpoint[/raw path]` entries separated by spaces, the raw path built from
+    `{owner}`, `{repo}`, `{ref}` and `{path}` (default GitHub's `/{owner}/{repo}/{ref}/{path}`). `url:` locations
+    on other hosts are fetched directly."""
     read_cache_entities: Annotated[int, msgspec.Meta(ge=0, le=1_000_000)] = 20_000
     """Served entities this process keeps for by-name reads, dropped on every entity write
     (`IDP_READ_CACHE_ENTITIES`; 0 turns this cache off). About 3 kB each for a typical entity."""
@@ -41,16 +55,32 @@ class Settings(BaseSettings, kw_only=True, forbid_unknown_fields=True):
     def __post_init__(self) -> None:
         super().__post_init__()
         self.url_policy()  # a malformed allow list stops the service at start-up
+        check_proxy_settings(self.proxy_url, self.proxy_token, self.repository_hosts)
 
     def url_policy(self) -> UrlPolicy:
         return UrlPolicy.parse_allow(self.url_location_allow, timeout_seconds=self.url_fetch_timeout_seconds)
 
-    def ingestion_policy(self, access: AccessReplica) -> ingestion.IngestionPolicy:
+    def url_fetcher(self, secrets: SecretResolver) -> UrlFetcher:
+        direct = DirectFetcher(self.url_policy())
+        if not self.repository_hosts:
+            return direct
+        assert self.proxy_url and self.proxy_token, "checked in __post_init__"
+        repositories = RepositoryProxy(
+            parse_repository_hosts(self.repository_hosts),
+            self.proxy_url,
+            self.proxy_token,
+            secrets=secrets,
+            max_bytes=direct.policy.max_bytes,
+            timeout=self.url_fetch_timeout_seconds,
+        )
+        return ProxiedFetcher(repositories, direct)
+
+    def ingestion_policy(self, access: AccessReplica, fetcher: UrlFetcher) -> ingestion.IngestionPolicy:
         roots = tuple(Path(p).expanduser().resolve() for p in self.file_location_roots.split(os.pathsep) if p)
         return ingestion.IngestionPolicy(
             file_roots=roots,
             orphan_strategy=self.orphan_strategy,
-            fetcher=DirectFetcher(self.url_policy()),
+            fetcher=fetcher,
             admit=entity_admission(access),
         )
 
@@ -70,19 +100,35 @@ def entity_admission(access: AccessReplica) -> ingestion.EntityAdmission:
     return denials
 
 
+@dataclass
+class CatalogContext:
+    """What the catalog's routes and background tasks share in one process."""
+
+    caches: ReadCaches
+    fetcher: UrlFetcher
+    """Reads `url:` locations: directly, or through the plugin-proxy for the configured repository hosts."""
+
+
 @contextlib.asynccontextmanager
-async def read_caches(deps: Deps) -> AsyncIterator[ReadCaches]:
-    yield ReadCaches.sized(deps.settings.read_cache_entities, deps.settings.read_cache_pages)
+async def open_context(deps: Deps) -> AsyncIterator[CatalogContext]:
+    settings: Settings = deps.settings
+    secrets = SecretResolver()
+    fetcher = settings.url_fetcher(secrets)
+    try:
+        yield CatalogContext(ReadCaches.sized(settings.read_cache_entities, settings.read_cache_pages), fetcher)
+    finally:
+        await fetcher.close()
+        await secrets.close()
 
 
 async def drop_caches_on_writes(deps: Deps) -> None:
-    await listen_for_writes(deps.pool, deps.context)
+    await listen_for_writes(deps.pool, deps.context.caches)
 
 
 async def refresh_locations(deps: Deps) -> None:
     settings: Settings = deps.settings
     await stitching.stitch_unstitched(deps.pool)
-    policy = settings.ingestion_policy(deps.access)
+    policy = settings.ingestion_policy(deps.access, deps.context.fetcher)
     await ingestion.refresh_periodically(deps.pool, policy, settings.refresh_interval_seconds)
 
 
@@ -93,7 +139,7 @@ DEFINITION = ServiceDefinition(
     routes=api.routes,
     migrations=Path(__file__).parent / "migrations",
     background=(refresh_locations, handlers.mirror_identity, handlers.serve_entity_reads, drop_caches_on_writes),
-    open_context=read_caches,
+    open_context=open_context,
 )
 
 

@@ -8,8 +8,10 @@ resolve to one address when checked and another when connected; IP literals are 
 and every redirect hop is a new request that goes through the same checks. Bodies are bounded in size and
 each fetch in time.
 
-`UrlFetcher` is the seam: `DirectFetcher` connects itself; a fetcher that goes through a named egress proxy
-endpoint can take its place without the reader knowing.
+`UrlFetcher` is the seam: `DirectFetcher` connects itself; `ProxiedFetcher` reads files on the repository hosts
+the operator mapped to plugin-proxy endpoints (`IDP_REPOSITORY_HOSTS`, shared/repositories.py) through the proxy,
+so a Git host inside a private network is reached by the proxy or its delegate agent, with the credentials the
+endpoint holds, and never by the catalog itself; other URLs go to `DirectFetcher`.
 """
 
 from __future__ import annotations
@@ -24,6 +26,9 @@ from urllib.parse import urljoin, urlsplit, urlunsplit
 
 import aiohttp
 from aiohttp.abc import AbstractResolver, ResolveResult
+from yarl import URL
+
+from shared.repositories import RepositoryProxy, RepositoryReadError
 
 IpNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 IpAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -106,6 +111,8 @@ class UrlFetcher(Protocol):
         """The body at `url` (redirects followed); raises FetchError."""
         ...
 
+    async def close(self) -> None: ...
+
 
 class _CheckedResolver(AbstractResolver):
     """Resolves like the default resolver, then refuses names with any address the policy does not allow."""
@@ -134,6 +141,9 @@ class DirectFetcher:
 
     def __init__(self, policy: UrlPolicy) -> None:
         self.policy = policy
+
+    async def close(self) -> None:
+        pass  # each fetch has its own session
 
     async def fetch(self, url: str) -> bytes:
         connector = aiohttp.TCPConnector(resolver=_CheckedResolver(self.policy), use_dns_cache=False)
@@ -170,6 +180,26 @@ class DirectFetcher:
             if len(body) > limit:
                 raise FetchError(f"{url} is larger than {limit} bytes")
         return bytes(body)
+
+
+class ProxiedFetcher:
+    """Files on the configured repository hosts through the plugin-proxy; every other URL through `direct`."""
+
+    def __init__(self, repositories: RepositoryProxy, direct: UrlFetcher) -> None:
+        self.repositories = repositories
+        self.direct = direct
+
+    async def close(self) -> None:
+        await self.repositories.close()
+
+    async def fetch(self, url: str) -> bytes:
+        file = URL(url)
+        if not self.repositories.serves(file):
+            return await self.direct.fetch(url)
+        try:
+            return await self.repositories.read(file.parent, file.name)
+        except RepositoryReadError as exc:
+            raise FetchError(f"{url}: {exc}", not_found=exc.missing) from None
 
 
 def blocking_fetch(fetcher: UrlFetcher, loop: asyncio.AbstractEventLoop):

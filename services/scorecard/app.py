@@ -11,11 +11,12 @@ from typing import Annotated
 import msgspec
 
 from services.scorecard import api, handlers
-from services.scorecard.files import MAX_FILE_BYTES, LocalFiles, ProxyFiles, RepositoryFiles, parse_repository_hosts
+from services.scorecard.files import MAX_FILE_BYTES, LocalFiles, ProxyFiles, RepositoryFiles
 from services.scorecard.webhook import RetryPolicy
 from shared.config import BaseSettings
 from shared.http import Routes
-from shared.secretref import SecretError, SecretResolver, parse_secret_ref
+from shared.repositories import RepositoryProxy, check_proxy_settings, parse_repository_hosts
+from shared.secretref import SecretResolver
 from shared.service import Deps, ServiceDefinition, run_service
 
 
@@ -51,14 +52,7 @@ class Settings(BaseSettings, kw_only=True, forbid_unknown_fields=True):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        parse_repository_hosts(self.repository_hosts)
-        if self.proxy_token is not None:
-            try:
-                parse_secret_ref(self.proxy_token)
-            except SecretError as exc:
-                raise ValueError(f"IDP_PROXY_TOKEN: {exc}") from None
-        if self.repository_hosts and not (self.proxy_url and self.proxy_token):
-            raise ValueError("IDP_REPOSITORY_HOSTS needs IDP_PROXY_URL and IDP_PROXY_TOKEN")
+        check_proxy_settings(self.proxy_url, self.proxy_token, self.repository_hosts)
 
     def retry_policy(self) -> RetryPolicy:
         return RetryPolicy(
@@ -82,12 +76,14 @@ async def open_files(deps: Deps) -> AsyncIterator[RepositoryFiles]:
     remote = None
     if settings.proxy_url and settings.proxy_token:
         remote = ProxyFiles(
-            parse_repository_hosts(settings.repository_hosts),
-            settings.proxy_url,
-            settings.proxy_token,
-            secrets=secrets,
-            max_bytes=settings.file_max_bytes,
-            timeout=settings.file_fetch_timeout_seconds,
+            RepositoryProxy(
+                parse_repository_hosts(settings.repository_hosts),
+                settings.proxy_url,
+                settings.proxy_token,
+                secrets=secrets,
+                max_bytes=settings.file_max_bytes,
+                timeout=settings.file_fetch_timeout_seconds,
+            )
         )
     files = RepositoryFiles(local, remote)
     try:

@@ -68,6 +68,9 @@ def test_idp_up_starts_reports_ready_and_stops_without_leftovers(tmp_path: Path,
         assert len(components) == 6, "the demo organisation is loaded on first start"
         project = get_json(f"{catalog}/api/catalog/entities?scope=account.commerce.storefront_redesign", auth)
         assert [e["metadata"]["name"] for e in project] == ["storefront-next"]
+        for service in ("scorecard", "catalog"):  # each reads repository files through the proxy as itself
+            key = data_dir / "secrets" / f"{service}-api-key"
+            assert key.read_text().startswith("idp_") and key.stat().st_mode & 0o777 == 0o600
 
         audit = report["services"]["audit"]["url"]
         request = urllib.request.Request(

@@ -30,14 +30,14 @@ async def replicas(make_settings, http):
         running_service(CATALOG, make_settings(CatalogSettings)) as first,
         running_service(CATALOG, make_settings(CatalogSettings)) as second,
     ):
-        await until(lambda: first.deps.context.listening and second.deps.context.listening)
-        before = first.deps.context.entities.epoch, second.deps.context.entities.epoch
+        await until(lambda: first.deps.context.caches.listening and second.deps.context.caches.listening)
+        before = first.deps.context.caches.entities.epoch, second.deps.context.caches.entities.epoch
         async with http.post(f"{first.url}/api/catalog/entities", json=COMPONENT) as r:
             assert r.status == 201, await r.text()
         # The creation's notice reaches both (the first dropped once already, after its route answered), so no
         # later drop empties what the tests read next.
-        await until(lambda: first.deps.context.entities.epoch >= before[0] + 2)
-        await until(lambda: second.deps.context.entities.epoch >= before[1] + 1)
+        await until(lambda: first.deps.context.caches.entities.epoch >= before[0] + 2)
+        await until(lambda: second.deps.context.caches.entities.epoch >= before[1] + 1)
         yield first, second
 
 
@@ -65,7 +65,7 @@ async def replace(http, replica, new_title: str) -> None:
 async def test_a_read_is_served_from_the_cache_and_a_write_through_the_replica_is_read_fresh(replicas, http):
     first, _ = replicas
     assert await title(http, first) == "First"
-    assert first.deps.context.entities.get(KEY) is not None
+    assert first.deps.context.caches.entities.get(KEY) is not None
     await replace(http, first, "Second")
     assert await title(http, first) == "Second"
     uid = await first.deps.pool.fetchval("SELECT uid::text FROM entities WHERE ref = $1", KEY[1])
@@ -77,15 +77,15 @@ async def test_a_read_is_served_from_the_cache_and_a_write_through_the_replica_i
 async def test_a_write_through_another_replica_drops_the_cache_when_it_commits(replicas, http):
     first, second = replicas
     assert await title(http, second) == "First"
-    assert second.deps.context.entities.get(KEY) is not None
+    assert second.deps.context.caches.entities.get(KEY) is not None
     await replace(http, first, "Second")
-    await until(lambda: second.deps.context.entities.get(KEY) is None)
+    await until(lambda: second.deps.context.caches.entities.get(KEY) is None)
     assert await title(http, second) == "Second"
 
 
 async def test_nothing_is_cached_while_write_notices_cannot_arrive(replicas, http):
     _, second = replicas
-    caches = second.deps.context
+    caches = second.deps.context.caches
     cache = caches.entities
     assert await title(http, second) == "First" and cache.get(KEY) is not None
     await second.deps.pool.execute(
@@ -111,10 +111,10 @@ async def titles_found(http, replica, term: str) -> list[str]:
 async def test_by_query_pages_are_remembered_until_a_write(replicas, http):
     first, second = replicas
     assert await titles_found(http, first, "sec") == [] and await titles_found(http, second, "sec") == []
-    assert len(first.deps.context.pages) == 1 and len(second.deps.context.pages) == 1
+    assert len(first.deps.context.caches.pages) == 1 and len(second.deps.context.caches.pages) == 1
     await replace(http, first, "Second")
     assert await titles_found(http, first, "sec") == ["Second"]
-    await until(lambda: len(second.deps.context.pages) == 0)
+    await until(lambda: len(second.deps.context.caches.pages) == 0)
     assert await titles_found(http, second, "sec") == ["Second"]
 
 
@@ -124,5 +124,5 @@ async def test_with_the_caches_off_reads_are_served_and_nothing_is_kept(make_set
         async with http.post(f"{catalog.url}/api/catalog/entities", json=COMPONENT) as r:
             assert r.status == 201, await r.text()
         assert await title(http, catalog) == "First" and await titles_found(http, catalog, "fir") == ["First"]
-        assert len(catalog.deps.context.entities) == 0 and len(catalog.deps.context.pages) == 0
+        assert len(catalog.deps.context.caches.entities) == 0 and len(catalog.deps.context.caches.pages) == 0
         assert not any(task.done() for task in catalog.tasks)

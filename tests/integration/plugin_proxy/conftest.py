@@ -17,6 +17,7 @@ from aiohttp import WSMsgType, web
 from services.plugin_proxy.app import DEFINITION, Settings
 from shared.service import RunningService, running_service
 from tests.helpers import eventually
+from tests.integration.test_access_enforcement import call, grant
 
 
 @pytest_asyncio.fixture
@@ -222,3 +223,16 @@ async def chat_endpoint(request, proxy, http, start_agents) -> AsyncIterator[tup
             assert r.status == 201, await r.text()
     yield "chat", seen
     await runner.cleanup()
+
+
+async def service_account_key(http, identity: RunningService, proxy: RunningService, name: str) -> str:
+    """An API key of a new service account `name` that may use every proxy endpoint (once the proxy knows it)."""
+    account = await call(http, "POST", f"{identity.url}/api/identity/service-accounts", 201, json={"name": name})
+    key = await call(
+        http, "POST", f"{identity.url}/api/identity/service-accounts/{account['id']}/keys", 201, json={"name": "proxy"}
+    )
+    version = await grant(
+        http, identity, f"service_account:{account['id']}", "account", permissions=["proxy_endpoint_use"]
+    )
+    assert await proxy.deps.access.caught_up(version, timeout=10)
+    return key["key"]

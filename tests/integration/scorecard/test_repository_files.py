@@ -19,11 +19,11 @@ from services.plugin_proxy.app import DEFINITION as PROXY
 from services.plugin_proxy.app import Settings as ProxySettings
 from services.scorecard.app import DEFINITION as SCORECARD
 from services.scorecard.app import Settings as ScorecardSettings
-from shared.service import RunningService, running_service
+from shared.service import running_service
 from tests.helpers import eventually
-from tests.integration.plugin_proxy.conftest import serve
+from tests.integration.plugin_proxy.conftest import serve, service_account_key
 from tests.integration.scorecard.helpers import GROUP, checks_of, component, create_entity, create_scorecard, report
-from tests.integration.test_access_enforcement import call, grant
+from tests.integration.test_access_enforcement import call
 
 FILES = {
     "modern": {
@@ -102,7 +102,7 @@ async def suite(make_settings, catalog, http, tmp_path) -> AsyncIterator[dict[st
         identity = await stack.enter_async_context(running_service(IDENTITY, make_settings(IdentitySettings)))
         proxy = await stack.enter_async_context(running_service(PROXY, make_settings(ProxySettings)))
         key_file = tmp_path / "scorecard-api-key"
-        key_file.write_text(await service_account_key(http, identity, proxy))
+        key_file.write_text(await service_account_key(http, identity, proxy, "scorecard"))
         endpoint = {"name": "githost", "target": upstream, "allow_networks": ["127.0.0.1/32"]}
         await call(http, "POST", f"{proxy.url}/api/proxy/endpoints", 201, json=endpoint)
         authority = upstream.removeprefix("http://")
@@ -116,19 +116,6 @@ async def suite(make_settings, catalog, http, tmp_path) -> AsyncIterator[dict[st
         )
         scorecard = await stack.enter_async_context(running_service(SCORECARD, settings))
         yield {"scorecard": scorecard, "upstream": upstream, "requests": requests}
-
-
-async def service_account_key(http, identity: RunningService, proxy: RunningService) -> str:
-    """The scorecard's service account, allowed to use proxy endpoints, and an API key for it."""
-    account = await call(http, "POST", f"{identity.url}/api/identity/service-accounts", 201, json={"name": "scorecard"})
-    key = await call(
-        http, "POST", f"{identity.url}/api/identity/service-accounts/{account['id']}/keys", 201, json={"name": "files"}
-    )
-    version = await grant(
-        http, identity, f"service_account:{account['id']}", "account", permissions=["proxy_endpoint_use"]
-    )
-    assert await proxy.deps.access.caught_up(version, timeout=10)
-    return key["key"]
 
 
 def located(name: str, location: str) -> dict[str, Any]:

@@ -4,17 +4,9 @@ the proxy endpoint configured for their host, and files bounded in size."""
 from __future__ import annotations
 
 import pytest
-from yarl import URL
 
 from services.scorecard.app import Settings
-from services.scorecard.files import (
-    LocalFiles,
-    RepositoryFiles,
-    RepositoryHost,
-    parse_repository_hosts,
-    raw_path_of,
-    source_of,
-)
+from services.scorecard.files import LocalFiles, RepositoryFiles, source_of
 from services.scorecard.rules import Unreadable
 from shared.config import ConfigError, load_settings
 
@@ -57,38 +49,6 @@ def test_the_source_is_the_source_location_directory_or_the_catalog_files_direct
         "url",
         "https://h/a/b/blob/main/svc/",
     )
-
-
-def test_repository_hosts_name_an_endpoint_and_a_raw_path():
-    gitea = "git.example.com:3000=gitea/{owner}/{repo}/raw/branch/{ref}/{path}"
-    hosts = parse_repository_hosts(f"github.com=github-raw, {gitea}")
-    assert hosts["github.com"] == RepositoryHost("github.com", "github-raw", "/{owner}/{repo}/{ref}/{path}")
-    assert hosts["git.example.com:3000"].endpoint == "gitea"
-    with pytest.raises(ValueError, match="needs \\{path\\}"):
-        parse_repository_hosts("h=e/{owner}/{branch}/{path}")
-    with pytest.raises(ValueError, match="not host=endpoint"):
-        parse_repository_hosts("h=Bad_Name")
-
-
-@pytest.mark.parametrize(
-    ("source", "path", "expected"),
-    [
-        ("https://github.com/acme/billing/tree/main/", "Dockerfile", "/acme/billing/main/Dockerfile"),
-        ("https://github.com/acme/billing/blob/v2/svc/api/", "package.json", "/acme/billing/v2/svc/api/package.json"),
-        ("https://git.example.com/acme/billing/src/branch/dev/", "a/b.yaml", "/acme/billing/dev/a/b.yaml"),
-        ("https://gitlab.example.com/acme/billing/-/tree/main/x/", "y", "/acme/billing/main/x/y"),
-        ("https://github.com/acme/billing.git", "Dockerfile", "/acme/billing/HEAD/Dockerfile"),
-    ],
-)
-def test_browser_urls_become_raw_paths(source, path, expected):
-    host = RepositoryHost("h", "e")
-    assert raw_path_of(host, URL(source), path) == expected
-
-
-def test_urls_without_a_ref_or_repository_are_unreadable():
-    host = RepositoryHost("h", "e")
-    assert "no branch" in raw_path_of(host, URL("https://h/acme/billing/main/"), "x").reason
-    assert "no owner" in raw_path_of(host, URL("https://h/acme/"), "x").reason
 
 
 def test_settings_refuse_a_malformed_host_map_or_token_reference_in_one_line():
