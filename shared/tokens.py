@@ -57,7 +57,6 @@ AUDIENCE = "seed-idp"
 ALGORITHM = "EdDSA"
 CLOCK_SKEW_SECONDS = 30.0
 """How far ahead of this host's clock a token's `iat` or `nbf` may be (identity-sync runs on another host)."""
-REQUIRED_CLAIMS = ("exp", "iat", "sub", "iss", "aud")
 API_KEY_PREFIX = "idp_"
 PrincipalKind = Literal["user", "service_account"]
 
@@ -143,13 +142,19 @@ def hash_secret(secret: str) -> bytes:
 # --- access tokens: compact JWS signed with Ed25519 (RFC 7515, RFC 8037) -------------------------------
 
 _BASE64URL = re.compile(r"[A-Za-z0-9_-]*")
+MAX_HEADER_CHARS = 1024
+"""Our tokens' header is ~70 characters; a longer one is refused before it is decoded."""
 
 
 def _base64url(part: str) -> bytes:
-    """Unpadded base64url (RFC 7515 §2), strictly: any other character is an error, not skipped."""
+    """Unpadded base64url (RFC 7515 §2), strictly: any other character, or unused bits set in the last one (one
+    token written several ways), is an error."""
     if not _BASE64URL.fullmatch(part) or len(part) % 4 == 1:
         raise ValueError("not unpadded base64url")
-    return base64.urlsafe_b64decode(part + "=" * (-len(part) % 4))
+    raw = base64.urlsafe_b64decode(part + "=" * (-len(part) % 4))
+    if base64.urlsafe_b64encode(raw).rstrip(b"=") != part.encode("ascii"):
+        raise ValueError("not canonical base64url")
+    return raw
 
 
 def verify_key(jwk: dict[str, Any]) -> VerifyKey:
@@ -159,17 +164,37 @@ def verify_key(jwk: dict[str, Any]) -> VerifyKey:
     return VerifyKey(_base64url(jwk["x"]))
 
 
-def _numeric(claims: dict[str, Any], name: str) -> float:
-    value = claims[name]
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise AuthenticationError(f"the token's {name} claim is not a NumericDate")
-    return float(value)
+class JoseHeader(msgspec.Struct, frozen=True):
+    """An access token's protected header. `crit` and `b64` (RFC 7797) are extensions this verifier does not
+    implement, so a header that sets either is refused."""
+
+    alg: str
+    kid: str
+    crit: None = None
+    b64: None = None
+
+
+class AccessClaims(msgspec.Struct, frozen=True):
+    """The claims identity-sync signs, typed: a claim of another type refuses the token. Others are ignored."""
+
+    sub: str
+    iss: str
+    aud: str | list[str]
+    iat: float
+    exp: float
+    nbf: float | None = None
+    kind: str | None = None
+    perms: list[str] = []
+    scope: str = DEFAULT_SCOPE
+    key: str | None = None
+    """The API key a service account exchanged for this token, if it did (revoking the key revokes the token)."""
+    jti: str | None = None
 
 
 class SignedToken(msgspec.Struct, frozen=True):
     """A compact JWS split into its parts; nothing in it is trusted before `claims` has checked the signature."""
 
-    header: dict[str, Any]
+    header: JoseHeader
     signing_input: bytes
     payload: bytes
     signature: bytes
@@ -178,42 +203,34 @@ class SignedToken(msgspec.Struct, frozen=True):
     def parse(cls, token: str) -> SignedToken:
         try:
             header_part, payload_part, signature_part = token.split(".")
-            header = msgspec.json.decode(_base64url(header_part))
+            if len(header_part) > MAX_HEADER_CHARS:
+                raise ValueError("header too long")
+            header = msgspec.json.decode(_base64url(header_part), type=JoseHeader)
             payload, signature = _base64url(payload_part), _base64url(signature_part)
-        except (ValueError, binascii.Error, msgspec.DecodeError):
+        except (ValueError, binascii.Error, msgspec.DecodeError, RecursionError):
             raise AuthenticationError("the bearer token is malformed") from None
-        if not isinstance(header, dict):
-            raise AuthenticationError("the bearer token is malformed")
         signing_input = f"{header_part}.{payload_part}".encode("ascii")
         return cls(header=header, signing_input=signing_input, payload=payload, signature=signature)
 
     @property
     def key_id(self) -> str:
-        """The `kid` of an EdDSA token; tokens of any other algorithm, or with extensions (`crit`), are refused."""
-        kid = self.header.get("kid")
-        if self.header.get("alg") != ALGORITHM or not isinstance(kid, str) or "crit" in self.header:
+        """The `kid` of an EdDSA token; tokens of any other algorithm are refused."""
+        if self.header.alg != ALGORITHM:
             raise AuthenticationError(f"access tokens must be signed with {ALGORITHM} and name their key")
-        return kid
+        return self.header.kid
 
-    def claims(self, key: VerifyKey, now: float) -> dict[str, Any]:
+    def claims(self, key: VerifyKey, now: float) -> AccessClaims:
         """The claims, once the signature is `key`'s and the token is valid at `now` for this issuer and audience."""
         try:
             key.verify(self.signing_input, self.signature)
-            claims = msgspec.json.decode(self.payload)
-        except (CryptoError, ValueError, msgspec.DecodeError):
+            claims = msgspec.json.decode(self.payload, type=AccessClaims)
+        except (CryptoError, ValueError, msgspec.DecodeError, RecursionError):
             raise AuthenticationError("the token's signature or claims are invalid") from None
-        if not isinstance(claims, dict) or any(name not in claims for name in REQUIRED_CLAIMS):
-            raise AuthenticationError("the token's signature or claims are invalid")
-        if _numeric(claims, "exp") <= now:
+        if claims.exp <= now:
             raise AuthenticationError("the token has expired")
-        not_before = max(_numeric(claims, "iat"), _numeric(claims, "nbf") if "nbf" in claims else 0.0)
-        audience = claims["aud"] if isinstance(claims["aud"], list) else [claims["aud"]]
-        if (
-            not_before > now + CLOCK_SKEW_SECONDS
-            or claims["iss"] != ISSUER
-            or AUDIENCE not in audience
-            or not isinstance(claims["sub"], str)
-        ):
+        not_before = claims.iat if claims.nbf is None else max(claims.iat, claims.nbf)
+        audience = [claims.aud] if isinstance(claims.aud, str) else claims.aud
+        if not_before > now + CLOCK_SKEW_SECONDS or claims.iss != ISSUER or AUDIENCE not in audience:
             raise AuthenticationError("the token's signature or claims are invalid")
         return claims
 
@@ -338,19 +355,17 @@ class TokenVerifier:
         if key is None:
             raise AuthenticationError("the token is signed with an unknown key")
         claims = signed.claims(key, self._clock())
-        kind = claims.get("kind")
-        if kind not in ("user", "service_account"):
+        if claims.kind not in ("user", "service_account"):
             raise AuthenticationError("the token names no principal kind")
-        permissions = frozenset(p for p in claims.get("perms", []) if isinstance(p, str))
         return _Cached(
             principal=Principal(
-                kind=kind, id=claims["sub"], permissions=permissions, scope=claims.get("scope", DEFAULT_SCOPE)
+                kind=claims.kind, id=claims.sub, permissions=frozenset(claims.perms), scope=claims.scope
             ),
-            kind=kind,
-            sub=claims["sub"],
-            issued_at=float(claims["iat"]),
-            expires_at=float(claims["exp"]),
-            key_id=claims.get("key"),
+            kind=claims.kind,
+            sub=claims.sub,
+            issued_at=claims.iat,
+            expires_at=claims.exp,
+            key_id=claims.key,
         )
 
     async def _check_api_key(self, token: str) -> _Cached:
