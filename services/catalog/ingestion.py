@@ -10,6 +10,7 @@ the location still ingests.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import itertools
 import logging
@@ -61,6 +62,8 @@ READ_BATCH = 1000
 """Entities read, validated and written per batch of a location read."""
 BULK_CHANGES = 500
 """A read that changes at least this many entities vacuums and analyzes the catalog's tables afterwards."""
+MERGE_ALONGSIDE = 500
+"""A read that stitches at least this many entities merges index entries from another connection meanwhile."""
 log = logging.getLogger(__name__)
 
 
@@ -142,7 +145,7 @@ async def add_location(
             raise ConflictError(f"location {spec.type}:{spec.target} is already registered at scope {scope}")
         location_id = str(uuid.uuid4())
         await store.insert_location(conn, location_id, scope, spec.type, spec.target)
-        applied = await apply_read(conn, actor, policy, location_id, scope, found)
+        applied = await apply_read(pool, conn, actor, policy, location_id, scope, found)
         await write_event(conn, _location_event("added", actor, scope, location_id, spec, applied))
     _maintain_after_bulk(pool, applied)
     view = LocationView(id=location_id, type=spec.type, target=spec.target, errors=applied["errors"])
@@ -208,6 +211,7 @@ async def _prepared_batches(found: Iterator[ReadEntity | ReadError], kinds: Kind
 
 
 async def apply_read(
+    pool: asyncpg.Pool,
     conn: asyncpg.Connection,
     actor: Actor,
     policy: IngestionPolicy,
@@ -216,7 +220,8 @@ async def apply_read(
     found: Iterator[ReadEntity | ReadError],
 ) -> dict[str, Any]:
     """Bring the location's entities in line with what it emits now, batch by batch, then stitch every entity
-    touched once; returns counts and errors."""
+    touched once, in `conn`'s transaction; returns counts and errors. A large read also takes a connection from
+    `pool` to merge index entries while it stitches (`store.merging_pending_entries`)."""
     errors: list[dict[str, Any]] = []
     counts = {"created": 0, "updated": 0, "orphaned": 0, "deleted": 0, "unchanged": 0, "conflicts": 0, "denied": 0}
     seen: set[str] = set()
@@ -255,7 +260,8 @@ async def apply_read(
         ]
         counts["orphaned"] += len(writes)
     stale |= await write_entities(conn, actor, scope, writes, kinds=kinds, stage_events=True)
-    await restitch(conn, stale)
+    async with store.merging_pending_entries(pool) if len(stale) >= MERGE_ALONGSIDE else contextlib.nullcontext():
+        await restitch(conn, stale)
     await store.merge_pending_entries(conn)
     await write_staged_events(conn)
     await store.record_location_read(conn, location_id, errors)
@@ -309,7 +315,7 @@ async def refresh_location(pool: asyncpg.Pool, policy: IngestionPolicy, actor: A
         raise NotFoundError(f"no location {location_id}")
     found = open_read(LocationSpec(type=location["type"], target=location["target"]), policy)
     async with transaction(pool) as conn:
-        applied = await apply_read(conn, actor, policy, location_id, location["scope"], found)
+        applied = await apply_read(pool, conn, actor, policy, location_id, location["scope"], found)
     _maintain_after_bulk(pool, applied)
     return applied
 

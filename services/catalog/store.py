@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import dataclasses
 import hashlib
+import logging
 import uuid
-from collections.abc import Iterable
+from collections.abc import AsyncIterator, Iterable
 from typing import Any
 
 import asyncpg
@@ -31,6 +34,7 @@ from services.catalog.visibility import RESTRICTED_TAGS, identity_ids
 from shared.authz import EVERYTHING, Visibility, visibility_condition
 from shared.db import like_escape
 
+log = logging.getLogger(__name__)
 _COLUMNS = (
     "uid::text AS uid, scope, ref, document, etag, generation, location_id::text AS location_id, location_key, "
     "orphan, properties"
@@ -302,6 +306,44 @@ async def defer_index_merges(conn: asyncpg.Connection) -> None:
     4 MB (the default), the merges were most of a bulk load's stitched-column writes. `merge_pending_entries`
     merges them once, before the transaction commits, so readers never scan a long pending list."""
     await conn.execute("SET LOCAL gin_pending_list_limit = '1GB'")
+
+
+@dataclasses.dataclass
+class MergeProgress:
+    pages: int = 0
+    """Pending-list pages merged so far by the other connection."""
+
+
+@contextlib.asynccontextmanager
+async def merging_pending_entries(pool: asyncpg.Pool, pause: float = 1.0) -> AsyncIterator[MergeProgress]:
+    """While the block runs, merge the GIN indexes' pending lists from another pooled connection, round after round.
+
+    A bulk write fills the lists from its own transaction (`defer_index_merges`); merging moves index entries
+    physically, whoever's transaction wrote them, so another backend can do it on the core the writing backend
+    leaves idle, instead of all of it after the writes. What is left when the block ends is merged by
+    `merge_pending_entries` in the writing transaction. A failing merger is logged and the write goes on."""
+    done = asyncio.Event()
+    progress = MergeProgress()
+
+    async def merge_until_done() -> None:
+        try:
+            async with pool.acquire() as conn:
+                while not done.is_set():
+                    for index in GIN_INDEXES:
+                        async with conn.transaction():
+                            await conn.execute("SET LOCAL maintenance_work_mem = '256MB'")
+                            progress.pages += await conn.fetchval("SELECT gin_clean_pending_list($1::regclass)", index)
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(done.wait(), pause)
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            log.warning("merging GIN pending lists alongside a bulk write failed: %s", exc)
+
+    merger = asyncio.create_task(merge_until_done())
+    try:
+        yield progress
+    finally:
+        done.set()
+        await merger
 
 
 async def merge_pending_entries(conn: asyncpg.Connection) -> None:
