@@ -19,7 +19,9 @@ process's.
 
 `--data-dir DIR` keeps the generated entities, NATS and PostgreSQL in DIR instead of a temporary directory; a
 later run with the same DIR and `--entities` finds the location registered and goes straight to the load (the
-ingest figures are then left out). `--scenarios` runs only the named load scenarios.
+ingest figures are then left out). `--scenarios` runs only the named load scenarios. `--warm` loads each scenario
+once, unmeasured, before measuring it: the figures are then the steady state with the read caches holding the
+scenario's paths, without the first fetch of each.
 """
 
 from __future__ import annotations
@@ -283,12 +285,14 @@ async def run(args: argparse.Namespace, data: Path, tmp: Path) -> dict[str, obje
                     """The scenario at `--concurrency` clients, then alone (one client: its own cost, no queue)."""
                     paths = [make_path() for _ in range(5000)]
                     result = {}
-                    for name, clients in (("loaded", args.concurrency), ("one_client", 1)):
+                    runs = (("loaded", args.concurrency), ("one_client", 1))
+                    for name, clients in (("warm_up", args.concurrency), *runs) if args.warm else runs:
                         if wrk:
                             measure = functools.partial(wrk_load, wrk, catalog.url, paths, args, tmp, clients)
                             result[name] = await asyncio.to_thread(measure)
                         else:
                             result[name] = await python_load(session, catalog.url, paths, args, clients)
+                    result.pop("warm_up", None)
                     progress(f"{paths[0]}: {result} (load average {os.getloadavg()[0]:.1f})")
                     return result
 
@@ -319,6 +323,11 @@ def main() -> None:
     parser.add_argument("--skip-ingest-api", action="store_true", help="do not time the ingestion API")
     parser.add_argument("--data-dir", type=Path, help="keep entities, NATS and PostgreSQL here, to reuse them later")
     parser.add_argument("--scenarios", nargs="+", choices=list(query_paths([])), help="load only these scenarios")
+    parser.add_argument(
+        "--warm",
+        action="store_true",
+        help="load each scenario once, unmeasured, before measuring it: the read caches then hold its paths",
+    )
     parser.add_argument(
         "--ingest-only", action="store_true", help="stop after the location ingest (no outbox wait, no read load)"
     )
