@@ -13,12 +13,8 @@ from aiohttp import web
 
 from services.catalog.app import DEFINITION as CATALOG
 from services.catalog.app import Settings as CatalogSettings
-from services.identity_sync.app import DEFINITION as IDENTITY
-from services.identity_sync.app import Settings as IdentitySettings
-from services.plugin_proxy.app import DEFINITION as PROXY
-from services.plugin_proxy.app import Settings as ProxySettings
 from shared.service import running_service
-from tests.integration.plugin_proxy.conftest import serve, service_account_key
+from tests.integration.plugin_proxy.conftest import git_host_behind_proxy
 from tests.integration.test_access_enforcement import call
 
 HOST = "git.acme.internal"
@@ -70,19 +66,12 @@ async def suite(make_settings, http, tmp_path, monkeypatch) -> AsyncIterator[dic
     requests: list[tuple[str, str | None]] = []
     monkeypatch.setenv("GIT_HOST_TOKEN", GIT_TOKEN)
     async with contextlib.AsyncExitStack() as stack:
-        runner, upstream = await serve(git_host(requests))
-        stack.push_async_callback(runner.cleanup)
-        identity = await stack.enter_async_context(running_service(IDENTITY, make_settings(IdentitySettings)))
-        proxy = await stack.enter_async_context(running_service(PROXY, make_settings(ProxySettings)))
+        credentials = [{"header": "Authorization", "secret": "env:GIT_HOST_TOKEN"}]
+        proxy, _, key = await git_host_behind_proxy(
+            stack, make_settings, http, git_host(requests), "catalog", name="acme-git", credentials=credentials
+        )
         key_file = tmp_path / "catalog-api-key"
-        key_file.write_text(await service_account_key(http, identity, proxy, "catalog"))
-        endpoint = {
-            "name": "acme-git",
-            "target": upstream,
-            "allow_networks": ["127.0.0.1/32"],
-            "credentials": [{"header": "Authorization", "secret": "env:GIT_HOST_TOKEN"}],
-        }
-        await call(http, "POST", f"{proxy.url}/api/proxy/endpoints", 201, json=endpoint)
+        key_file.write_text(key)
         settings = make_settings(
             CatalogSettings,
             proxy_url=proxy.url,

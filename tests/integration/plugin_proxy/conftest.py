@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import subprocess
 import sys
@@ -225,14 +226,33 @@ async def chat_endpoint(request, proxy, http, start_agents) -> AsyncIterator[tup
     await runner.cleanup()
 
 
-async def service_account_key(http, identity: RunningService, proxy: RunningService, name: str) -> str:
-    """An API key of a new service account `name` that may use every proxy endpoint (once the proxy knows it)."""
-    account = await call(http, "POST", f"{identity.url}/api/identity/service-accounts", 201, json={"name": name})
+async def git_host_behind_proxy(
+    stack: contextlib.AsyncExitStack,
+    make_settings,
+    http,
+    app: web.Application,
+    account: str,
+    **endpoint,
+) -> tuple[RunningService, str, str]:
+    """`app` served on loopback as a git host behind a new plugin-proxy endpoint (`endpoint`: its name and other
+    fields; the target and `allow_networks` are filled in), with identity-sync and the proxy running in `stack`.
+    Returns the proxy, the git host's URL and the API key of a new service account `account` that may use every
+    endpoint."""
+    from services.identity_sync.app import DEFINITION as IDENTITY
+    from services.identity_sync.app import Settings as IdentitySettings
+
+    runner, upstream = await serve(app)
+    stack.push_async_callback(runner.cleanup)
+    identity = await stack.enter_async_context(running_service(IDENTITY, make_settings(IdentitySettings)))
+    proxy = await stack.enter_async_context(running_service(DEFINITION, make_settings(Settings)))
+    created = await call(http, "POST", f"{identity.url}/api/identity/service-accounts", 201, json={"name": account})
     key = await call(
-        http, "POST", f"{identity.url}/api/identity/service-accounts/{account['id']}/keys", 201, json={"name": "proxy"}
+        http, "POST", f"{identity.url}/api/identity/service-accounts/{created['id']}/keys", 201, json={"name": "proxy"}
     )
     version = await grant(
-        http, identity, f"service_account:{account['id']}", "account", permissions=["proxy_endpoint_use"]
+        http, identity, f"service_account:{created['id']}", "account", permissions=["proxy_endpoint_use"]
     )
     assert await proxy.deps.access.caught_up(version, timeout=10)
-    return key["key"]
+    endpoint = {**endpoint, "target": upstream, "allow_networks": ["127.0.0.1/32"]}
+    await call(http, "POST", f"{proxy.url}/api/proxy/endpoints", 201, json=endpoint)
+    return proxy, upstream, key["key"]

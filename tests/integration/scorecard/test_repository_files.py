@@ -13,17 +13,12 @@ from typing import Any
 import pytest_asyncio
 from aiohttp import web
 
-from services.identity_sync.app import DEFINITION as IDENTITY
-from services.identity_sync.app import Settings as IdentitySettings
-from services.plugin_proxy.app import DEFINITION as PROXY
-from services.plugin_proxy.app import Settings as ProxySettings
 from services.scorecard.app import DEFINITION as SCORECARD
 from services.scorecard.app import Settings as ScorecardSettings
 from shared.service import running_service
 from tests.helpers import eventually
-from tests.integration.plugin_proxy.conftest import serve, service_account_key
+from tests.integration.plugin_proxy.conftest import git_host_behind_proxy
 from tests.integration.scorecard.helpers import GROUP, checks_of, component, create_entity, create_scorecard, report
-from tests.integration.test_access_enforcement import call
 
 FILES = {
     "modern": {
@@ -97,14 +92,11 @@ async def suite(make_settings, catalog, http, tmp_path) -> AsyncIterator[dict[st
     host's files through the proxy with its own service account's API key."""
     requests: list[tuple[str, str | None]] = []
     async with contextlib.AsyncExitStack() as stack:
-        runner, upstream = await serve(git_host(requests))
-        stack.push_async_callback(runner.cleanup)
-        identity = await stack.enter_async_context(running_service(IDENTITY, make_settings(IdentitySettings)))
-        proxy = await stack.enter_async_context(running_service(PROXY, make_settings(ProxySettings)))
+        proxy, upstream, key = await git_host_behind_proxy(
+            stack, make_settings, http, git_host(requests), "scorecard", name="githost"
+        )
         key_file = tmp_path / "scorecard-api-key"
-        key_file.write_text(await service_account_key(http, identity, proxy, "scorecard"))
-        endpoint = {"name": "githost", "target": upstream, "allow_networks": ["127.0.0.1/32"]}
-        await call(http, "POST", f"{proxy.url}/api/proxy/endpoints", 201, json=endpoint)
+        key_file.write_text(key)
         authority = upstream.removeprefix("http://")
         settings = make_settings(
             ScorecardSettings,

@@ -3,12 +3,8 @@ the proxy endpoint configured for their host, and files bounded in size."""
 
 from __future__ import annotations
 
-import pytest
-
-from services.scorecard.app import Settings
 from services.scorecard.files import LocalFiles, RepositoryFiles, source_of
 from services.scorecard.rules import Unreadable
-from shared.config import ConfigError, load_settings
 
 
 def entity(location: str, annotation: str = "backstage.io/managed-by-location") -> dict:
@@ -49,13 +45,3 @@ def test_the_source_is_the_source_location_directory_or_the_catalog_files_direct
         "url",
         "https://h/a/b/blob/main/svc/",
     )
-
-
-def test_settings_refuse_a_malformed_host_map_or_token_reference_in_one_line():
-    base = {"IDP_DATABASE_URL": "postgresql://x", "IDP_NATS_URL": "nats://x"}
-    with pytest.raises(ConfigError, match="IDP_PROXY_TOKEN: 'key' is not a secret reference"):
-        load_settings(Settings, {**base, "IDP_PROXY_TOKEN": "key"})
-    with pytest.raises(ConfigError, match="needs IDP_PROXY_URL and IDP_PROXY_TOKEN"):
-        load_settings(Settings, {**base, "IDP_REPOSITORY_HOSTS": "github.com=github-raw"})
-    configured = {"IDP_PROXY_URL": "http://proxy", "IDP_PROXY_TOKEN": "env:KEY", "IDP_REPOSITORY_HOSTS": "h=e"}
-    assert load_settings(Settings, {**base, **configured}).repository_hosts == "h=e"

@@ -5,6 +5,8 @@ from __future__ import annotations
 import pytest
 from yarl import URL
 
+from services.catalog.app import Settings as CatalogSettings
+from services.scorecard.app import Settings as ScorecardSettings
 from shared.config import ConfigError, load_settings
 from shared.repositories import RepositoryHost, RepositoryReadError, parse_repository_hosts, raw_path_of
 
@@ -45,13 +47,14 @@ def test_urls_without_a_ref_or_repository_are_unreadable():
         raw_path_of(host, URL("https://h/acme/billing/tree/main/"), "../../etc/passwd")
 
 
-def test_the_catalog_refuses_repository_hosts_without_a_proxy_in_one_line():
-    from services.catalog.app import Settings
-
+@pytest.mark.parametrize("settings_type", [CatalogSettings, ScorecardSettings], ids=["catalog", "scorecard"])
+def test_services_refuse_repository_hosts_without_a_proxy_in_one_line(settings_type):
     base = {"IDP_DATABASE_URL": "postgresql://x", "IDP_NATS_URL": "nats://x"}
     with pytest.raises(ConfigError, match="needs IDP_PROXY_URL and IDP_PROXY_TOKEN"):
-        load_settings(Settings, {**base, "IDP_REPOSITORY_HOSTS": "git.example.com=gitea"})
+        load_settings(settings_type, {**base, "IDP_REPOSITORY_HOSTS": "git.example.com=gitea"})
     with pytest.raises(ConfigError, match="IDP_PROXY_TOKEN: 'key' is not a secret reference"):
-        load_settings(Settings, {**base, "IDP_PROXY_TOKEN": "key"})
+        load_settings(settings_type, {**base, "IDP_PROXY_TOKEN": "key"})
+    with pytest.raises(ConfigError, match="not host=endpoint"):
+        load_settings(settings_type, {**base, "IDP_REPOSITORY_HOSTS": "h=Bad_Name"})
     configured = {"IDP_PROXY_URL": "http://proxy", "IDP_PROXY_TOKEN": "env:KEY", "IDP_REPOSITORY_HOSTS": "h=e"}
-    assert load_settings(Settings, {**base, **configured}).repository_hosts == "h=e"
+    assert load_settings(settings_type, {**base, **configured}).repository_hosts == "h=e"
