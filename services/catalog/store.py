@@ -329,10 +329,8 @@ async def merging_pending_entries(pool: asyncpg.Pool, pause: float = 1.0) -> Asy
         try:
             async with pool.acquire() as conn:
                 while not done.is_set():
-                    for index in GIN_INDEXES:
-                        async with conn.transaction():
-                            await conn.execute("SET LOCAL maintenance_work_mem = '256MB'")
-                            progress.pages += await conn.fetchval("SELECT gin_clean_pending_list($1::regclass)", index)
+                    async with conn.transaction():
+                        progress.pages += await merge_pending_entries(conn)
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(done.wait(), pause)
         except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
@@ -346,11 +344,13 @@ async def merging_pending_entries(pool: asyncpg.Pool, pause: float = 1.0) -> Asy
         await merger
 
 
-async def merge_pending_entries(conn: asyncpg.Connection) -> None:
+async def merge_pending_entries(conn: asyncpg.Connection) -> int:
     """Merge the GIN indexes' pending lists into the indexes, sorting with up to 256 MB (in 4 MB rounds by default,
-    `work_mem`, when writes overflow the list)."""
+    `work_mem`, when writes overflow the list); returns the pending-list pages merged. Call it in a transaction."""
     await conn.execute("SET LOCAL maintenance_work_mem = '256MB'")
-    await conn.execute("SELECT gin_clean_pending_list(index::regclass) FROM unnest($1::text[]) AS index", GIN_INDEXES)
+    return await conn.fetchval(
+        "SELECT sum(gin_clean_pending_list(index::regclass))::int FROM unnest($1::text[]) AS index", GIN_INDEXES
+    )
 
 
 async def unstitched(conn: asyncpg.Connection) -> set[tuple[str, str]]:
