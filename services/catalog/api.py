@@ -190,7 +190,7 @@ def routes(deps: Deps) -> Routes:
     )
     async def query_entities(request: web.Request) -> web.Response:
         query = parse_query(request, EntityQuery)
-        return json_response(await service.query_entities(pool, query, visible(request), pages=caches.pages))
+        return json_response(await service.query_entities(pool, query, visible(request), caches=caches))
 
     @api.post(
         "/api/catalog/entities/by-query",
@@ -203,7 +203,7 @@ def routes(deps: Deps) -> Routes:
     async def query_entities_by_predicate(request: web.Request) -> web.Response:
         scope = parse_query(request, ScopeReadQuery)
         body = await read_json(request, PredicateQueryRequest)
-        return json_response(await service.query_by_predicate(pool, scope, body, visible(request), pages=caches.pages))
+        return json_response(await service.query_by_predicate(pool, scope, body, visible(request), caches=caches))
 
     @api.post(
         "/api/catalog/entities/by-refs",

@@ -45,12 +45,13 @@ class Settings(BaseSettings, kw_only=True, forbid_unknown_fields=True):
     (`IDP_REPOSITORY_HOSTS`): `host=endpoint[/raw path]` entries separated by spaces, the raw path built from
     `{owner}`, `{repo}`, `{ref}` and `{path}` (default GitHub's `/{owner}/{repo}/{ref}/{path}`). `url:` locations
     on other hosts are fetched directly."""
-    read_cache_entities: Annotated[int, msgspec.Meta(ge=0, le=1_000_000)] = 20_000
-    """Served entities this process keeps for by-name reads, dropped on every entity write
-    (`IDP_READ_CACHE_ENTITIES`; 0 turns this cache off). About 3 kB each for a typical entity."""
-    read_cache_pages: Annotated[int, msgspec.Meta(ge=0, le=1_000_000)] = 5_000
-    """`by-query` pages this process remembers (which entities, in order, and the total), dropped on every entity
-    write (`IDP_READ_CACHE_PAGES`; 0 turns this cache off). About 100 bytes per entity of a page."""
+    read_cache_entities: Annotated[int, msgspec.Meta(ge=0, le=1_000_000)] = 60_000
+    """Served entities this process keeps for by-name reads and for the entities of `by-query` pages, dropped on
+    every entity write (`IDP_READ_CACHE_ENTITIES`; 0 turns this cache off). About 3 kB each for a typical entity."""
+    read_cache_result_uids: Annotated[int, msgspec.Meta(ge=0, le=10_000_000)] = 500_000
+    """How many matches of `by-query` results this process remembers in all (each result: its matches' uids in
+    order, as far as its pages were asked, and the total), dropped on every entity write
+    (`IDP_READ_CACHE_RESULT_UIDS`; 0 turns this cache off). About 60 bytes each."""
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -115,7 +116,7 @@ async def open_context(deps: Deps) -> AsyncIterator[CatalogContext]:
     secrets = SecretResolver()
     fetcher = settings.url_fetcher(secrets)
     try:
-        yield CatalogContext(ReadCaches.sized(settings.read_cache_entities, settings.read_cache_pages), fetcher)
+        yield CatalogContext(ReadCaches.sized(settings.read_cache_entities, settings.read_cache_result_uids), fetcher)
     finally:
         await fetcher.close()
         await secrets.close()

@@ -1,5 +1,6 @@
-"""Bounded in-process caches for reads, dropped whenever entities change: served entities for by-name, and which
-entities (and how many in all) a `by-query` page holds.
+"""Bounded in-process caches for reads, dropped whenever entities change: served entities (by their by-name key
+and by uid, for by-name reads and the entities of `by-query` pages), and which entities (and how many in all) a
+`by-query` matches, in order, as far as its pages have been asked.
 
 Every transaction that writes `entities` notifies `<schema>.entities_written` when it commits (migration 0030);
 each replica listens on one connection and drops its caches on every notice. A write made through this
@@ -9,8 +10,9 @@ through. Another replica serves the old version until the notice arrives (millis
 fetched only if nothing was dropped since it began (`epoch`), so a read that raced a write cannot put the old
 version back; and while the listening connection is down nothing is stored, since a notice could be missed.
 
-By-name entries serve every caller: visibility is decided per request on the cached JSON (visibility.py). Page
-keys include the caller's visibility, which the page's SQL applied.
+By-name entries serve every caller: visibility is decided per request on the cached JSON (visibility.py). Result
+keys include the caller's visibility, which the query's SQL applied, so a page's entities are served by uid as
+they are.
 """
 
 from __future__ import annotations
@@ -30,13 +32,16 @@ V = TypeVar("V")
 
 
 class ReadCache(Generic[V]):
-    """Values by key, at most `capacity` of them (the oldest stored goes first)."""
+    """Values by key, weighing at most `capacity` in all: each weighs 1 unless `weigh` says otherwise. The oldest
+    stored goes first."""
 
-    def __init__(self, capacity: int) -> None:
+    def __init__(self, capacity: int, weigh: Callable[[V], int] | None = None) -> None:
         self.capacity = capacity
         self.listening = False
         """Whether write notices are being received: only then is anything stored."""
+        self._weigh = weigh or (lambda _: 1)
         self._entries: dict[Hashable, V] = {}
+        self._weight = 0
         self._epoch = 0
 
     @property
@@ -48,22 +53,28 @@ class ReadCache(Generic[V]):
         return self._entries.get(key)
 
     def put(self, key: Hashable, value: V, epoch: int) -> None:
-        if not self.listening or epoch != self._epoch or self.capacity <= 0:
+        weight = self._weigh(value)
+        if not self.listening or epoch != self._epoch or weight > self.capacity:
             return
-        if len(self._entries) >= self.capacity and key not in self._entries:
-            del self._entries[next(iter(self._entries))]
+        if key in self._entries:
+            self._weight -= self._weigh(self._entries.pop(key))
+        while self._weight + weight > self.capacity:
+            self._weight -= self._weigh(self._entries.pop(next(iter(self._entries))))
         self._entries[key] = value
+        self._weight += weight
 
     def drop(self) -> None:
         self._epoch += 1
         self._entries.clear()
+        self._weight = 0
 
     def __len__(self) -> int:
         return len(self._entries)
 
 
-PageUids = tuple[list, int]
-"""A `by-query` page: its entities' uids in order, and the number of matches in all."""
+QueryResult = tuple[list, int]
+"""What a `by-query` result holds: the uids of its first matches in order (all of them, or at least as many as the
+pages asked so far reach), and the number of matches in all."""
 
 
 @dataclass
@@ -71,23 +82,24 @@ class ReadCaches:
     """This replica's caches, listened for and dropped together."""
 
     entities: ReadCache[ServedEntity]
-    pages: ReadCache[PageUids]
+    results: ReadCache[QueryResult]
+    """Keyed by everything a `by-query` asks but offset and limit: its pages are slices of one result."""
 
     @classmethod
-    def sized(cls, entities: int, pages: int) -> ReadCaches:
-        return cls(ReadCache(entities), ReadCache(pages))
+    def sized(cls, entities: int, result_uids: int) -> ReadCaches:
+        return cls(ReadCache(entities), ReadCache(result_uids, weigh=lambda result: len(result[0]) + 1))
 
     @property
     def listening(self) -> bool:
-        return self.entities.listening and self.pages.listening
+        return self.entities.listening and self.results.listening
 
     @listening.setter
     def listening(self, value: bool) -> None:
-        self.entities.listening = self.pages.listening = value
+        self.entities.listening = self.results.listening = value
 
     def drop(self) -> None:
         self.entities.drop()
-        self.pages.drop()
+        self.results.drop()
 
 
 def drop_after(cache: ReadCache | ReadCaches, handler: Callable[..., Awaitable]) -> Callable[..., Awaitable]:

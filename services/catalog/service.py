@@ -69,7 +69,7 @@ from services.catalog.query import (
     project_fields,
     search_words,
 )
-from services.catalog.read_cache import PageUids, ReadCache
+from services.catalog.read_cache import ReadCache, ReadCaches
 from services.catalog.relations import Reference, references_of
 from services.catalog.resolution import Stale, rewire_referrers, served_relations, write_relations
 from services.catalog.scopes import ScopeSelector, names_scope, parse_scoped_ref, scoped_ref
@@ -434,7 +434,7 @@ async def query_entities(
     query: EntityQuery,
     visible: Visibility = EVERYTHING,
     *,
-    pages: ReadCache[PageUids] | None = None,
+    caches: ReadCaches | None = None,
 ) -> QueryPage:
     """Backstage's `GET /entities/by-query`: a page, the total, and cursors to the next and previous pages."""
     cursor = (
@@ -464,8 +464,12 @@ async def query_entities(
         limit=query.limit,
         fields=parse_fields_param(_as_list(query.fields)),
         cursor_at=lambda offset: encode_cursor(msgspec.structs.replace(cursor, offset=offset)),
-        pages=pages,
+        caches=caches,
     )
+
+
+RESULT_WINDOW = 1_000
+"""Matches a `by-query` reads at once, from the first: ten pages of 100, so turning pages costs one query."""
 
 
 async def query_page(
@@ -479,24 +483,45 @@ async def query_page(
     limit: int,
     fields: tuple[str, ...] | None,
     cursor_at: Callable[[int], str],
-    pages: ReadCache[PageUids] | None = None,
+    caches: ReadCaches | None = None,
 ) -> QueryPage:
-    """A page of matching entities, the total, and cursors (made by `cursor_at(offset)`) to the pages around. Which
-    entities the page holds comes from `pages` when it remembers the query (read_cache.py); their served JSON is
-    read each time."""
-    key = (scope, where, full_text, tuple(order), offset, limit)
-    remembered = pages.get(key) if pages is not None else None
-    async with pool.acquire() as conn:
-        if remembered is None:
-            epoch = pages.epoch if pages is not None else 0
+    """A page of matching entities, the total, and cursors (made by `cursor_at(offset)`) to the pages around.
+
+    Matches are read in windows of `RESULT_WINDOW` from the first: the pages a client turns through share one
+    query. With `caches`, the result is remembered for the pages after (`caches.results`) and the entities' served
+    JSON comes from `caches.entities` where it holds them (read_cache.py); only what neither holds is read."""
+    key = (scope, where, full_text, tuple(order))
+    end = offset + limit
+    remembered = caches.results.get(key) if caches is not None else None
+    if remembered is None or len(remembered[0]) < min(end, remembered[1]):
+        epoch = caches.results.epoch if caches is not None else 0
+        window = -(-end // RESULT_WINDOW) * RESULT_WINDOW
+        async with pool.acquire() as conn:
             remembered = await store.query_entities(
-                conn, scope, where, full_text=full_text, order=order, offset=offset, limit=limit
+                conn, scope, where, full_text=full_text, order=order, offset=0, limit=window
             )
-            if pages is not None:
-                pages.put(key, remembered, epoch)
-        uids, total = remembered
-        page = await store.served_in_order(conn, uids)
+        if caches is not None:
+            caches.results.put(key, remembered, epoch)
+    uids, total = remembered
+    page = await _served_by_uids(pool, uids[offset:end], caches.entities if caches is not None else None)
     return QueryPage(_items(page, fields), total, _page_info(offset, len(page), total, limit, cursor_at))
+
+
+async def _served_by_uids(pool: asyncpg.Pool, uids: list[Any], cache: ReadCache[ServedEntity] | None) -> list[str]:
+    """The served JSON of these entities in the order given (missing ones skipped): from `cache` where it holds
+    them by uid, the rest in one read, which the cache then keeps."""
+    cached = [cache.get(uid) for uid in uids] if cache is not None else [None] * len(uids)
+    missing = [uid for uid, served in zip(uids, cached, strict=True) if served is None]
+    if not missing:
+        return [served.json for served in cached]  # type: ignore[union-attr]
+    epoch = cache.epoch if cache is not None else 0
+    async with pool.acquire() as conn:
+        read = await store.served_by_uids(conn, missing)
+    if cache is not None:
+        for uid, served in read.items():
+            cache.put(uid, served, epoch)
+    found = (served or read.get(uid) for uid, served in zip(uids, cached, strict=True))
+    return [served.json for served in found if served is not None]
 
 
 async def search_entities(pool: asyncpg.Pool, query: SearchQuery, visible: Visibility = EVERYTHING) -> SearchPage:
@@ -567,7 +592,7 @@ async def query_by_predicate(
     request: PredicateQueryRequest,
     visible: Visibility = EVERYTHING,
     *,
-    pages: ReadCache[PageUids] | None = None,
+    caches: ReadCaches | None = None,
 ) -> QueryPage:
     """Backstage's `POST /entities/by-query`: the predicate form of `GET /entities/by-query`."""
     cursor = (
@@ -597,7 +622,7 @@ async def query_by_predicate(
         limit=request.limit,
         fields=parse_fields_param(request.fields or []),
         cursor_at=lambda offset: _encode_predicate_cursor(msgspec.structs.replace(cursor, offset=offset)),
-        pages=pages,
+        caches=caches,
     )
 
 

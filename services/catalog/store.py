@@ -589,9 +589,16 @@ async def search_entities(
 
 async def served_in_order(conn: asyncpg.Connection, uids: list[Any]) -> list[str]:
     """The served JSON of these entities in the order given (uids of missing entities skipped)."""
-    rows = await conn.fetch("SELECT uid::text AS uid, final_entity FROM entities WHERE uid = ANY($1::uuid[])", uids)
-    by_uid = {row["uid"]: row["final_entity"] for row in rows}
-    return [json for json in (by_uid.get(str(uid)) for uid in uids) if json is not None]
+    by_uid = await served_by_uids(conn, [uuid.UUID(str(uid)) for uid in uids])
+    return [served.json for served in (by_uid.get(uuid.UUID(str(uid))) for uid in uids) if served is not None]
+
+
+async def served_by_uids(conn: asyncpg.Connection, uids: list[uuid.UUID]) -> dict[uuid.UUID, ServedEntity]:
+    """These entities as served, by uid (missing ones left out)."""
+    rows = await conn.fetch(
+        "SELECT uid, etag, final_entity FROM entities WHERE uid = ANY($1::uuid[]) AND final_entity IS NOT NULL", uids
+    )
+    return {row["uid"]: ServedEntity(row["etag"], row["final_entity"]) for row in rows}
 
 
 def _served(row: asyncpg.Record | None) -> ServedEntity | None:

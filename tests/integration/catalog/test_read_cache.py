@@ -9,6 +9,7 @@ import copy
 
 import pytest_asyncio
 
+from services.catalog import store
 from services.catalog.app import DEFINITION as CATALOG
 from services.catalog.app import Settings as CatalogSettings
 from shared.service import running_service
@@ -111,18 +112,61 @@ async def titles_found(http, replica, term: str) -> list[str]:
 async def test_by_query_pages_are_remembered_until_a_write(replicas, http):
     first, second = replicas
     assert await titles_found(http, first, "sec") == [] and await titles_found(http, second, "sec") == []
-    assert len(first.deps.context.caches.pages) == 1 and len(second.deps.context.caches.pages) == 1
+    assert len(first.deps.context.caches.results) == 1 and len(second.deps.context.caches.results) == 1
     await replace(http, first, "Second")
     assert await titles_found(http, first, "sec") == ["Second"]
-    await until(lambda: len(second.deps.context.caches.pages) == 0)
+    await until(lambda: len(second.deps.context.caches.results) == 0)
     assert await titles_found(http, second, "sec") == ["Second"]
 
 
+async def test_a_pages_entities_are_served_from_the_cache_by_uid_until_a_write(replicas, http):
+    first, second = replicas
+    uid = await first.deps.pool.fetchval("SELECT uid FROM entities WHERE ref = $1", KEY[1])
+    assert await titles_found(http, second, "fir") == ["First"]
+    assert second.deps.context.caches.entities.get(uid) is not None
+    assert await titles_found(http, second, "fir") == ["First"]  # page and entity both from the caches
+    await replace(http, first, "Firstly")
+    await until(lambda: second.deps.context.caches.entities.get(uid) is None)
+    assert await titles_found(http, second, "fir") == ["Firstly"]
+
+
 async def test_with_the_caches_off_reads_are_served_and_nothing_is_kept(make_settings, http):
-    settings = make_settings(CatalogSettings, read_cache_entities=0, read_cache_pages=0)
+    settings = make_settings(CatalogSettings, read_cache_entities=0, read_cache_result_uids=0)
     async with running_service(CATALOG, settings) as catalog:
         async with http.post(f"{catalog.url}/api/catalog/entities", json=COMPONENT) as r:
             assert r.status == 201, await r.text()
         assert await title(http, catalog) == "First" and await titles_found(http, catalog, "fir") == ["First"]
-        assert len(catalog.deps.context.caches.entities) == 0 and len(catalog.deps.context.caches.pages) == 0
+        assert len(catalog.deps.context.caches.entities) == 0 and len(catalog.deps.context.caches.results) == 0
         assert not any(task.done() for task in catalog.tasks)
+
+
+async def test_pages_are_slices_of_one_result_read_a_window_at_a_time(make_settings, http, monkeypatch):
+    monkeypatch.setattr("services.catalog.service.RESULT_WINDOW", 2)
+    windows_read = []
+    query_entities = store.query_entities
+
+    async def recording(*args, **kwargs):
+        windows_read.append(kwargs["limit"])
+        return await query_entities(*args, **kwargs)
+
+    monkeypatch.setattr(store, "query_entities", recording)
+    async with running_service(CATALOG, make_settings(CatalogSettings)) as catalog:
+        await until(lambda: catalog.deps.context.caches.listening)
+        for name in ("p-1", "p-2", "p-3", "p-4", "p-5"):
+            entity = copy.deepcopy(COMPONENT)
+            entity["metadata"]["name"] = name
+            async with http.post(f"{catalog.url}/api/catalog/entities", json=entity) as r:
+                assert r.status == 201, await r.text()
+        await until(lambda: len(catalog.deps.context.caches.results) == 0)  # the creations' notices have come
+
+        async def page(offset: int) -> list[str]:
+            params = {"filter": "kind=component", "limit": "1", "offset": str(offset)}
+            async with http.get(f"{catalog.url}/api/catalog/entities/by-query", params=params) as r:
+                body = await r.json()
+            assert body["totalItems"] == 5
+            return [item["metadata"]["name"] for item in body["items"]]
+
+        assert await page(0) == ["p-1"] and await page(1) == ["p-2"] and windows_read == [2]
+        assert await page(3) == ["p-4"] and windows_read == [2, 4]  # read again, up to the window holding offset 3
+        assert await page(4) == ["p-5"] and windows_read == [2, 4, 6]
+        assert await page(2) == ["p-3"] and await page(5) == [] and windows_read == [2, 4, 6]  # all 5 remembered

@@ -1,5 +1,5 @@
-"""The served-entity cache's rules: nothing stored while write notices are not received, nothing stored by a read
-that began before a drop, and at most `capacity` entries."""
+"""The read caches' rules: nothing stored while write notices are not received, nothing stored by a read that
+began before a drop, and at most `capacity` in all, each entry weighed as its cache says."""
 
 from __future__ import annotations
 
@@ -47,6 +47,17 @@ def test_the_oldest_entry_goes_when_full():
     for key in ("a", "b", "c"):
         cache.put(key, ENTITY, cache.epoch)
     assert (cache.get("a"), cache.get("b"), cache.get("c")) == (None, ENTITY, ENTITY)
+
+
+def test_weighed_entries_make_room_for_a_heavier_one_oldest_first_and_a_replaced_one_stops_counting():
+    cache = ReadCache(10, weigh=len)
+    cache.listening = True
+    for key, value in (("a", "1234"), ("b", "1234"), ("a", "12"), ("c", "12345")):
+        cache.put(key, value, cache.epoch)
+    # a (replaced by 2 units) was stored after b: b goes to make room for c, a stays
+    assert (cache.get("a"), cache.get("b"), cache.get("c")) == ("12", None, "12345")
+    cache.put("d", "x" * 11, cache.epoch)  # heavier than the whole cache: not stored, nothing evicted
+    assert cache.get("d") is None and len(cache) == 2
 
 
 def test_capacity_zero_stores_nothing():
