@@ -10,7 +10,7 @@ import math
 import re
 from dataclasses import dataclass
 from decimal import Decimal
-from typing import Any
+from typing import Any, NamedTuple
 
 from shared.errors import FieldError, InputError
 
@@ -23,9 +23,9 @@ MAX_VALUE_LENGTH = 200
 DEFAULT_NAMESPACE = "default"
 
 
-@dataclass(frozen=True, slots=True)
-class SearchRow:
-    """One row of the `search` table: lower-cased `key`/`value` and the value as written."""
+class SearchRow(NamedTuple):
+    """One row of the `search` table: lower-cased `key`/`value` and the value as written. A tuple: an entity has
+    dozens and a bulk load builds millions."""
 
     key: str
     value: str | None
@@ -66,12 +66,21 @@ def build_search_rows(entity: dict[str, Any]) -> list[SearchRow]:
         raw.append(("metadata.namespace", DEFAULT_NAMESPACE))
     raw += [(f"relations.{r['type']}", r["targetRef"]) for r in entity.get("relations") or []]
     _reject_case_duplicates(raw)
-    rows, seen = [], set()
-    for row in filter(None, map(_to_row, raw)):
-        if (row.key, row.value) not in seen:
-            seen.add((row.key, row.value))
-            rows.append(row)
-    return rows
+    originals: dict[tuple[str, str | None], str | None] = {}  # the first row of each (key, value) is kept
+    for path, written in raw:
+        key = path.lower()
+        if _too_long(key, MAX_KEY_LENGTH):
+            continue
+        if written is None:
+            original = value = None
+        else:
+            original = written if type(written) is str else _js_string(written)
+            value = original.lower()
+            # Too long to index: the key is still recorded, so exists-filters keep working.
+            if _too_long(value, MAX_VALUE_LENGTH):
+                original = value = None
+        originals.setdefault((key, value), original)
+    return [SearchRow(key, value, original) for (key, value), original in originals.items()]
 
 
 FULL_TEXT_LIMIT = 10_000
@@ -158,23 +167,11 @@ def _reject_case_duplicates(raw: list[tuple[str, Any]]) -> None:
         )
 
 
-def _to_row(kv: tuple[str, Any]) -> SearchRow | None:
-    key = kv[0].lower()
-    if _js_length(key) > MAX_KEY_LENGTH:
-        return None
-    if kv[1] is None:
-        return SearchRow(key, None, None)
-    original = _js_string(kv[1])
-    value = original.lower()
-    # Too long to index: the key is still recorded, so exists-filters keep working.
-    if _js_length(value) > MAX_VALUE_LENGTH:
-        return SearchRow(key, None, None)
-    return SearchRow(key, value, original)
-
-
-def _js_length(text: str) -> int:
-    # JavaScript measures strings in UTF-16 code units (one per character in ASCII).
-    return len(text) if text.isascii() else len(text.encode("utf-16-le")) // 2
+def _too_long(text: str, limit: int) -> bool:
+    # JavaScript measures strings in UTF-16 code units: one or two per character, one in ASCII.
+    if len(text) <= limit // 2:
+        return False
+    return (len(text) if text.isascii() else len(text.encode("utf-16-le")) // 2) > limit
 
 
 def _js_string(value: str | int | float) -> str:

@@ -164,31 +164,29 @@ async def replace_relations(conn: asyncpg.Connection, emitted: dict[str, list[Re
     )
 
 
-def _relation(row: asyncpg.Record) -> Relation:
-    return Relation(row["scope"], row["source_ref"], row["type"], row["target_scope"], row["target_ref"])
+_RELATION_COLUMNS = "scope, source_ref, type, target_scope, target_ref"
+"""A relation's columns in `Relation`'s order: a row of them is the tuple (`Relation._make`)."""
 
 
 async def relations_from(conn: asyncpg.Connection, scope: str, refs: Iterable[str]) -> list[Relation]:
     """Every relation whose source is one of `refs` at `scope`, whoever emitted it."""
     rows = await conn.fetch(
-        "SELECT DISTINCT scope, source_ref, type, target_scope, target_ref FROM relations "
-        "WHERE scope = $1 AND source_ref = ANY($2::text[])",
+        f"SELECT DISTINCT {_RELATION_COLUMNS} FROM relations WHERE scope = $1 AND source_ref = ANY($2::text[])",
         scope,
         list(refs),
     )
-    return [_relation(r) for r in rows]
+    return list(map(Relation._make, rows))
 
 
 async def emitted_relations(conn: asyncpg.Connection, originators: list[str]) -> dict[str, set[Relation]]:
     """The relations each of these entities emits, by uid."""
     rows = await conn.fetch(
-        "SELECT originator::text AS originator, scope, source_ref, type, target_scope, target_ref FROM relations "
-        "WHERE originator = ANY($1::uuid[])",
+        f"SELECT originator::text, {_RELATION_COLUMNS} FROM relations WHERE originator = ANY($1::uuid[])",
         originators,
     )
     emitted: dict[str, set[Relation]] = {uid: set() for uid in originators}
-    for row in rows:
-        emitted[row["originator"]].add(_relation(row))
+    for originator, *relation in rows:
+        emitted[originator].add(Relation._make(relation))
     return emitted
 
 
@@ -246,10 +244,12 @@ def filter_token(key: str, value: str) -> str:
 
 
 def search_tokens(rows: list[SearchRow]) -> list[str]:
-    """`key<US>value` for every indexed value and `key<US>` for every key: what filters match against."""
-    tokens = {row.key + TOKEN_SEPARATOR for row in rows}
-    tokens.update(row.key + TOKEN_SEPARATOR + row.value for row in rows if row.value is not None)
-    return sorted(tokens)
+    """`key<US>value` for every indexed value and `key<US>` for every key: what filters match against. `rows` are
+    distinct (key, value) pairs, as `build_search_rows` makes them."""
+    tokens = [key + TOKEN_SEPARATOR for key in {key for key, _, _ in rows}]
+    tokens += [key + TOKEN_SEPARATOR + value for key, value, _ in rows if value is not None]
+    tokens.sort()
+    return tokens
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -269,7 +269,7 @@ class StitchedWrite:
 def stitched_write(stitched: list[StitchedEntity]) -> StitchedWrite:
     return StitchedWrite(
         uids=[s.uid for s in stitched],
-        search_records=[(s.uid, r.key, r.value, r.original_value) for s in stitched for r in s.search_rows],
+        search_records=[(s.uid, *row) for s in stitched for row in s.search_rows],
         final_entities=[s.final_entity for s in stitched],
         tokens=_json_texts(search_tokens(s.search_rows) for s in stitched),
         full_text=[[s.full_text[i] for s in stitched] for i in range(4)],
