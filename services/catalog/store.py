@@ -589,8 +589,9 @@ async def search_entities(
 
 async def served_in_order(conn: asyncpg.Connection, uids: list[Any]) -> list[str]:
     """The served JSON of these entities in the order given (uids of missing entities skipped)."""
-    by_uid = await served_by_uids(conn, [uuid.UUID(str(uid)) for uid in uids])
-    return [served.json for served in (by_uid.get(uuid.UUID(str(uid))) for uid in uids) if served is not None]
+    wanted = [uuid.UUID(str(uid)) for uid in uids]
+    by_uid = await served_by_uids(conn, wanted)
+    return [by_uid[uid].json for uid in wanted if uid in by_uid]
 
 
 async def served_by_uids(conn: asyncpg.Connection, uids: list[uuid.UUID]) -> dict[uuid.UUID, ServedEntity]:

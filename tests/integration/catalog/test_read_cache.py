@@ -151,13 +151,18 @@ async def test_pages_are_slices_of_one_result_read_a_window_at_a_time(make_setti
 
     monkeypatch.setattr(store, "query_entities", recording)
     async with running_service(CATALOG, make_settings(CatalogSettings)) as catalog:
-        await until(lambda: catalog.deps.context.caches.listening)
-        for name in ("p-1", "p-2", "p-3", "p-4", "p-5"):
+        caches = catalog.deps.context.caches
+        await until(lambda: caches.listening)
+        before = caches.results.epoch
+        names = ("p-1", "p-2", "p-3", "p-4", "p-5")
+        for name in names:
             entity = copy.deepcopy(COMPONENT)
             entity["metadata"]["name"] = name
             async with http.post(f"{catalog.url}/api/catalog/entities", json=entity) as r:
                 assert r.status == 201, await r.text()
-        await until(lambda: len(catalog.deps.context.caches.results) == 0)  # the creations' notices have come
+        # Each creation drops the caches twice: once its route answered, once its notice came. Until every notice
+        # has come, a late one would drop the result between the pages below.
+        await until(lambda: caches.results.epoch >= before + 2 * len(names))
 
         async def page(offset: int) -> list[str]:
             params = {"filter": "kind=component", "limit": "1", "offset": str(offset)}
