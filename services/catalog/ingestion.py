@@ -10,7 +10,6 @@ the location still ingests.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import itertools
 import logging
@@ -48,7 +47,7 @@ from services.catalog.service import (
     served_relations,
     write_entities,
 )
-from services.catalog.stitching import restitch
+from services.catalog.stitching import restitch_bulk
 from services.catalog.url_reader import UrlFetcher, blocking_fetch
 from shared.authz import EVERYTHING, Visibility
 from shared.db import transaction
@@ -62,8 +61,6 @@ READ_BATCH = 1000
 """Entities read, validated and written per batch of a location read."""
 BULK_CHANGES = 500
 """A read that changes at least this many entities vacuums and analyzes the catalog's tables afterwards."""
-MERGE_ALONGSIDE = 500
-"""A read that stitches at least this many entities merges index entries from another connection meanwhile."""
 log = logging.getLogger(__name__)
 
 
@@ -221,7 +218,7 @@ async def apply_read(
 ) -> dict[str, Any]:
     """Bring the location's entities in line with what it emits now, batch by batch, then stitch every entity
     touched once, in `conn`'s transaction; returns counts and errors. A large read also takes a connection from
-    `pool` to merge index entries while it stitches (`store.merging_pending_entries`)."""
+    `pool` to merge index entries while it stitches (`stitching.restitch_bulk`)."""
     errors: list[dict[str, Any]] = []
     counts = {"created": 0, "updated": 0, "orphaned": 0, "deleted": 0, "unchanged": 0, "conflicts": 0, "denied": 0}
     seen: set[str] = set()
@@ -260,9 +257,7 @@ async def apply_read(
         ]
         counts["orphaned"] += len(writes)
     stale |= await write_entities(conn, actor, scope, writes, kinds=kinds, stage_events=True)
-    async with store.merging_pending_entries(pool) if len(stale) >= MERGE_ALONGSIDE else contextlib.nullcontext():
-        await restitch(conn, stale)
-    await store.merge_pending_entries(conn)
+    await restitch_bulk(pool, conn, stale)
     await write_staged_events(conn)
     await store.record_location_read(conn, location_id, errors)
     return {**counts, "errors": errors}

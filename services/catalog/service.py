@@ -73,7 +73,7 @@ from services.catalog.read_cache import ReadCache, ReadCaches
 from services.catalog.relations import Reference, references_of
 from services.catalog.resolution import Stale, rewire_referrers, served_relations, write_relations
 from services.catalog.scopes import ScopeSelector, names_scope, parse_scoped_ref, scoped_ref
-from services.catalog.stitching import restitch
+from services.catalog.stitching import restitch, restitch_bulk
 from services.catalog.validation import default_namespace, validate_entity
 from services.catalog.visibility import EntityGate, EntityViewer, gate_of
 from shared import outbox
@@ -766,6 +766,7 @@ async def ingest_properties(
     updated_count = 0
     async with transaction(pool) as conn:
         kinds = await kinds_module.load(conn)
+        await store.defer_index_merges(conn)  # one call may set properties on thousands of entities
         originals: dict[tuple[str, str], StoredEntity] = {}
         for item_scope in sorted({item_scope for _, _, item_scope, _ in plans}):
             refs = sorted({ref for _, ref, s, _ in plans if s == item_scope})
@@ -796,8 +797,10 @@ async def ingest_properties(
             original = originals[(item_scope, entity.ref)]
             if entity is not original:
                 writes.setdefault(item_scope, []).append(EntityWrite(original, entity, served_relations(entity, kinds)))
+        stale: Stale = set()
         for item_scope, scope_writes in writes.items():
-            await apply_writes(conn, actor, item_scope, scope_writes, kinds=kinds)
+            stale |= await write_entities(conn, actor, item_scope, scope_writes, kinds=kinds)
+        await restitch_bulk(pool, conn, stale)
     return IngestResult(updated=updated_count, unchanged=len(plans) - updated_count), outcomes
 
 

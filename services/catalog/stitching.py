@@ -9,6 +9,7 @@ queryable at once and a bulk load stitches each entity once.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections import defaultdict
 from collections.abc import Iterable
 
@@ -21,6 +22,18 @@ from shared.db import transaction
 
 STITCH_BATCH = 2000
 """Entities stitched per round trip: large enough for set-based writes, small enough to bound memory."""
+MERGE_ALONGSIDE = 500
+"""A bulk write that stitches at least this many entities merges index entries from another connection meanwhile."""
+
+
+async def restitch_bulk(pool: asyncpg.Pool, conn: asyncpg.Connection, stale: Iterable[tuple[str, str]]) -> None:
+    """`restitch` for a transaction that called `store.defer_index_merges` before its writes: with many entities,
+    another pooled connection merges the GIN pending lists meanwhile (`store.merging_pending_entries`); what is
+    left is merged before the transaction commits, so readers never scan a long pending list."""
+    stale = set(stale)
+    async with store.merging_pending_entries(pool) if len(stale) >= MERGE_ALONGSIDE else contextlib.nullcontext():
+        await restitch(conn, stale)
+    await store.merge_pending_entries(conn)
 
 
 async def restitch(conn: asyncpg.Connection, stale: Iterable[tuple[str, str]]) -> None:

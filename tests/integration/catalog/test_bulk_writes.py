@@ -13,6 +13,7 @@ import pytest_asyncio
 from services.catalog import ingestion, stitching, store
 from services.catalog.app import DEFINITION as CATALOG
 from services.catalog.app import Settings as CatalogSettings
+from services.catalog.query import build_search_rows
 from shared.service import running_service
 from tests.helpers import eventually
 
@@ -39,7 +40,7 @@ YAML = "---\n".join(
 async def catalog(make_settings, tmp_path, monkeypatch):
     monkeypatch.setattr(ingestion, "READ_BATCH", 2)
     monkeypatch.setattr(stitching, "STITCH_BATCH", 2)
-    monkeypatch.setattr(ingestion, "MERGE_ALONGSIDE", 1)  # every read merges index entries from a second connection
+    monkeypatch.setattr(stitching, "MERGE_ALONGSIDE", 1)  # bulk writes merge index entries alongside
     (tmp_path / "catalog-info.yaml").write_text(YAML)
     settings = make_settings(CatalogSettings, file_location_roots=str(tmp_path), refresh_interval_seconds=3600)
     async with running_service(CATALOG, settings) as service:
@@ -160,6 +161,14 @@ async def test_an_ingest_batch_naming_an_entity_twice_applies_both_in_order(cata
     served = await entity(http, catalog, "component", "svc-2")
     assert served["metadata"]["annotations"]["a"] == "1" and served["spec"]["lifecycle"] == "deprecated"
     assert (await event_counts(catalog))["catalog.entity.updated"] == 2  # one per entity changed
+    async with catalog.deps.pool.acquire() as conn:  # written like a location read: index entries merged at commit
+        for index in store.GIN_INDEXES:
+            assert await conn.fetchval("SELECT gin_clean_pending_list($1::regclass)", index) == 0, index
+        # Only the changed search rows were replaced; what is left is exactly the served entity's rows, once each.
+        query = "SELECT key, value, original_value FROM search WHERE entity_uid = $1"
+        stored = [tuple(row) for row in await conn.fetch(query, served["metadata"]["uid"])]
+    assert sorted(stored, key=repr) == sorted(build_search_rows(served), key=repr)
+    assert ("spec.lifecycle", "deprecated", "deprecated") in stored and ("spec.lifecycle", "beta", "beta") not in stored
 
 
 async def test_entities_stored_before_served_json_was_kept_are_stitched(catalog, http, tmp_path):
