@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import aiohttp
 from yarl import URL
 
+from shared.config import BaseSettings
 from shared.errors import PayloadTooLargeError, ProblemError
 from shared.proxy_client import ProxyClient
 from shared.secretref import SecretError, SecretResolver, parse_secret_ref
@@ -69,16 +70,39 @@ def parse_repository_hosts(text: str) -> dict[str, RepositoryHost]:
     return hosts
 
 
-def check_proxy_settings(proxy_url: str | None, proxy_token: str | None, repository_hosts: str) -> None:
-    """Raises ValueError, naming the variable at fault, for settings a service cannot read repositories with."""
-    parse_repository_hosts(repository_hosts)
-    if proxy_token is not None:
-        try:
-            parse_secret_ref(proxy_token)
-        except SecretError as exc:
-            raise ValueError(f"IDP_PROXY_TOKEN: {exc}") from None
-    if repository_hosts and not (proxy_url and proxy_token):
-        raise ValueError("IDP_REPOSITORY_HOSTS needs IDP_PROXY_URL and IDP_PROXY_TOKEN")
+class RepositorySettings(BaseSettings, kw_only=True, forbid_unknown_fields=True):
+    """Settings of a service that reads repository files through the plugin-proxy as its own service account."""
+
+    proxy_url: str | None = None
+    """The plugin-proxy's base URL, through which repository files are read (`IDP_PROXY_URL`)."""
+    proxy_token: str | None = None
+    """Secret reference (`env:NAME` or `file:/path`) to the API key of the service account this service calls the
+    proxy as (`IDP_PROXY_TOKEN`); it needs `proxy_endpoint_use` on the repository endpoints."""
+    repository_hosts: str = ""
+    """Which proxy endpoint serves each repository host's files, and at which path (`IDP_REPOSITORY_HOSTS`):
+    `host=endpoint[/raw path]` entries separated by spaces, the raw path built from `{owner}`, `{repo}`, `{ref}`
+    and `{path}` (default GitHub's `/{owner}/{repo}/{ref}/{path}`)."""
+
+    def __post_init__(self) -> None:
+        """Refuses, naming the variable at fault, settings the service cannot read repositories with."""
+        super().__post_init__()
+        parse_repository_hosts(self.repository_hosts)
+        if self.proxy_token is not None:
+            try:
+                parse_secret_ref(self.proxy_token)
+            except SecretError as exc:
+                raise ValueError(f"IDP_PROXY_TOKEN: {exc}") from None
+        if self.repository_hosts and not (self.proxy_url and self.proxy_token):
+            raise ValueError("IDP_REPOSITORY_HOSTS needs IDP_PROXY_URL and IDP_PROXY_TOKEN")
+
+    def repository_proxy(self, secrets: SecretResolver, *, max_bytes: int, timeout: float) -> RepositoryProxy | None:
+        """The reader these settings describe; None without a proxy URL and token."""
+        if not (self.proxy_url and self.proxy_token):
+            return None
+        hosts = parse_repository_hosts(self.repository_hosts)
+        return RepositoryProxy(
+            hosts, self.proxy_url, self.proxy_token, secrets=secrets, max_bytes=max_bytes, timeout=timeout
+        )
 
 
 def raw_path_of(host: RepositoryHost, source: URL, path: str) -> str:

@@ -15,14 +15,13 @@ from services.catalog import api, handlers, ingestion, stitching
 from services.catalog.read_cache import ReadCaches, listen_for_writes
 from services.catalog.url_reader import DirectFetcher, ProxiedFetcher, UrlFetcher, UrlPolicy
 from shared.access import AccessReplica
-from shared.config import BaseSettings
 from shared.events import SYSTEM
-from shared.repositories import RepositoryProxy, check_proxy_settings, parse_repository_hosts
+from shared.repositories import RepositorySettings
 from shared.secretref import SecretResolver
 from shared.service import Deps, ServiceDefinition, run_service
 
 
-class Settings(BaseSettings, kw_only=True, forbid_unknown_fields=True):
+class Settings(RepositorySettings, kw_only=True, forbid_unknown_fields=True):
     file_location_roots: str = ""
     """Directories `file:` locations may read, separated by `:` (`IDP_FILE_LOCATION_ROOTS`); none by default."""
     orphan_strategy: Literal["keep", "delete"] = "keep"
@@ -34,17 +33,6 @@ class Settings(BaseSettings, kw_only=True, forbid_unknown_fields=True):
     private, link-local), comma-separated (`IDP_URL_LOCATION_ALLOW`); none by default."""
     url_fetch_timeout_seconds: Annotated[float, msgspec.Meta(gt=0, le=300)] = 10.0
     """How long one `url:` fetch may take (`IDP_URL_FETCH_TIMEOUT_SECONDS`)."""
-    proxy_url: str | None = None
-    """The plugin-proxy's base URL, through which `url:` locations on the repository hosts are read
-    (`IDP_PROXY_URL`)."""
-    proxy_token: str | None = None
-    """Secret reference (`env:NAME` or `file:/path`) to the API key of the service account the catalog calls the
-    proxy as (`IDP_PROXY_TOKEN`); it needs `proxy_endpoint_use` on the repository endpoints."""
-    repository_hosts: str = ""
-    """Which proxy endpoint serves each private repository host's files, and at which path
-    (`IDP_REPOSITORY_HOSTS`): `host=endpoint[/raw path]` entries separated by spaces, the raw path built from
-    `{owner}`, `{repo}`, `{ref}` and `{path}` (default GitHub's `/{owner}/{repo}/{ref}/{path}`). `url:` locations
-    on other hosts are fetched directly."""
     read_cache_entities: Annotated[int, msgspec.Meta(ge=0, le=1_000_000)] = 60_000
     """Served entities this process keeps for by-name reads and for the entities of `by-query` pages, dropped on
     every entity write (`IDP_READ_CACHE_ENTITIES`; 0 turns this cache off). About 3 kB each for a typical entity."""
@@ -56,24 +44,19 @@ class Settings(BaseSettings, kw_only=True, forbid_unknown_fields=True):
     def __post_init__(self) -> None:
         super().__post_init__()
         self.url_policy()  # a malformed allow list stops the service at start-up
-        check_proxy_settings(self.proxy_url, self.proxy_token, self.repository_hosts)
 
     def url_policy(self) -> UrlPolicy:
         return UrlPolicy.parse_allow(self.url_location_allow, timeout_seconds=self.url_fetch_timeout_seconds)
 
     def url_fetcher(self, secrets: SecretResolver) -> UrlFetcher:
+        """`url:` locations on the repository hosts through the plugin-proxy; on other hosts, fetched directly."""
         direct = DirectFetcher(self.url_policy())
         if not self.repository_hosts:
             return direct
-        assert self.proxy_url and self.proxy_token, "checked in __post_init__"
-        repositories = RepositoryProxy(
-            parse_repository_hosts(self.repository_hosts),
-            self.proxy_url,
-            self.proxy_token,
-            secrets=secrets,
-            max_bytes=direct.policy.max_bytes,
-            timeout=self.url_fetch_timeout_seconds,
+        repositories = self.repository_proxy(
+            secrets, max_bytes=direct.policy.max_bytes, timeout=self.url_fetch_timeout_seconds
         )
+        assert repositories is not None, "repository hosts need a proxy URL and token (__post_init__)"
         return ProxiedFetcher(repositories, direct)
 
     def ingestion_policy(self, access: AccessReplica, fetcher: UrlFetcher) -> ingestion.IngestionPolicy:

@@ -13,14 +13,13 @@ import msgspec
 from services.scorecard import api, handlers
 from services.scorecard.files import MAX_FILE_BYTES, LocalFiles, ProxyFiles, RepositoryFiles
 from services.scorecard.webhook import RetryPolicy
-from shared.config import BaseSettings
 from shared.http import Routes
-from shared.repositories import RepositoryProxy, check_proxy_settings, parse_repository_hosts
+from shared.repositories import RepositorySettings
 from shared.secretref import SecretResolver
 from shared.service import Deps, ServiceDefinition, run_service
 
 
-class Settings(BaseSettings, kw_only=True, forbid_unknown_fields=True):
+class Settings(RepositorySettings, kw_only=True, forbid_unknown_fields=True):
     file_roots: str = ""
     """Directories file rules may read, separated by `:` (`IDP_FILE_ROOTS`); none by default."""
     schedule_interval_seconds: Annotated[float, msgspec.Meta(gt=0)] = 3600.0
@@ -36,23 +35,10 @@ class Settings(BaseSettings, kw_only=True, forbid_unknown_fields=True):
     (`IDP_ALERT_WEBHOOK_BACKOFF_SECONDS`)."""
     alert_webhook_timeout_seconds: Annotated[float, msgspec.Meta(gt=0)] = 10.0
     """Time allowed for one delivery attempt (`IDP_ALERT_WEBHOOK_TIMEOUT_SECONDS`)."""
-    proxy_url: str | None = None
-    """The plugin-proxy's base URL, through which files of `url:` locations are read (`IDP_PROXY_URL`)."""
-    proxy_token: str | None = None
-    """Secret reference (`env:NAME` or `file:/path`) to the API key of the service account the scorecard calls the
-    proxy as (`IDP_PROXY_TOKEN`); it needs `proxy_endpoint_use` on the repository endpoints."""
-    repository_hosts: str = ""
-    """Which proxy endpoint serves each repository host's files, and at which path (`IDP_REPOSITORY_HOSTS`):
-    `host=endpoint[/raw path]` entries separated by spaces, the raw path built from `{owner}`, `{repo}`, `{ref}`
-    and `{path}` (default GitHub's `/{owner}/{repo}/{ref}/{path}`)."""
     file_max_bytes: Annotated[int, msgspec.Meta(ge=1)] = MAX_FILE_BYTES
     """Largest file a rule reads; a larger one makes the rule `unknown` (`IDP_FILE_MAX_BYTES`)."""
     file_fetch_timeout_seconds: Annotated[float, msgspec.Meta(gt=0)] = 10.0
     """Time allowed for one file read through the proxy (`IDP_FILE_FETCH_TIMEOUT_SECONDS`)."""
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        check_proxy_settings(self.proxy_url, self.proxy_token, self.repository_hosts)
 
     def retry_policy(self) -> RetryPolicy:
         return RetryPolicy(
@@ -73,19 +59,10 @@ async def open_files(deps: Deps) -> AsyncIterator[RepositoryFiles]:
     settings: Settings = deps.settings
     local = settings.local_files()
     secrets = SecretResolver()
-    remote = None
-    if settings.proxy_url and settings.proxy_token:
-        remote = ProxyFiles(
-            RepositoryProxy(
-                parse_repository_hosts(settings.repository_hosts),
-                settings.proxy_url,
-                settings.proxy_token,
-                secrets=secrets,
-                max_bytes=settings.file_max_bytes,
-                timeout=settings.file_fetch_timeout_seconds,
-            )
-        )
-    files = RepositoryFiles(local, remote)
+    proxy = settings.repository_proxy(
+        secrets, max_bytes=settings.file_max_bytes, timeout=settings.file_fetch_timeout_seconds
+    )
+    files = RepositoryFiles(local, ProxyFiles(proxy) if proxy is not None else None)
     try:
         yield files
     finally:
