@@ -14,7 +14,7 @@ from aiohttp import web
 from services.catalog.app import DEFINITION as CATALOG
 from services.catalog.app import Settings as CatalogSettings
 from shared.service import running_service
-from tests.integration.plugin_proxy.conftest import git_host_behind_proxy
+from tests.integration.plugin_proxy.conftest import git_host_behind_proxy, gitea_raw_host
 from tests.integration.test_access_enforcement import call
 
 HOST = "git.acme.internal"
@@ -40,25 +40,19 @@ spec: {type: service, lifecycle: production, owner: billing-team}
 
 
 def git_host(requests: list[tuple[str, str | None]]) -> web.Application:
-    """Raw files at Gitea's `/{owner}/{repo}/raw/branch/{ref}/{path}`, for the git host's own token only."""
+    """The `acme/billing` repository's `main` files, for the git host's own token only."""
 
-    async def raw(request: web.Request) -> web.StreamResponse:
-        info = request.match_info
-        requests.append((request.path, request.headers.get("Authorization")))
+    async def content_of(request: web.Request) -> str | None:
         if request.headers.get("Authorization") != GIT_TOKEN:
             raise web.HTTPUnauthorized()
-        content = (
+        info = request.match_info
+        return (
             FILES.get(info["path"])
             if (info["owner"], info["repo"], info["ref"]) == ("acme", "billing", "main")
             else None
         )
-        if content is None:
-            raise web.HTTPNotFound(text="Not found.")
-        return web.Response(text=content, content_type="text/plain")
 
-    app = web.Application()
-    app.router.add_get("/{owner}/{repo}/raw/branch/{ref}/{path:.+}", raw)
-    return app
+    return gitea_raw_host(requests, content_of)
 
 
 @pytest_asyncio.fixture

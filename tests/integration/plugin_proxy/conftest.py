@@ -7,7 +7,7 @@ import contextlib
 import os
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -224,6 +224,25 @@ async def chat_endpoint(request, proxy, http, start_agents) -> AsyncIterator[tup
             assert r.status == 201, await r.text()
     yield "chat", seen
     await runner.cleanup()
+
+
+def gitea_raw_host(
+    requests: list[tuple[str, str | None]], content_of: Callable[[web.Request], Awaitable[bytes | str | None]]
+) -> web.Application:
+    """A git host serving raw files at Gitea's `/{owner}/{repo}/raw/branch/{ref}/{path}`: `content_of(request)` is
+    the file (None: 404, or it raises another HTTP error). Records (path, Authorization) of each call."""
+
+    async def raw(request: web.Request) -> web.StreamResponse:
+        requests.append((request.path, request.headers.get("Authorization")))
+        content = await content_of(request)
+        if content is None:
+            raise web.HTTPNotFound(text="Not found.")
+        body = content.encode() if isinstance(content, str) else content
+        return web.Response(body=body, content_type="text/plain")
+
+    app = web.Application()
+    app.router.add_get("/{owner}/{repo}/raw/branch/{ref}/{path:.+}", raw)
+    return app
 
 
 async def git_host_behind_proxy(

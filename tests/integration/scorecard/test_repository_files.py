@@ -17,7 +17,7 @@ from services.scorecard.app import DEFINITION as SCORECARD
 from services.scorecard.app import Settings as ScorecardSettings
 from shared.service import running_service
 from tests.helpers import eventually
-from tests.integration.plugin_proxy.conftest import git_host_behind_proxy
+from tests.integration.plugin_proxy.conftest import git_host_behind_proxy, gitea_raw_host
 from tests.integration.scorecard.helpers import GROUP, checks_of, component, create_entity, create_scorecard, report
 
 FILES = {
@@ -69,21 +69,15 @@ HYGIENE = {
 
 
 def git_host(requests: list[tuple[str, str | None]]) -> web.Application:
-    """Raw files at Gitea's `/{owner}/{repo}/raw/branch/{ref}/{path}`; records (path, Authorization) of each call."""
+    """The repositories' `main` files; the STALLING ones answer after 30 s."""
 
-    async def raw(request: web.Request) -> web.StreamResponse:
+    async def content_of(request: web.Request) -> bytes | None:
         info = request.match_info
-        requests.append((request.path, request.headers.get("Authorization")))
         if (info["repo"], info["path"]) in STALLING:
             await asyncio.sleep(30)
-        content = FILES.get(info["repo"], {}).get(info["path"]) if info["ref"] == "main" else None
-        if content is None:
-            raise web.HTTPNotFound(text="Not found.")
-        return web.Response(body=content, content_type="text/plain")
+        return FILES.get(info["repo"], {}).get(info["path"]) if info["ref"] == "main" else None
 
-    app = web.Application()
-    app.router.add_get("/{owner}/{repo}/raw/branch/{ref}/{path:.+}", raw)
-    return app
+    return gitea_raw_host(requests, content_of)
 
 
 @pytest_asyncio.fixture
