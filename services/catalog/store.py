@@ -169,9 +169,11 @@ _RELATION_COLUMNS = "scope, source_ref, type, target_scope, target_ref"
 
 
 async def relations_from(conn: asyncpg.Connection, scope: str, refs: Iterable[str]) -> list[Relation]:
-    """Every relation whose source is one of `refs` at `scope`, whoever emitted it."""
+    """Every relation whose source is one of `refs` at `scope`, once per entity that emits it: two can emit the
+    same one (a Group's `spec.parent` and its parent's `spec.children`). Every caller makes a set of them, so the
+    query leaves the duplicates to them rather than hashing every row to drop a few."""
     rows = await conn.fetch(
-        f"SELECT DISTINCT {_RELATION_COLUMNS} FROM relations WHERE scope = $1 AND source_ref = ANY($2::text[])",
+        f"SELECT {_RELATION_COLUMNS} FROM relations WHERE scope = $1 AND source_ref = ANY($2::text[])",
         scope,
         list(refs),
     )
