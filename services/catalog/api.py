@@ -237,7 +237,7 @@ def routes(deps: Deps) -> Routes:
     )
     async def get_entity_facets(request: web.Request) -> web.Response:
         query = parse_query(request, FacetsQuery)
-        return json_response(await service.entity_facets(pool, query, visible(request)))
+        return json_response(await service.entity_facets(pool, query, visible(request), cache=caches.facets))
 
     @api.post(
         "/api/catalog/entity-facets",
@@ -250,7 +250,9 @@ def routes(deps: Deps) -> Routes:
     async def query_entity_facets_by_predicate(request: web.Request) -> web.Response:
         scope = parse_query(request, ScopeReadQuery)
         body = await read_json(request, PredicateFacetsRequest)
-        return json_response(await service.facets_by_predicate(pool, scope, body, visible(request)))
+        return json_response(
+            await service.facets_by_predicate(pool, scope, body, visible(request), cache=caches.facets)
+        )
 
     @api.post(
         "/api/catalog/locations",

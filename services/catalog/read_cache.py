@@ -1,6 +1,6 @@
 """Bounded in-process caches for reads, dropped whenever entities change: served entities (by their by-name key
-and by uid, for by-name reads and the entities of `by-query` pages), and which entities (and how many in all) a
-`by-query` matches, in order, as far as its pages have been asked.
+and by uid, for by-name reads and the entities of `by-query` pages), which entities (and how many in all) a
+`by-query` matches, in order, as far as its pages have been asked, and the value counts of `entity-facets`.
 
 Every transaction that writes `entities` notifies `<schema>.entities_written` when it commits (migration 0030);
 each replica listens on one connection and drops its caches on every notice. A write made through this
@@ -11,8 +11,8 @@ fetched only if nothing was dropped since it began (`epoch`), so a read that rac
 version back; and while the listening connection is down nothing is stored, since a notice could be missed.
 
 By-name entries serve every caller: visibility is decided per request on the cached JSON (visibility.py). Result
-keys include the caller's visibility, which the query's SQL applied, so a page's entities are served by uid as
-they are.
+and facet keys include the caller's visibility, which the query's SQL applied, so a page's entities are served by
+uid as they are.
 """
 
 from __future__ import annotations
@@ -72,6 +72,13 @@ class ReadCache(Generic[V]):
         return len(self._entries)
 
 
+FacetCounts = dict[str, list[tuple[str, int]]]
+"""Per facet key, each value (as written) and how many of the selected entities have it."""
+FACET_VALUES = 100_000
+"""Facet values (with their counts) a replica keeps in all, over every cached `entity-facets` answer: ~100 bytes
+each. An answer counts its entities' search rows of each key (hundreds of milliseconds at 100,000 entities), and
+Backstage's catalog page asks for several on every load."""
+
 QueryResult = tuple[list, int]
 """What a `by-query` result holds: the uids of its first matches in order (all of them, or at least as many as the
 pages asked so far reach), and the number of matches in all."""
@@ -84,22 +91,32 @@ class ReadCaches:
     entities: ReadCache[ServedEntity]
     results: ReadCache[QueryResult]
     """Keyed by everything a `by-query` asks but offset and limit: its pages are slices of one result."""
+    facets: ReadCache[FacetCounts]
+    """Keyed by the entities an `entity-facets` selects and its keys."""
 
     @classmethod
-    def sized(cls, entities: int, result_uids: int) -> ReadCaches:
-        return cls(ReadCache(entities), ReadCache(result_uids, weigh=lambda result: len(result[0]) + 1))
+    def sized(cls, entities: int, result_uids: int, facet_values: int = FACET_VALUES) -> ReadCaches:
+        return cls(
+            ReadCache(entities),
+            ReadCache(result_uids, weigh=lambda result: len(result[0]) + 1),
+            ReadCache(facet_values, weigh=lambda counts: sum(map(len, counts.values())) + 1),
+        )
+
+    def _all(self) -> tuple[ReadCache, ...]:
+        return (self.entities, self.results, self.facets)
 
     @property
     def listening(self) -> bool:
-        return self.entities.listening and self.results.listening
+        return all(cache.listening for cache in self._all())
 
     @listening.setter
     def listening(self, value: bool) -> None:
-        self.entities.listening = self.results.listening = value
+        for cache in self._all():
+            cache.listening = value
 
     def drop(self) -> None:
-        self.entities.drop()
-        self.results.drop()
+        for cache in self._all():
+            cache.drop()
 
 
 def drop_after(cache: ReadCache | ReadCaches, handler: Callable[..., Awaitable]) -> Callable[..., Awaitable]:

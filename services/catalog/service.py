@@ -69,7 +69,7 @@ from services.catalog.query import (
     project_fields,
     search_words,
 )
-from services.catalog.read_cache import ReadCache, ReadCaches
+from services.catalog.read_cache import FacetCounts, ReadCache, ReadCaches
 from services.catalog.relations import Reference, references_of
 from services.catalog.resolution import Stale, rewire_referrers, served_relations, write_relations
 from services.catalog.scopes import ScopeSelector, names_scope, parse_scoped_ref, scoped_ref
@@ -627,33 +627,58 @@ async def query_by_predicate(
 
 
 async def facets_by_predicate(
-    pool: asyncpg.Pool, scope: ScopeReadQuery, request: PredicateFacetsRequest, visible: Visibility = EVERYTHING
+    pool: asyncpg.Pool,
+    scope: ScopeReadQuery,
+    request: PredicateFacetsRequest,
+    visible: Visibility = EVERYTHING,
+    *,
+    cache: ReadCache[FacetCounts] | None = None,
 ) -> FacetsResponse:
     """Backstage's `POST /entity-facets`: facets among the entities a predicate selects."""
     predicate = parse_predicate(request.query) if request.query is not None else None
     selector = ScopeSelector.of(
         scope.scope, parents=scope.includeParents, children=scope.includeChildren, visible=visible
     )
-    return await facet_counts(pool, selector, predicate, request.facets, field="$.facets")
+    return await facet_counts(pool, selector, predicate, request.facets, field="$.facets", cache=cache)
 
 
-async def entity_facets(pool: asyncpg.Pool, query: FacetsQuery, visible: Visibility = EVERYTHING) -> FacetsResponse:
+async def entity_facets(
+    pool: asyncpg.Pool,
+    query: FacetsQuery,
+    visible: Visibility = EVERYTHING,
+    *,
+    cache: ReadCache[FacetCounts] | None = None,
+) -> FacetsResponse:
     """Backstage's `GET /entity-facets`: value counts per facet among the entities the filter selects."""
     where = parse_filter_params(_as_list(query.filter))
     selector = ScopeSelector.of(
         query.scope, parents=query.includeParents, children=query.includeChildren, visible=visible
     )
-    return await facet_counts(pool, selector, where, _as_list(query.facet), field="query.facet")
+    return await facet_counts(pool, selector, where, _as_list(query.facet), field="query.facet", cache=cache)
 
 
 async def facet_counts(
-    pool: asyncpg.Pool, scope: ScopeSelector, where: Predicate | None, facets: list[str], *, field: str
+    pool: asyncpg.Pool,
+    scope: ScopeSelector,
+    where: Predicate | None,
+    facets: list[str],
+    *,
+    field: str,
+    cache: ReadCache[FacetCounts] | None = None,
 ) -> FacetsResponse:
+    """Value counts per facet among the entities `scope` and `where` select; with `cache`, remembered until the
+    next entity write (read_cache.py)."""
     keys = [f.strip() for f in facets if f.strip()]
     if not keys:
         raise InputError.for_field(field, "at least one facet is required")
-    async with pool.acquire() as conn:
-        found = await store.facets(conn, scope, where, [k.lower() for k in keys])
+    lowered = tuple(sorted({k.lower() for k in keys}))
+    found = cache.get((scope, where, lowered)) if cache is not None else None
+    if found is None:
+        epoch = cache.epoch if cache is not None else 0
+        async with pool.acquire() as conn:
+            found = await store.facets(conn, scope, where, list(lowered))
+        if cache is not None:
+            cache.put((scope, where, lowered), found, epoch)
     return FacetsResponse({k: [FacetValue(v, c) for v, c in found[k.lower()]] for k in keys})
 
 

@@ -653,8 +653,10 @@ async def facets(
     args: list[Any] = []
     condition = _query_where(scope, where, None, args)
     args.append(keys)
+    # An entity has one search row per (key, lower-cased value), so at most one per (key, value as written): its
+    # rows are counted as they are, without sorting them to count distinct entities.
     rows = await conn.fetch(
-        f"""SELECT key, original_value, count(DISTINCT entity_uid) AS count FROM search
+        f"""SELECT key, original_value, count(*) AS count FROM search
             WHERE key = ANY(${len(args)}::text[]) AND original_value IS NOT NULL
               AND entity_uid IN (SELECT uid FROM entities WHERE {condition})
             GROUP BY key, original_value ORDER BY key, count DESC, original_value""",

@@ -1,4 +1,4 @@
-"""By-name reads and by-query pages come from each replica's caches (read_cache.py): a write through a replica is
+"""By-name reads, by-query pages and facet counts come from each replica's caches (read_cache.py): a write through a replica is
 read fresh from it at once, a write through another replica (or any transaction) drops the caches when it commits
 (LISTEN/NOTIFY, migration 0030), and while the notices cannot be received nothing is cached."""
 
@@ -128,6 +128,34 @@ async def test_a_pages_entities_are_served_from_the_cache_by_uid_until_a_write(r
     await replace(http, first, "Firstly")
     await until(lambda: second.deps.context.caches.entities.get(uid) is None)
     assert await titles_found(http, second, "fir") == ["Firstly"]
+
+
+async def facet_types(http, replica) -> dict[str, int]:
+    params = {"facet": "spec.type", "filter": "kind=component"}
+    async with http.get(f"{replica.url}/api/catalog/entity-facets", params=params) as r:
+        body = await r.json()
+    return {facet["value"]: facet["count"] for facet in body["facets"]["spec.type"]}
+
+
+async def test_facet_counts_are_remembered_until_a_write(replicas, http, monkeypatch):
+    first, second = replicas
+    counted = []
+    facets = store.facets
+
+    async def counting(*args, **kwargs):
+        counted.append(args[3])
+        return await facets(*args, **kwargs)
+
+    monkeypatch.setattr(store, "facets", counting)
+    assert await facet_types(http, second) == {"service": 1}
+    assert await facet_types(http, second) == {"service": 1} and counted == [["spec.type"]]
+    website = copy.deepcopy(COMPONENT)
+    website["metadata"]["name"] = "site"
+    website["spec"]["type"] = "website"
+    async with http.post(f"{first.url}/api/catalog/entities", json=website) as r:
+        assert r.status == 201, await r.text()
+    await until(lambda: len(second.deps.context.caches.facets) == 0)
+    assert await facet_types(http, second) == {"service": 1, "website": 1} and len(counted) == 2
 
 
 async def test_with_the_caches_off_reads_are_served_and_nothing_is_kept(make_settings, http):
