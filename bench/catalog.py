@@ -11,11 +11,12 @@ and the embedded PostgreSQL spent. Then it times the ingestion API setting one p
 VACUUM after the bulk read is done, and loads the catalog with `--concurrency` clients, then with one, for
 `--seconds` each: `GET /entities/by-name` of random components, a filtered `by-query` (a random one of 54
 filters: component type, lifecycle and language tag, at a random page of the first ten), a full-text `by-query`
-(a random component's name prefix) and ranked `GET /search` (name prefix, then a partial word inside a name);
-req/s, p50 and p99 of each. Every scenario draws its requests from 5,000 random paths, so in-process caches see
-as many distinct entities and queries. Load comes from `wrk` when it is installed (the tool of Backstage's
-baseline in ../shared/bench/README.md), else from an aiohttp client in this process. Peak RSS is the catalog
-process's.
+(a random component's name prefix), ranked `GET /search` (name prefix, then a partial word inside a name) and
+`GET /entity-facets` (one of the facets Backstage's catalog page asks for: kind, then type, lifecycle, owner, tags
+and namespace of components); req/s, p50 and p99 of each. Every scenario draws its requests from 5,000 random
+paths, so in-process caches see as many distinct entities and queries. Load comes from `wrk` when it is installed
+(the tool of Backstage's baseline in ../shared/bench/README.md), else from an aiohttp client in this process. Peak
+RSS is the catalog process's.
 
 `--data-dir DIR` keeps the generated entities, NATS and PostgreSQL in DIR instead of a temporary directory; a
 later run with the same DIR and `--entities` finds the location registered and goes straight to the load (the
@@ -236,7 +237,18 @@ def query_paths(names: list[str]) -> dict[str, Callable[[], str]]:
         "search": lambda: f"/api/catalog/search?q={random.choice(names)[:6]}&limit=20",
         # The first word of a name less its first letter (`tidal-…` → `idal`): found by trigrams only.
         "infix_search": lambda: f"/api/catalog/search?q={random.choice(names).split('-')[0][1:6]}&limit=20",
+        # What Backstage's catalog page asks on every load: its pickers' facets.
+        "facets": lambda: f"/api/catalog/entity-facets?{random.choice(CATALOG_PAGE_FACETS)}",
     }
+
+
+CATALOG_PAGE_FACETS = (
+    "facet=kind",
+    *(
+        f"facet={key}&filter=kind=component"
+        for key in ("spec.type", "spec.lifecycle", "relations.ownedBy", "metadata.tags", "metadata.namespace")
+    ),
+)
 
 
 async def run(args: argparse.Namespace, data: Path, tmp: Path) -> dict[str, object]:

@@ -43,6 +43,7 @@ class ReadCache(Generic[V]):
         self._entries: dict[Hashable, V] = {}
         self._weight = 0
         self._epoch = 0
+        self._loading: dict[tuple[int, Hashable], asyncio.Future[V]] = {}
 
     @property
     def epoch(self) -> int:
@@ -62,6 +63,28 @@ class ReadCache(Generic[V]):
             self._weight -= self._weigh(self._entries.pop(next(iter(self._entries))))
         self._entries[key] = value
         self._weight += weight
+
+    async def get_or_load(self, key: Hashable, load: Callable[[], Awaitable[V]]) -> V:
+        """The value for `key`, from the cache or else from `load()`, stored as `put` would. Requests that miss the
+        same key while it loads wait for that one load instead of each running it: after a start or a write, many
+        clients asking the same costly read (the facets of Backstage's catalog page) cost one query. A request that
+        comes after a drop starts a load of its own, so it never gets what was read before the write."""
+        found = self._entries.get(key)
+        if found is not None:
+            return found
+        loading_key = (self._epoch, key)
+        loading = self._loading.get(loading_key)
+        if loading is None:
+            loading = asyncio.ensure_future(self._load(key, load, self._epoch))
+            self._loading[loading_key] = loading
+            loading.add_done_callback(lambda _: self._loading.pop(loading_key, None))
+        # Shielded: one waiter going away (its client disconnected) does not cancel the load the others wait for.
+        return await asyncio.shield(loading)
+
+    async def _load(self, key: Hashable, load: Callable[[], Awaitable[V]], epoch: int) -> V:
+        value = await load()
+        self.put(key, value, epoch)
+        return value
 
     def drop(self) -> None:
         self._epoch += 1

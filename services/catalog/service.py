@@ -667,18 +667,17 @@ async def facet_counts(
     cache: ReadCache[FacetCounts] | None = None,
 ) -> FacetsResponse:
     """Value counts per facet among the entities `scope` and `where` select; with `cache`, remembered until the
-    next entity write (read_cache.py)."""
+    next entity write, and counted once for the requests that ask meanwhile (read_cache.py)."""
     keys = [f.strip() for f in facets if f.strip()]
     if not keys:
         raise InputError.for_field(field, "at least one facet is required")
     lowered = tuple(sorted({k.lower() for k in keys}))
-    found = cache.get((scope, where, lowered)) if cache is not None else None
-    if found is None:
-        epoch = cache.epoch if cache is not None else 0
+
+    async def count() -> FacetCounts:
         async with pool.acquire() as conn:
-            found = await store.facets(conn, scope, where, list(lowered))
-        if cache is not None:
-            cache.put((scope, where, lowered), found, epoch)
+            return await store.facets(conn, scope, where, list(lowered))
+
+    found = await (cache.get_or_load((scope, where, lowered), count) if cache is not None else count())
     return FacetsResponse({k: [FacetValue(v, c) for v, c in found[k.lower()]] for k in keys})
 
 

@@ -1,6 +1,6 @@
-"""By-name reads, by-query pages and facet counts come from each replica's caches (read_cache.py): a write through a replica is
-read fresh from it at once, a write through another replica (or any transaction) drops the caches when it commits
-(LISTEN/NOTIFY, migration 0030), and while the notices cannot be received nothing is cached."""
+"""By-name reads, by-query pages and facet counts come from each replica's caches (read_cache.py): a write through a
+replica is read fresh from it at once, a write through another replica (or any transaction) drops the caches when
+it commits (LISTEN/NOTIFY, migration 0030), and while the notices cannot be received nothing is cached."""
 
 from __future__ import annotations
 

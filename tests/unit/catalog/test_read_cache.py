@@ -3,6 +3,8 @@ began before a drop, and at most `capacity` in all, each entry weighed as its ca
 
 from __future__ import annotations
 
+import asyncio
+
 from services.catalog.model import ServedEntity
 from services.catalog.read_cache import ReadCache, drop_after
 
@@ -78,3 +80,29 @@ async def test_a_write_handler_drops_the_cache_even_when_it_fails():
     except RuntimeError:
         pass
     assert cache.get("a") is None
+
+
+async def test_requests_missing_the_same_key_meanwhile_share_one_load_and_one_after_a_drop_loads_again():
+    cache = listening_cache()
+    versions = iter([ServedEntity("etag-1", "{}"), ServedEntity("etag-2", "{}")])
+    loads = []
+    release = asyncio.Event()
+
+    async def load() -> ServedEntity:
+        version = next(versions)
+        loads.append(version.etag)
+        await release.wait()
+        return version
+
+    waiting = [asyncio.ensure_future(cache.get_or_load("a", load)) for _ in range(3)]
+    await asyncio.sleep(0)
+    cache.drop()  # a write committed while the first load ran: a later request must not get its value
+    after_drop = asyncio.ensure_future(cache.get_or_load("a", load))
+    await asyncio.sleep(0)
+    waiting[0].cancel()  # one client went away; the others still get the load they waited for
+    release.set()
+    assert [(await w).etag for w in waiting[1:]] == ["etag-1", "etag-1"] and (await after_drop).etag == "etag-2"
+    assert loads == ["etag-1", "etag-2"]
+    stored = cache.get("a")
+    assert stored is not None and stored.etag == "etag-2"  # only the load that began after the drop stores
+    assert await cache.get_or_load("a", load) is stored and len(loads) == 2
