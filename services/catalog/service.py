@@ -69,7 +69,7 @@ from services.catalog.query import (
     project_fields,
     search_words,
 )
-from services.catalog.read_cache import FacetCounts, ReadCache, ReadCaches
+from services.catalog.read_cache import FacetCounts, QueryResult, ReadCache, ReadCaches
 from services.catalog.relations import Reference, references_of
 from services.catalog.resolution import Stale, rewire_referrers, served_relations, write_relations
 from services.catalog.scopes import ScopeSelector, names_scope, parse_scoped_ref, scoped_ref
@@ -488,19 +488,26 @@ async def query_page(
     """A page of matching entities, the total, and cursors (made by `cursor_at(offset)`) to the pages around.
 
     Matches are read in windows of `RESULT_WINDOW` from the first: the pages a client turns through share one
-    query. With `caches`, the result is remembered for the pages after (`caches.results`) and the entities' served
-    JSON comes from `caches.entities` where it holds them (read_cache.py); only what neither holds is read."""
+    query. With `caches`, the result is remembered for the pages after (`caches.results`; read once for the
+    requests that ask it meanwhile) and the entities' served JSON comes from `caches.entities` where it holds them
+    (read_cache.py); only what neither holds is read."""
     key = (scope, where, full_text, tuple(order))
     end = offset + limit
-    remembered = caches.results.get(key) if caches is not None else None
-    if remembered is None or len(remembered[0]) < min(end, remembered[1]):
-        epoch = caches.results.epoch if caches is not None else 0
+
+    async def read_matches() -> QueryResult:
         window = -(-end // RESULT_WINDOW) * RESULT_WINDOW
         async with pool.acquire() as conn:
-            remembered = await store.query_entities(
+            return await store.query_entities(
                 conn, scope, where, full_text=full_text, order=order, offset=0, limit=window
             )
-        if caches is not None:
+
+    if caches is None:
+        remembered = await read_matches()
+    else:
+        remembered = await caches.results.get_or_load(key, read_matches)
+        if len(remembered[0]) < min(end, remembered[1]):  # a page past what was read: read further, from the first
+            epoch = caches.results.epoch
+            remembered = await read_matches()
             caches.results.put(key, remembered, epoch)
     uids, total = remembered
     page = await _served_by_uids(pool, uids[offset:end], caches.entities if caches is not None else None)
