@@ -68,10 +68,13 @@ class ReadCache(Generic[V]):
         """The value for `key`, from the cache or else from `load()`, stored as `put` would. Requests that miss the
         same key while it loads wait for that one load instead of each running it: after a start or a write, many
         clients asking the same costly read (the facets of Backstage's catalog page) cost one query. A request that
-        comes after a drop starts a load of its own, so it never gets what was read before the write."""
+        comes after a drop starts a load of its own, so it never gets what was read before the write. While write
+        notices are not received, nothing is shared either: a write elsewhere could not separate the requests."""
         found = self._entries.get(key)
         if found is not None:
             return found
+        if not self.listening:
+            return await load()
         loading_key = (self._epoch, key)
         loading = self._loading.get(loading_key)
         if loading is None:

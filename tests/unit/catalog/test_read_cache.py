@@ -106,3 +106,16 @@ async def test_requests_missing_the_same_key_meanwhile_share_one_load_and_one_af
     stored = cache.get("a")
     assert stored is not None and stored.etag == "etag-2"  # only the load that began after the drop stores
     assert await cache.get_or_load("a", load) is stored and len(loads) == 2
+
+
+async def test_nothing_is_shared_while_not_listening_for_writes():
+    cache = ReadCache(10)
+    loads = []
+
+    async def load() -> ServedEntity:
+        loads.append(1)
+        await asyncio.sleep(0)
+        return ENTITY
+
+    await asyncio.gather(cache.get_or_load("a", load), cache.get_or_load("a", load))
+    assert len(loads) == 2 and len(cache) == 0
