@@ -86,6 +86,29 @@ async def test_relations_across_batches_are_stitched_on_both_ends(catalog, http,
     assert counts["catalog.entity.created"] == 7 and counts["catalog.location.added"] == 1
 
 
+async def test_a_location_read_and_each_of_its_phases_are_spans_of_the_request_trace(catalog, http, tmp_path, spans):
+    await register(http, catalog, tmp_path)
+    finished = spans.get_finished_spans()
+    (read,) = [s for s in finished if s.name == "catalog.location.read"]
+    assert read.attributes["catalog.entities.created"] == 7 and read.attributes["catalog.location.errors"] == 0
+    phases = [
+        s
+        for s in finished
+        if s.name.startswith("catalog.location.read.")
+        and s.parent is not None
+        and s.parent.span_id == read.context.span_id
+    ]
+    assert [s.name.rpartition(".")[2] for s in sorted(phases, key=lambda s: s.start_time)] == [
+        "batches",
+        "orphans",
+        "stitch",
+        "events",
+    ]
+    assert next(s for s in phases if s.name.endswith("stitch")).attributes["catalog.entities.stitched"] == 7
+    # Under the request's own span: one trace from the HTTP request down to each phase's SQL.
+    assert read.parent is not None and read.context.trace_id == read.parent.trace_id
+
+
 async def test_a_location_read_stages_its_events_and_writes_them_in_order(catalog, http, tmp_path):
     """The read's events reach the outbox at its end, in the order of the writes, before the location's own event;
     a second read (here a refresh) stages again."""
