@@ -213,6 +213,16 @@ async def ingest_location(
     }
 
 
+# What Backstage's catalog page asks on every load: its pickers' facets.
+CATALOG_PAGE_FACETS = (
+    "facet=kind",
+    *(
+        f"facet={key}&filter=kind=component"
+        for key in ("spec.type", "spec.lifecycle", "relations.ownedBy", "metadata.tags", "metadata.namespace")
+    ),
+)
+
+
 def query_paths(names: list[str]) -> dict[str, Callable[[], str]]:
     """Each load scenario's random request path."""
     api = "/api/catalog/entities"
@@ -237,18 +247,8 @@ def query_paths(names: list[str]) -> dict[str, Callable[[], str]]:
         "search": lambda: f"/api/catalog/search?q={random.choice(names)[:6]}&limit=20",
         # The first word of a name less its first letter (`tidal-…` → `idal`): found by trigrams only.
         "infix_search": lambda: f"/api/catalog/search?q={random.choice(names).split('-')[0][1:6]}&limit=20",
-        # What Backstage's catalog page asks on every load: its pickers' facets.
         "facets": lambda: f"/api/catalog/entity-facets?{random.choice(CATALOG_PAGE_FACETS)}",
     }
-
-
-CATALOG_PAGE_FACETS = (
-    "facet=kind",
-    *(
-        f"facet={key}&filter=kind=component"
-        for key in ("spec.type", "spec.lifecycle", "relations.ownedBy", "metadata.tags", "metadata.namespace")
-    ),
-)
 
 
 async def run(args: argparse.Namespace, data: Path, tmp: Path) -> dict[str, object]:

@@ -223,45 +223,56 @@ async def apply_read(
 
     The read and each of its phases are spans, so the trace of a slow read shows which phase took the time."""
     with tracer.start_as_current_span("catalog.location.read") as span:
-        errors: list[dict[str, Any]] = []
-        counts = {"created": 0, "updated": 0, "orphaned": 0, "deleted": 0, "unchanged": 0, "conflicts": 0, "denied": 0}
-        seen: set[str] = set()
-        stale: Stale = set()
-        kinds = await kinds_module.load(conn)
-        await store.defer_index_merges(conn)
-        with tracer.start_as_current_span("catalog.location.read.batches"):
-            async for batch in _prepared_batches(found, kinds):
-                fresh: list[_Prepared] = []
-                for item in batch:
-                    if isinstance(item, dict):
-                        errors.append(item)
-                    elif item.ref in seen:
-                        message = f"{item.ref} is emitted twice by this location"
-                        errors.append({"location": item.read.location, "message": message})
-                    else:
-                        seen.add(item.ref)
-                        fresh.append(item)
-                current = await store.get_many(conn, scope, [item.ref for item in fresh], lock=True)
-                writes = []
-                for item in fresh:
-                    outcome, write = _classify(
-                        item, current.get(item.ref), location_id, scope, kinds, errors, policy.admit
-                    )
-                    counts[outcome] += 1
-                    if write is not None:
-                        writes.append(write)
-                stale |= await write_entities(conn, actor, scope, writes, kinds=kinds, stage_events=True)
-        with tracer.start_as_current_span("catalog.location.read.orphans"):
-            stale |= await _write_orphans(conn, actor, policy, location_id, scope, seen, kinds, counts)
-        with tracer.start_as_current_span("catalog.location.read.stitch") as stitching_span:
-            stitching_span.set_attribute("catalog.entities.stitched", len(stale))
-            await restitch_bulk(pool, conn, stale)
-        with tracer.start_as_current_span("catalog.location.read.events"):
-            await write_staged_events(conn)
-        await store.record_location_read(conn, location_id, errors)
-        span.set_attributes({f"catalog.entities.{outcome}": n for outcome, n in counts.items()})
-        span.set_attribute("catalog.location.errors", len(errors))
-        return {**counts, "errors": errors}
+        applied = await _apply_read(pool, conn, actor, policy, location_id, scope, found)
+        span.set_attributes({f"catalog.entities.{outcome}": n for outcome, n in applied.items() if outcome != "errors"})
+        span.set_attribute("catalog.location.errors", len(applied["errors"]))
+        return applied
+
+
+async def _apply_read(
+    pool: asyncpg.Pool,
+    conn: asyncpg.Connection,
+    actor: Actor,
+    policy: IngestionPolicy,
+    location_id: str,
+    scope: str,
+    found: Iterator[ReadEntity | ReadError],
+) -> dict[str, Any]:
+    errors: list[dict[str, Any]] = []
+    counts = {"created": 0, "updated": 0, "orphaned": 0, "deleted": 0, "unchanged": 0, "conflicts": 0, "denied": 0}
+    seen: set[str] = set()
+    stale: Stale = set()
+    kinds = await kinds_module.load(conn)
+    await store.defer_index_merges(conn)
+    with tracer.start_as_current_span("catalog.location.read.batches"):
+        async for batch in _prepared_batches(found, kinds):
+            fresh: list[_Prepared] = []
+            for item in batch:
+                if isinstance(item, dict):
+                    errors.append(item)
+                elif item.ref in seen:
+                    message = f"{item.ref} is emitted twice by this location"
+                    errors.append({"location": item.read.location, "message": message})
+                else:
+                    seen.add(item.ref)
+                    fresh.append(item)
+            current = await store.get_many(conn, scope, [item.ref for item in fresh], lock=True)
+            writes = []
+            for item in fresh:
+                outcome, write = _classify(item, current.get(item.ref), location_id, scope, kinds, errors, policy.admit)
+                counts[outcome] += 1
+                if write is not None:
+                    writes.append(write)
+            stale |= await write_entities(conn, actor, scope, writes, kinds=kinds, stage_events=True)
+    with tracer.start_as_current_span("catalog.location.read.orphans"):
+        stale |= await _write_orphans(conn, actor, policy, location_id, scope, seen, kinds, counts)
+    with tracer.start_as_current_span("catalog.location.read.stitch") as span:
+        span.set_attribute("catalog.entities.stitched", len(stale))
+        await restitch_bulk(pool, conn, stale)
+    with tracer.start_as_current_span("catalog.location.read.events"):
+        await write_staged_events(conn)
+    await store.record_location_read(conn, location_id, errors)
+    return {**counts, "errors": errors}
 
 
 async def _write_orphans(
