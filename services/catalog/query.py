@@ -129,26 +129,27 @@ def full_text_indexed(keys: tuple[str, ...]) -> bool:
 
 def _traverse(root: Any) -> list[tuple[str, Any]]:
     output: list[tuple[str, Any]] = []
-    seen_path_keys: set[str] = set()
-
-    def visit(path: str, current: Any) -> None:
-        if path in SPECIAL_KEYS:
-            return
-        if current is None or isinstance(current, str | int | float):
-            output.append((path, current))
-        elif isinstance(current, list):
-            for item in current:
-                visit(path, item)
-                # `path.item=true` lets one filter require several array items at once (keys AND, values OR).
-                if isinstance(item, str) and (lower := f"{path}.{item}".lower()) not in seen_path_keys:
-                    seen_path_keys.add(lower)
-                    output.append((f"{path}.{item}", True))
-        elif isinstance(current, dict):
-            for key, value in current.items():
-                visit(f"{path}.{key}" if path else key, value)
-
-    visit("", root)
+    _visit("", root, output, set())
     return output
+
+
+def _visit(path: str, current: Any, output: list[tuple[str, Any]], seen_path_keys: set[str]) -> None:
+    # A module-level function rather than a closure over `output`: a closure that calls itself is a reference
+    # cycle, so every entity's rows would wait for the garbage collector instead of being freed at once.
+    if path in SPECIAL_KEYS:
+        return
+    if current is None or isinstance(current, str | int | float):
+        output.append((path, current))
+    elif isinstance(current, list):
+        for item in current:
+            _visit(path, item, output, seen_path_keys)
+            # `path.item=true` lets one filter require several array items at once (keys AND, values OR).
+            if isinstance(item, str) and (lower := f"{path}.{item}".lower()) not in seen_path_keys:
+                seen_path_keys.add(lower)
+                output.append((f"{path}.{item}", True))
+    elif isinstance(current, dict):
+        for key, value in current.items():
+            _visit(f"{path}.{key}" if path else key, value, output, seen_path_keys)
 
 
 def _reject_case_duplicates(raw: list[tuple[str, Any]]) -> None:
