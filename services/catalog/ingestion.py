@@ -53,6 +53,7 @@ from shared.authz import EVERYTHING, Visibility
 from shared.db import transaction
 from shared.errors import ConflictError, InputError, NotFoundError
 from shared.events import SYSTEM, Actor, ResourceRef, new_event
+from shared.garbage_collection import full_collections_deferred
 from shared.outbox import write_event, write_staged_events
 from shared.scopes import check_scope
 from shared.telemetry import tracer
@@ -219,10 +220,11 @@ async def apply_read(
 ) -> dict[str, Any]:
     """Bring the location's entities in line with what it emits now, batch by batch, then stitch every entity
     touched once, in `conn`'s transaction; returns counts and errors. A large read also takes a connection from
-    `pool` to merge index entries while it stitches (`stitching.restitch_bulk`).
+    `pool` to merge index entries while it stitches (`stitching.restitch_bulk`), and runs without the garbage
+    collector's full collections (`full_collections_deferred`).
 
     The read and each of its phases are spans, so the trace of a slow read shows which phase took the time."""
-    with tracer.start_as_current_span("catalog.location.read") as span:
+    with full_collections_deferred(), tracer.start_as_current_span("catalog.location.read") as span:
         applied = await _apply_read(pool, conn, actor, policy, location_id, scope, found)
         span.set_attributes({f"catalog.entities.{outcome}": n for outcome, n in applied.items() if outcome != "errors"})
         span.set_attribute("catalog.location.errors", len(applied["errors"]))

@@ -19,6 +19,7 @@ from services.catalog import store
 from services.catalog.model import StoredEntity, stitched
 from services.catalog.relations import Relation
 from shared.db import transaction
+from shared.garbage_collection import full_collections_deferred
 
 STITCH_BATCH = 2000
 """Entities stitched per round trip: large enough for set-based writes, small enough to bound memory."""
@@ -29,10 +30,12 @@ MERGE_ALONGSIDE = 500
 async def restitch_bulk(pool: asyncpg.Pool, conn: asyncpg.Connection, stale: Iterable[tuple[str, str]]) -> None:
     """`restitch` for a transaction that called `store.defer_index_merges` before its writes: with many entities,
     another pooled connection merges the GIN pending lists meanwhile (`store.merging_pending_entries`); what is
-    left is merged before the transaction commits, so readers never scan a long pending list."""
+    left is merged before the transaction commits, so readers never scan a long pending list. Runs without the
+    garbage collector's full collections (`full_collections_deferred`)."""
     stale = set(stale)
-    async with store.merging_pending_entries(pool) if len(stale) >= MERGE_ALONGSIDE else contextlib.nullcontext():
-        await restitch(conn, stale)
+    with full_collections_deferred():
+        async with store.merging_pending_entries(pool) if len(stale) >= MERGE_ALONGSIDE else contextlib.nullcontext():
+            await restitch(conn, stale)
     await store.merge_pending_entries(conn)
 
 

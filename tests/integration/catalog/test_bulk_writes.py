@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import gc
 
 import msgspec
 import pytest_asyncio
@@ -14,6 +15,7 @@ from services.catalog import ingestion, stitching, store
 from services.catalog.app import DEFINITION as CATALOG
 from services.catalog.app import Settings as CatalogSettings
 from services.catalog.query import build_search_rows
+from shared.garbage_collection import DEFERRED_OLDEST_THRESHOLD
 from shared.service import running_service
 from tests.helpers import eventually
 
@@ -207,3 +209,18 @@ async def test_entities_stored_before_served_json_was_kept_are_stitched(catalog,
     await eventually(unserved)
     await stitching.stitch_unstitched(catalog.deps.pool)
     assert await entity(http, catalog, "group", "team-a") == expected
+
+
+async def test_a_location_read_runs_without_full_garbage_collections(catalog, http, tmp_path, monkeypatch):
+    thresholds = []
+    write_entities = ingestion.write_entities
+
+    async def recording(*args, **kwargs):
+        thresholds.append(gc.get_threshold())
+        return await write_entities(*args, **kwargs)
+
+    monkeypatch.setattr(ingestion, "write_entities", recording)
+    before = gc.get_threshold()
+    await register(http, catalog, tmp_path)
+    assert thresholds and all(t[2] == DEFERRED_OLDEST_THRESHOLD for t in thresholds)
+    assert gc.get_threshold() == before
