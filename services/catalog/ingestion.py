@@ -37,7 +37,7 @@ from services.catalog.reader import (
     registered_location,
 )
 from services.catalog.relations import Reference
-from services.catalog.resolution import Stale
+from services.catalog.resolution import Held, Stale
 from services.catalog.scopes import ScopeSelector, parse_scoped_ref
 from services.catalog.service import (
     EntityWrite,
@@ -219,9 +219,10 @@ async def apply_read(
     found: Iterator[ReadEntity | ReadError],
 ) -> dict[str, Any]:
     """Bring the location's entities in line with what it emits now, batch by batch, then stitch every entity
-    touched once, in `conn`'s transaction; returns counts and errors. A large read also takes a connection from
-    `pool` to merge index entries while it stitches (`stitching.restitch_bulk`), and runs without the garbage
-    collector's full collections (`full_collections_deferred`).
+    touched once, in `conn`'s transaction; returns counts and errors. New entities are held aside until then
+    (`store.hold_new_entities`), so each is written once, with its served form. A large read also takes a
+    connection from `pool` to merge index entries while it stitches (`stitching.restitch_bulk`), and runs without
+    the garbage collector's full collections (`full_collections_deferred`).
 
     The read and each of its phases are spans, so the trace of a slow read shows which phase took the time."""
     with full_collections_deferred(), tracer.start_as_current_span("catalog.location.read") as span:
@@ -244,8 +245,10 @@ async def _apply_read(
     counts = {"created": 0, "updated": 0, "orphaned": 0, "deleted": 0, "unchanged": 0, "conflicts": 0, "denied": 0}
     seen: set[str] = set()
     stale: Stale = set()
+    held: Held = set()  # the new entities, stored with their served form once every batch is written
     kinds = await kinds_module.load(conn)
     await store.defer_index_merges(conn)
+    await store.hold_new_entities(conn)
     with tracer.start_as_current_span("catalog.location.read.batches"):
         async for batch in _prepared_batches(found, kinds):
             fresh: list[_Prepared] = []
@@ -265,12 +268,12 @@ async def _apply_read(
                 counts[outcome] += 1
                 if write is not None:
                     writes.append(write)
-            stale |= await write_entities(conn, actor, scope, writes, kinds=kinds, stage_events=True)
+            stale |= await write_entities(conn, actor, scope, writes, kinds=kinds, stage_events=True, held=held)
     with tracer.start_as_current_span("catalog.location.read.orphans"):
-        stale |= await _write_orphans(conn, actor, policy, location_id, scope, seen, kinds, counts)
+        stale |= await _write_orphans(conn, actor, policy, location_id, scope, seen, kinds, counts, held)
     with tracer.start_as_current_span("catalog.location.read.stitch") as span:
         span.set_attribute("catalog.entities.stitched", len(stale))
-        await restitch_bulk(pool, conn, stale)
+        await restitch_bulk(pool, conn, stale, held)
     with tracer.start_as_current_span("catalog.location.read.events"):
         await write_staged_events(conn)
     await store.record_location_read(conn, location_id, errors)
@@ -286,6 +289,7 @@ async def _write_orphans(
     seen: set[str],
     kinds: Kinds,
     counts: dict[str, int],
+    held: Held,
 ) -> Stale:
     """Orphan (or delete, as the strategy says) the entities of the location it no longer emits."""
     gone = sorted(set(await store.refs_of_location(conn, location_id)) - seen)
@@ -300,7 +304,7 @@ async def _write_orphans(
             if not entity.orphan
         ]
         counts["orphaned"] += len(writes)
-    return await write_entities(conn, actor, scope, writes, kinds=kinds, stage_events=True)
+    return await write_entities(conn, actor, scope, writes, kinds=kinds, stage_events=True, held=held)
 
 
 def _classify(

@@ -23,6 +23,9 @@ from shared.scopes import ancestors
 
 Stale = set[tuple[str, str]]
 """(scope, ref) of entities whose served form must be stitched again."""
+Held = set[tuple[str, str]]
+"""(scope, ref) of the entities a transaction created and holds aside until they are stitched
+(`store.hold_new_entities`): they exist for resolution, though not yet in `entities`."""
 
 
 def served_relations(entity: StoredEntity, kinds: Kinds) -> list[Reference]:
@@ -36,27 +39,45 @@ def _ends(relations: set[Relation] | list[Relation]) -> Stale:
 
 
 async def resolved(
-    conn: asyncpg.Connection, scope: str, entities: list[tuple[str, str, list[Reference]]]
+    conn: asyncpg.Connection,
+    scope: str,
+    entities: list[tuple[str, str, list[Reference]]],
+    held: Held | None = None,
 ) -> dict[str, list[Relation]]:
-    """The relations of each (uid, ref, references) of entities at `scope`, targets placed at their scopes."""
-    wanted = set().union(*(unscoped_targets(references) for _, _, references in entities))
+    """The relations of each (uid, ref, references) of entities at `scope`, targets placed at their scopes, the
+    `held` entities counted as existing."""
     scopes = ancestors(scope)
-    # At `account` there is nothing above: every unscoped target resolves there, found or dangling.
-    nearest = await store.nearest_scopes(conn, scopes, sorted(wanted)) if wanted and len(scopes) > 1 else {}
+    if len(scopes) == 1:  # at `account` there is nothing above: every unscoped target resolves there
+        return {uid: resolve(ref, scope, references, {}) for uid, ref, references in entities}
+    wanted = set().union(*(unscoped_targets(references) for _, _, references in entities))
+    nearest = await store.nearest_scopes(conn, scopes, sorted(wanted)) if wanted else {}
+    for ref in wanted if held else ():
+        deepest_held = next((s for s in reversed(scopes) if (s, ref) in held), None)
+        if deepest_held is not None and len(deepest_held) > len(nearest.get(ref, "")):
+            nearest[ref] = deepest_held
     return {uid: resolve(ref, scope, references, nearest) for uid, ref, references in entities}
 
 
 async def write_relations(
-    conn: asyncpg.Connection, scope: str, entities: list[tuple[str, str, list[Reference]]]
+    conn: asyncpg.Connection,
+    scope: str,
+    entities: list[tuple[str, str, list[Reference]]],
+    held: Held | None = None,
 ) -> Stale:
     """Store the resolved relations of entities at `scope`; returns the ends of the new relations."""
-    relations = await resolved(conn, scope, entities)
+    relations = await resolved(conn, scope, entities, held)
     await store.replace_relations(conn, relations)
     return _ends([r for emitted in relations.values() for r in emitted])
 
 
 async def rewire_referrers(
-    conn: asyncpg.Connection, actor: Actor, scope: str, created: list[str], deleted: list[str], kinds: Kinds
+    conn: asyncpg.Connection,
+    actor: Actor,
+    scope: str,
+    created: list[str],
+    deleted: list[str],
+    kinds: Kinds,
+    held: Held | None = None,
 ) -> tuple[Stale, list[Event]]:
     """Resolve again the references that entities created or deleted at `scope` may move; returns both ends of
     the relations that moved, and an update event for each entity whose relations moved."""
@@ -67,12 +88,12 @@ async def rewire_referrers(
         return set(), []
     current = await store.emitted_relations(conn, uids)
     by_scope: dict[str, list[StoredEntity]] = defaultdict(list)
-    for entity in await store.entities_by_uid(conn, uids):
+    for entity in await store.entities_by_uid(conn, uids, held=held is not None):
         by_scope[entity.scope].append(entity)
     moved: dict[str, list[Relation]] = {}
     for entity_scope, entities in by_scope.items():
         references = [(entity.uid, entity.ref, served_relations(entity, kinds)) for entity in entities]
-        for uid, relations in (await resolved(conn, entity_scope, references)).items():
+        for uid, relations in (await resolved(conn, entity_scope, references, held)).items():
             if set(relations) != current[uid]:
                 moved[uid] = relations
     if not moved:

@@ -71,7 +71,7 @@ from services.catalog.query import (
 )
 from services.catalog.read_cache import FacetCounts, QueryResult, ReadCache, ReadCaches
 from services.catalog.relations import Reference, references_of
-from services.catalog.resolution import Stale, rewire_referrers, served_relations, write_relations
+from services.catalog.resolution import Held, Stale, rewire_referrers, served_relations, write_relations
 from services.catalog.scopes import ScopeSelector, names_scope, parse_scoped_ref, scoped_ref
 from services.catalog.stitching import restitch, restitch_bulk
 from services.catalog.validation import default_namespace, validate_entity
@@ -140,9 +140,11 @@ async def write_entities(
     *,
     kinds: Kinds,
     stage_events: bool = False,
+    held: Held | None = None,
 ) -> Stale:
     """Store entity changes at one scope set-based: rows, the relations they emit, and one event each in the
-    outbox (staged, for a bulk transaction that calls `write_staged_events` before it commits). Returns the
+    outbox (staged, for a bulk transaction that calls `write_staged_events` before it commits). With `held`, the
+    created entities are held aside (`store.hold_new_entities`) and added to it, for `restitch` to store. Returns the
     (scope, ref) whose served form is now stale: the entities, both ends of their old and new relations where
     those changed (an entity's served form depends on its own document and the relations from it only), and
     both ends of the references elsewhere that the created and deleted entities made resolve to another scope;
@@ -160,15 +162,17 @@ async def write_entities(
     if deleted:
         await store.delete_entities(conn, deleted)
     if created:
-        await store.insert_entities(conn, created)
+        await store.insert_entities(conn, created, held=held is not None)
+        if held is not None:
+            held.update((scope, entity.ref) for entity in created)
     if updated:
         await store.update_entities(conn, updated)
     emitted = [(w.after.uid, w.after.ref, w.relations) for w in rewired if w.after is not None]
     if emitted:
-        stale |= await write_relations(conn, scope, emitted)
+        stale |= await write_relations(conn, scope, emitted, held)
     stale.update((scope, w.after.ref) for w in writes if w.after is not None)
     moved, relation_events = await rewire_referrers(
-        conn, actor, scope, [e.ref for e in created], [w.before.ref for w in writes if w.after is None], kinds
+        conn, actor, scope, [e.ref for e in created], [w.before.ref for w in writes if w.after is None], kinds, held
     )
     events = [write.event(actor) for write in writes] + relation_events
     await (outbox.stage_events if stage_events else outbox.write_events)(conn, events)

@@ -72,11 +72,15 @@ async def get_by_uid(conn: asyncpg.Connection, uid: str, *, lock: bool = False) 
 
 
 async def get_many(
-    conn: asyncpg.Connection, scope: str, refs: list[str], *, lock: bool = False
+    conn: asyncpg.Connection, scope: str, refs: list[str], *, lock: bool = False, held: bool = False
 ) -> dict[str, StoredEntity]:
+    """The entities with these refs at `scope`; the held ones (`hold_new_entities`) instead when `held`."""
     suffix = " FOR UPDATE" if lock else ""
     rows = await conn.fetch(
-        f"SELECT {_COLUMNS} FROM entities WHERE scope = $1 AND ref = ANY($2::text[]){suffix}", scope, refs
+        f"SELECT {_COLUMNS} FROM {'held_entities' if held else 'entities'} "
+        f"WHERE scope = $1 AND ref = ANY($2::text[]){suffix}",
+        scope,
+        refs,
     )
     return {row["ref"]: StoredEntity(**dict(row)) for row in rows}
 
@@ -89,12 +93,33 @@ def _json_texts(values: Iterable[Any]) -> list[str]:
     return [_json_text.encode(v).decode() for v in values]
 
 
-async def insert_entities(conn: asyncpg.Connection, entities: list[StoredEntity]) -> None:
-    """Insert new entities in one statement; their served form is written by `write_stitched`."""
+_ENTITY_COLUMNS = (
+    "uid, scope, ref, kind, namespace, name, document, etag, generation, location_id, location_key, orphan, properties"
+)
+"""What `insert_entities` writes: every column of `entities` but the served form and the timestamps."""
+
+
+async def hold_new_entities(conn: asyncpg.Connection) -> None:
+    """For the rest of this transaction, `insert_entities(..., held=True)` keeps new entities in a temporary
+    table until `insert_held` stores them with their served form: a row inserted and then updated with it has
+    every index of `entities` written twice (the update cannot be HOT), which was half of PostgreSQL's work in a
+    bulk load."""
+    await conn.execute(
+        """CREATE TEMPORARY TABLE IF NOT EXISTS held_entities (
+               uid uuid PRIMARY KEY, scope text NOT NULL, ref text NOT NULL, kind text NOT NULL,
+               namespace text NOT NULL, name text NOT NULL, document jsonb NOT NULL, etag text NOT NULL,
+               generation int NOT NULL, location_id uuid, location_key text, orphan boolean NOT NULL,
+               properties jsonb NOT NULL, UNIQUE (scope, ref)
+           ) ON COMMIT DELETE ROWS"""
+    )
+
+
+async def insert_entities(conn: asyncpg.Connection, entities: list[StoredEntity], *, held: bool = False) -> None:
+    """Insert new entities in one statement; their served form is written by `write_stitched`, or with the whole
+    row by `insert_held` when `held` (after `hold_new_entities`)."""
     refs = [entity_ref_parts(e.ref) for e in entities]
     await conn.execute(
-        """INSERT INTO entities (uid, scope, ref, kind, namespace, name, document, etag, generation, location_id,
-                                 location_key, orphan, properties)
+        f"""INSERT INTO {"held_entities" if held else "entities"} ({_ENTITY_COLUMNS})
            SELECT uid, scope, ref, kind, namespace, name, document::jsonb, etag, generation, location_id,
                   location_key, orphan, properties::jsonb
            FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[],
@@ -231,8 +256,12 @@ async def referrers(conn: asyncpg.Connection, scope: str, created: list[str], de
     return [row["uid"] for row in rows]
 
 
-async def entities_by_uid(conn: asyncpg.Connection, uids: list[str]) -> list[StoredEntity]:
-    rows = await conn.fetch(f"SELECT {_COLUMNS} FROM entities WHERE uid = ANY($1::uuid[])", uids)
+async def entities_by_uid(conn: asyncpg.Connection, uids: list[str], *, held: bool = False) -> list[StoredEntity]:
+    """The entities with these uids, the held ones (`hold_new_entities`) included when `held`."""
+    query = f"SELECT {_COLUMNS} FROM entities WHERE uid = ANY($1::uuid[])"
+    if held:
+        query += f" UNION ALL SELECT {_COLUMNS} FROM held_entities WHERE uid = ANY($1::uuid[])"
+    rows = await conn.fetch(query, uids)
     return [StoredEntity(**dict(r)) for r in rows]
 
 
@@ -256,8 +285,8 @@ def search_tokens(rows: list[SearchRow]) -> list[str]:
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class StitchedWrite:
-    """What `write_stitched` sends for some stitched entities, built by `stitched_write` off the event loop, so
-    that a bulk load prepares the next chunk while PostgreSQL writes this one."""
+    """What `write_stitched` (or `insert_held`) sends for some stitched entities, built by `stitched_write` off the
+    event loop, so that a bulk load prepares the next chunk while PostgreSQL writes this one."""
 
     uids: list[str]
     search_records: list[tuple[str, str, str | None, str | None]]
@@ -266,6 +295,10 @@ class StitchedWrite:
     """Per entity, its filter tokens as a JSON array."""
     full_text: list[list[str]]
     """Per full-text weight (A to D), every entity's text."""
+
+    def stitched_args(self) -> list[list[str]]:
+        """The arrays `_STITCHED_INPUTS` names, in its order."""
+        return [self.final_entities, self.tokens, *self.full_text]
 
 
 def stitched_write(stitched: list[StitchedEntity]) -> StitchedWrite:
@@ -305,22 +338,45 @@ async def _replace_search_rows(conn: asyncpg.Connection, write: StitchedWrite) -
         await conn.copy_records_to_table("search", records=records, columns=_SEARCH_COLUMNS)
 
 
+_STITCHED_COLUMNS = {
+    "final_entity": "t.final_entity",
+    "search_tokens": "ARRAY(SELECT jsonb_array_elements_text(t.tokens::jsonb))",
+    "search_infix": "lower(t.a || ' ' || t.b)",
+    "search_text": "setweight(to_tsvector('simple', t.a), 'A') || setweight(to_tsvector('simple', t.b), 'B') "
+    "|| setweight(to_tsvector('simple', t.c), 'C') || setweight(to_tsvector('simple', t.d), 'D')",
+}
+"""The served form's columns of `entities`, each computed from `StitchedWrite.stitched_args` unnested as `t`."""
+_STITCHED_INPUTS = "final_entity, tokens, a, b, c, d"
+
+
+def _stitched_args(first: int) -> str:
+    """The parameters of `_STITCHED_INPUTS`, numbered from `first`."""
+    return ", ".join(f"${n}::text[]" for n in range(first, first + len(_STITCHED_INPUTS.split(", "))))
+
+
 async def write_stitched(conn: asyncpg.Connection, write: StitchedWrite) -> None:
     """Store what stitching produced: the served JSON, the search rows, filter tokens and full-text document."""
     await _replace_search_rows(conn, write)
     await conn.execute(
-        """UPDATE entities e SET final_entity = t.final_entity,
-                  search_tokens = ARRAY(SELECT jsonb_array_elements_text(t.tokens::jsonb)),
-                  search_infix = lower(t.a || ' ' || t.b),
-                  search_text = setweight(to_tsvector('simple', t.a), 'A') || setweight(to_tsvector('simple', t.b), 'B')
-                             || setweight(to_tsvector('simple', t.c), 'C') || setweight(to_tsvector('simple', t.d), 'D')
-           FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[])
-                AS t(uid, final_entity, tokens, a, b, c, d)
-           WHERE e.uid = t.uid""",
+        f"""UPDATE entities e SET {", ".join(f"{column} = {value}" for column, value in _STITCHED_COLUMNS.items())}
+            FROM unnest($1::uuid[], {_stitched_args(2)}) AS t(uid, {_STITCHED_INPUTS})
+            WHERE e.uid = t.uid""",
         write.uids,
-        write.final_entities,
-        write.tokens,
-        *write.full_text,
+        *write.stitched_args(),
+    )
+
+
+async def insert_held(conn: asyncpg.Connection, write: StitchedWrite) -> None:
+    """Store held entities (`hold_new_entities`) with what stitching produced for them, each row written once."""
+    await conn.copy_records_to_table("search", records=write.search_records, columns=_SEARCH_COLUMNS)
+    await conn.execute(
+        f"""INSERT INTO entities ({_ENTITY_COLUMNS}, {", ".join(_STITCHED_COLUMNS)})
+            SELECT {", ".join(f"h.{column}" for column in _ENTITY_COLUMNS.split(", "))},
+                   {", ".join(_STITCHED_COLUMNS.values())}
+            FROM unnest($1::uuid[], {_stitched_args(2)}) AS t(uid, {_STITCHED_INPUTS})
+                 JOIN held_entities h ON h.uid = t.uid""",
+        write.uids,
+        *write.stitched_args(),
     )
 
 

@@ -5,7 +5,9 @@ resolution follows targets that appear, shadow a farther one, or go away."""
 from __future__ import annotations
 
 import pytest_asyncio
+import yaml
 
+from services.catalog import ingestion
 from services.catalog.app import DEFINITION as CATALOG
 from services.catalog.app import Settings as CatalogSettings
 from shared.events import decode_event
@@ -148,3 +150,29 @@ async def test_a_dangling_target_is_kept_and_reported_then_resolves_when_it_appe
     assert (await read(http, catalog, ORG, "group", "ghosts"))["relations"] == [
         {"type": "ownerOf", "targetRef": "component:default/checkout", "targetScope": PROJECT}
     ]
+
+
+async def test_a_location_read_at_a_project_resolves_to_the_entities_it_creates_before_they_are_stored(
+    make_settings, http, tmp_path, monkeypatch
+):
+    # One entity a batch: `cart` is written after the project's `platform` group, which is held aside until the
+    # read's end, and must resolve to it rather than to the account's `platform`; `checkout`, written before the
+    # group, is moved to it when it appears.
+    monkeypatch.setattr(ingestion, "READ_BATCH", 1)
+    documents = [component("checkout", "platform"), group("platform"), component("cart", "platform")]
+    (tmp_path / "catalog-info.yaml").write_text(yaml.safe_dump_all(documents))
+    settings = make_settings(CatalogSettings, file_location_roots=str(tmp_path), refresh_interval_seconds=3600)
+    async with running_service(CATALOG, settings) as catalog:
+        await create(http, catalog, "account", group("platform"))
+        target = {"type": "file", "target": str(tmp_path / "catalog-info.yaml")}
+        async with http.post(f"{catalog.url}/api/catalog/locations", params={"scope": PROJECT}, json=target) as r:
+            assert r.status == 201, await r.text()
+        near = {"type": "ownedBy", "targetRef": "group:default/platform"}
+        for name in ("checkout", "cart"):
+            assert (await read(http, catalog, PROJECT, "component", name))["relations"] == [near]
+        assert (await read(http, catalog, PROJECT, "group", "platform"))["relations"] == [
+            {"type": "ownerOf", "targetRef": "component:default/cart"},
+            {"type": "ownerOf", "targetRef": "component:default/checkout"},
+        ]
+        assert (await read(http, catalog, "account", "group", "platform"))["relations"] == []
+        assert await relation_updates(catalog, "component:default/cart") == []
