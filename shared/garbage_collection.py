@@ -3,8 +3,8 @@
 A bulk write (a location read of 100,000 entities) builds millions of container objects that live a little
 while: parsed documents, stitched entities, search rows. CPython 3.11 runs a full collection each time the objects
 promoted to its oldest generation grow by a quarter, and each walks every live object; during such a read that was
-a third of the service's CPU (catalog ingest of 100,000 entities: 72-79 s of catalog CPU with the default
-thresholds, 48-52 s with full collections deferred, 45 s with the collector off; `docs/benchmarks.md`).
+over a quarter of the service's CPU, for almost no garbage (`docs/benchmarks.md`, "Garbage collection and held
+entities").
 
 Young collections keep running, so cyclic garbage that dies young, which is nearly all of it (a request's), is
 still freed at once; what reaches the oldest generation waits until the last bulk write ends.
