@@ -44,6 +44,9 @@ class ReadCache(Generic[V]):
         self._weight = 0
         self._epoch = 0
         self._loading: dict[tuple[int, Hashable], asyncio.Future[V]] = {}
+        self._queued: dict[Hashable, dict[Hashable, asyncio.Future[V | None]]] = {}
+        """Per group, the items waiting for `get_or_load_batched`'s next read."""
+        self._reading: dict[Hashable, asyncio.Task[None]] = {}
 
     @property
     def epoch(self) -> int:
@@ -83,6 +86,46 @@ class ReadCache(Generic[V]):
             loading.add_done_callback(lambda _: self._loading.pop(loading_key, None))
         # Shielded: one waiter going away (its client disconnected) does not cancel the load the others wait for.
         return await asyncio.shield(loading)
+
+    async def get_or_load_batched(
+        self, group: Hashable, item: Hashable, load_many: Callable[[list], Awaitable[dict[Hashable, V]]]
+    ) -> V | None:
+        """The value for the key `(*group, item)`, from the cache or else read with others of the same `group`:
+        `load_many(items)` returns the values found by item (a missing one is None, and not stored). While one
+        read of a group runs, the group's misses queue, and the next read takes them all: after a start or a
+        write, the misses of 50 clients cost a few queries instead of 50. Every request is answered by a read
+        that began after it arrived, so none gets what was read before a write it follows; a first miss waits
+        for nothing."""
+        found = self._entries.get((*group, item))
+        if found is not None:
+            return found
+        queued = self._queued.setdefault(group, {})
+        waiting = queued.get(item)
+        if waiting is None:
+            waiting = queued[item] = asyncio.get_running_loop().create_future()
+        if group not in self._reading:
+            self._reading[group] = asyncio.ensure_future(self._read_queued(group, load_many))
+        # Shielded: one waiter going away (its client disconnected) does not cancel what the others wait for.
+        return await asyncio.shield(waiting)
+
+    async def _read_queued(self, group: Hashable, load_many: Callable[[list], Awaitable[dict[Hashable, V]]]) -> None:
+        try:
+            while queued := self._queued.pop(group, None):
+                epoch = self._epoch
+                try:
+                    found = await load_many(list(queued))
+                except Exception as exc:
+                    for waiting in queued.values():
+                        waiting.set_exception(exc)
+                        waiting.exception()  # retrieved here: a waiter that went away would log it again
+                    continue
+                for item, waiting in queued.items():
+                    value = found.get(item)
+                    if value is not None:
+                        self.put((*group, item), value, epoch)
+                    waiting.set_result(value)
+        finally:
+            del self._reading[group]
 
     async def _load(self, key: Hashable, load: Callable[[], Awaitable[V]], epoch: int) -> V:
         value = await load()

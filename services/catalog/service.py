@@ -336,14 +336,15 @@ async def get_by_name(
     """The entity at the scope asked (or the nearest above it), from `cache` when it holds it (read_cache.py)."""
     ref = str(parse_entity_ref({"kind": kind, "namespace": namespace, "name": name}))
     scopes = ScopeSelector.of(query.scope, parents=query.includeParents).exact_scopes()
-    key = (*scopes, ref)
-    served = cache.get(key) if cache is not None else None
-    if served is None:
-        epoch = cache.epoch if cache is not None else 0
+
+    async def read(refs: list[str]) -> dict[str, ServedEntity]:
         async with pool.acquire() as conn:
-            served = (await store.served_nearest(conn, scopes, [ref])).get(ref)
-        if served is not None and cache is not None:
-            cache.put(key, served, epoch)
+            return await store.served_nearest(conn, scopes, refs)
+
+    if cache is None:
+        served = (await read([ref])).get(ref)
+    else:
+        served = await cache.get_or_load_batched(tuple(scopes), ref, read)
     if served is None or not await pooled_viewer(pool, visible).sees(served.json):
         raise NotFoundError(f"no entity {ref}")
     return served

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 
+import pytest
+
 from services.catalog.model import ServedEntity
 from services.catalog.read_cache import ReadCache, drop_after
 
@@ -119,3 +121,70 @@ async def test_nothing_is_shared_while_not_listening_for_writes():
 
     await asyncio.gather(cache.get_or_load("a", load), cache.get_or_load("a", load))
     assert len(loads) == 2 and len(cache) == 0
+
+
+async def test_misses_of_a_group_queue_behind_its_running_read_and_are_read_together():
+    cache = listening_cache()
+    reads: list[list[str]] = []
+    release = asyncio.Event()
+
+    async def load_many(items: list[str]) -> dict[str, ServedEntity]:
+        reads.append(sorted(items))
+        await release.wait()
+        return {item: ServedEntity(f"etag-{item}", "{}") for item in items if item != "missing"}
+
+    first = asyncio.ensure_future(cache.get_or_load_batched(("account",), "a", load_many))
+    await asyncio.sleep(0)  # the first miss is read at once, alone
+    queued = [asyncio.ensure_future(cache.get_or_load_batched(("account",), item, load_many)) for item in "bcb"]
+    missing = asyncio.ensure_future(cache.get_or_load_batched(("account",), "missing", load_many))
+    other_group = asyncio.ensure_future(cache.get_or_load_batched(("account", "account.x"), "b", load_many))
+    await asyncio.sleep(0)
+    queued[0].cancel()  # one client went away; the others still get the read they waited for
+    release.set()
+    assert (await first).etag == "etag-a"
+    assert [(await q).etag for q in queued[1:]] == ["etag-c", "etag-b"]
+    assert await missing is None and (await other_group).etag == "etag-b"
+    assert reads == [["a"], ["b"], ["b", "c", "missing"]]  # the other group's read ran beside the first
+    stored = cache.get(("account", "b"))
+    assert stored is not None and stored.etag == "etag-b" and cache.get(("account", "missing")) is None
+    assert await cache.get_or_load_batched(("account",), "b", load_many) is stored and len(reads) == 3
+
+
+async def test_a_batched_read_that_began_before_a_drop_answers_its_waiters_but_stores_nothing():
+    cache = listening_cache()
+    release = asyncio.Event()
+    reads = 0
+
+    async def load_many(items: list[str]) -> dict[str, ServedEntity]:
+        nonlocal reads
+        reads += 1
+        await release.wait()
+        return {item: ENTITY for item in items}
+
+    during = asyncio.ensure_future(cache.get_or_load_batched(("account",), "a", load_many))
+    await asyncio.sleep(0)
+    cache.drop()  # a write committed while the read ran: the next miss is read again, after it
+    after = asyncio.ensure_future(cache.get_or_load_batched(("account",), "a", load_many))
+    await asyncio.sleep(0)
+    release.set()
+    assert await during is ENTITY and await after is ENTITY and reads == 2
+    assert cache.get(("account", "a")) is ENTITY  # stored by the read that began after the drop
+
+
+async def test_a_failed_batched_read_fails_its_waiters_and_the_next_miss_reads_again():
+    cache = listening_cache()
+    failures = iter([ConnectionError("lost"), None])
+
+    async def load_many(items: list[str]) -> dict[str, ServedEntity]:
+        failure = next(failures)
+        if failure is not None:
+            raise failure
+        return {item: ENTITY for item in items}
+
+    first = asyncio.ensure_future(cache.get_or_load_batched(("account",), "a", load_many))
+    gone = asyncio.ensure_future(cache.get_or_load_batched(("account",), "a", load_many))
+    await asyncio.sleep(0)
+    gone.cancel()
+    with pytest.raises(ConnectionError, match="lost"):
+        await first
+    assert await cache.get_or_load_batched(("account",), "a", load_many) is ENTITY
