@@ -88,25 +88,28 @@ class ReadCache(Generic[V]):
         return await asyncio.shield(loading)
 
     async def get_or_load_batched(
-        self, group: Hashable, item: Hashable, load_many: Callable[[list], Awaitable[dict[Hashable, V]]]
-    ) -> V | None:
-        """The value for the key `(*group, item)`, from the cache or else read with others of the same `group`:
-        `load_many(items)` returns the values found by item (a missing one is None, and not stored). While one
-        read of a group runs, the group's misses queue, and the next read takes them all: after a start or a
-        write, the misses of 50 clients cost a few queries instead of 50. Every request is answered by a read
-        that began after it arrived, so none gets what was read before a write it follows; a first miss waits
-        for nothing."""
-        found = self._entries.get((*group, item))
-        if found is not None:
+        self, group: tuple, items: list[Hashable], load_many: Callable[[list], Awaitable[dict[Hashable, V]]]
+    ) -> list[V | None]:
+        """The values for the keys `(*group, item)` of `items`, in their order: from the cache, or else read with
+        others of the same `group`, `load_many(items)` returning the values found by item (a missing one is None,
+        and not stored). While one read of a group runs, the group's misses queue, and the next read takes them
+        all: after a start or a write, the misses of 50 clients cost a few queries instead of 50. Every request is
+        answered by a read that began after it arrived, so none gets what was read before a write it follows; a
+        first miss waits for nothing."""
+        found = [self._entries.get((*group, item)) for item in items]
+        missing = [item for item, value in zip(items, found, strict=True) if value is None]
+        if not missing:
             return found
         queued = self._queued.setdefault(group, {})
-        waiting = queued.get(item)
-        if waiting is None:
-            waiting = queued[item] = asyncio.get_running_loop().create_future()
+        for item in missing:
+            if item not in queued:
+                queued[item] = asyncio.get_running_loop().create_future()
+        waiting = [queued[item] for item in missing]
         if group not in self._reading:
             self._reading[group] = asyncio.ensure_future(self._read_queued(group, load_many))
         # Shielded: one waiter going away (its client disconnected) does not cancel what the others wait for.
-        return await asyncio.shield(waiting)
+        read = iter(await asyncio.shield(asyncio.gather(*waiting)))
+        return [value if value is not None else next(read) for value in found]
 
     async def _read_queued(self, group: Hashable, load_many: Callable[[list], Awaitable[dict[Hashable, V]]]) -> None:
         try:

@@ -344,7 +344,7 @@ async def get_by_name(
     if cache is None:
         served = (await read([ref])).get(ref)
     else:
-        served = await cache.get_or_load_batched(tuple(scopes), ref, read)
+        served = (await cache.get_or_load_batched(tuple(scopes), [ref], read))[0]
     if served is None or not await pooled_viewer(pool, visible).sees(served.json):
         raise NotFoundError(f"no entity {ref}")
     return served
@@ -521,19 +521,18 @@ async def query_page(
 
 async def _served_by_uids(pool: asyncpg.Pool, uids: list[Any], cache: ReadCache[ServedEntity] | None) -> list[str]:
     """The served JSON of these entities in the order given (missing ones skipped): from `cache` where it holds
-    them by uid, the rest in one read, which the cache then keeps."""
-    cached = [cache.get(uid) for uid in uids] if cache is not None else [None] * len(uids)
-    missing = [uid for uid, served in zip(uids, cached, strict=True) if served is None]
-    if not missing:
-        return [served.json for served in cached]  # type: ignore[union-attr]
-    epoch = cache.epoch if cache is not None else 0
-    async with pool.acquire() as conn:
-        read = await store.served_by_uids(conn, missing)
-    if cache is not None:
-        for uid, served in read.items():
-            cache.put(uid, served, epoch)
-    found = (served or read.get(uid) for uid, served in zip(uids, cached, strict=True))
-    return [served.json for served in found if served is not None]
+    them by uid, the rest read together with the other pages' misses meanwhile, which the cache then keeps."""
+
+    async def read(missing: list[Any]) -> dict[Any, ServedEntity]:
+        async with pool.acquire() as conn:
+            return await store.served_by_uids(conn, missing)
+
+    if cache is None:
+        found = await read(uids)
+        served = [found.get(uid) for uid in uids]
+    else:
+        served = await cache.get_or_load_batched((), uids, read)
+    return [entity.json for entity in served if entity is not None]
 
 
 async def search_entities(pool: asyncpg.Pool, query: SearchQuery, visible: Visibility = EVERYTHING) -> SearchPage:

@@ -123,10 +123,10 @@ async def test_a_pages_entities_are_served_from_the_cache_by_uid_until_a_write(r
     first, second = replicas
     uid = await first.deps.pool.fetchval("SELECT uid FROM entities WHERE ref = $1", KEY[1])
     assert await titles_found(http, second, "fir") == ["First"]
-    assert second.deps.context.caches.entities.get(uid) is not None
+    assert second.deps.context.caches.entities.get((uid,)) is not None
     assert await titles_found(http, second, "fir") == ["First"]  # page and entity both from the caches
     await replace(http, first, "Firstly")
-    await until(lambda: second.deps.context.caches.entities.get(uid) is None)
+    await until(lambda: second.deps.context.caches.entities.get((uid,)) is None)
     assert await titles_found(http, second, "fir") == ["Firstly"]
 
 

@@ -133,21 +133,26 @@ async def test_misses_of_a_group_queue_behind_its_running_read_and_are_read_toge
         await release.wait()
         return {item: ServedEntity(f"etag-{item}", "{}") for item in items if item != "missing"}
 
-    first = asyncio.ensure_future(cache.get_or_load_batched(("account",), "a", load_many))
+    def get(group: tuple, items: list[str]) -> asyncio.Future[list[ServedEntity | None]]:
+        return asyncio.ensure_future(cache.get_or_load_batched(group, items, load_many))
+
+    first = get(("account",), ["a"])
     await asyncio.sleep(0)  # the first miss is read at once, alone
-    queued = [asyncio.ensure_future(cache.get_or_load_batched(("account",), item, load_many)) for item in "bcb"]
-    missing = asyncio.ensure_future(cache.get_or_load_batched(("account",), "missing", load_many))
-    other_group = asyncio.ensure_future(cache.get_or_load_batched(("account", "account.x"), "b", load_many))
+    queued = [get(("account",), [item]) for item in "bcb"]
+    page = get(("account",), ["c", "missing", "a", "d"])
+    other_group = get(("account", "account.x"), ["b"])
     await asyncio.sleep(0)
     queued[0].cancel()  # one client went away; the others still get the read they waited for
     release.set()
-    assert (await first).etag == "etag-a"
-    assert [(await q).etag for q in queued[1:]] == ["etag-c", "etag-b"]
-    assert await missing is None and (await other_group).etag == "etag-b"
-    assert reads == [["a"], ["b"], ["b", "c", "missing"]]  # the other group's read ran beside the first
+    assert [entity.etag for entity in await first] == ["etag-a"]
+    assert [(await q)[0].etag for q in queued[1:]] == ["etag-c", "etag-b"]
+    assert [entity and entity.etag for entity in await page] == ["etag-c", None, "etag-a", "etag-d"]
+    assert [entity.etag for entity in await other_group] == ["etag-b"]  # read beside the first group's
+    # "a" was asked again while its first read ran: read again, after the request arrived.
+    assert reads == [["a"], ["b"], ["a", "b", "c", "d", "missing"]]
     stored = cache.get(("account", "b"))
     assert stored is not None and stored.etag == "etag-b" and cache.get(("account", "missing")) is None
-    assert await cache.get_or_load_batched(("account",), "b", load_many) is stored and len(reads) == 3
+    assert (await cache.get_or_load_batched(("account",), ["b"], load_many))[0] is stored and len(reads) == 3
 
 
 async def test_a_batched_read_that_began_before_a_drop_answers_its_waiters_but_stores_nothing():
@@ -161,14 +166,14 @@ async def test_a_batched_read_that_began_before_a_drop_answers_its_waiters_but_s
         await release.wait()
         return {item: ENTITY for item in items}
 
-    during = asyncio.ensure_future(cache.get_or_load_batched(("account",), "a", load_many))
+    during = asyncio.ensure_future(cache.get_or_load_batched((), ["a"], load_many))
     await asyncio.sleep(0)
     cache.drop()  # a write committed while the read ran: the next miss is read again, after it
-    after = asyncio.ensure_future(cache.get_or_load_batched(("account",), "a", load_many))
+    after = asyncio.ensure_future(cache.get_or_load_batched((), ["a"], load_many))
     await asyncio.sleep(0)
     release.set()
-    assert await during is ENTITY and await after is ENTITY and reads == 2
-    assert cache.get(("account", "a")) is ENTITY  # stored by the read that began after the drop
+    assert await during == [ENTITY] and await after == [ENTITY] and reads == 2
+    assert cache.get(("a",)) is ENTITY  # stored by the read that began after the drop
 
 
 async def test_a_failed_batched_read_fails_its_waiters_and_the_next_miss_reads_again():
@@ -181,10 +186,10 @@ async def test_a_failed_batched_read_fails_its_waiters_and_the_next_miss_reads_a
             raise failure
         return {item: ENTITY for item in items}
 
-    first = asyncio.ensure_future(cache.get_or_load_batched(("account",), "a", load_many))
-    gone = asyncio.ensure_future(cache.get_or_load_batched(("account",), "a", load_many))
+    first = asyncio.ensure_future(cache.get_or_load_batched((), ["a", "b"], load_many))
+    gone = asyncio.ensure_future(cache.get_or_load_batched((), ["a"], load_many))
     await asyncio.sleep(0)
     gone.cancel()
     with pytest.raises(ConnectionError, match="lost"):
         await first
-    assert await cache.get_or_load_batched(("account",), "a", load_many) is ENTITY
+    assert await cache.get_or_load_batched((), ["b", "a"], load_many) == [ENTITY, ENTITY]
