@@ -95,7 +95,8 @@ class ReadCache(Generic[V]):
         and not stored). While one read of a group runs, the group's misses queue, and the next read takes them
         all: after a start or a write, the misses of 50 clients cost a few queries instead of 50. Every request is
         answered by a read that began after it arrived, so none gets what was read before a write it follows; a
-        first miss waits for nothing."""
+        first miss waits for nothing. Every call of a group passes an equivalent `load_many`: the one passed when no
+        read was running serves the next reads too."""
         found = [self._entries.get((*group, item)) for item in items]
         missing = [item for item, value in zip(items, found, strict=True) if value is None]
         if not missing:
@@ -122,6 +123,10 @@ class ReadCache(Generic[V]):
                         waiting.set_exception(exc)
                         waiting.exception()  # retrieved here: a waiter that went away would log it again
                     continue
+                except BaseException:  # cancelled (shutting down): the waiters must not wait forever
+                    for waiting in queued.values():
+                        waiting.cancel()
+                    raise
                 for item, waiting in queued.items():
                     value = found.get(item)
                     if value is not None:

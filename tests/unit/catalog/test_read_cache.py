@@ -193,3 +193,13 @@ async def test_a_failed_batched_read_fails_its_waiters_and_the_next_miss_reads_a
     with pytest.raises(ConnectionError, match="lost"):
         await first
     assert await cache.get_or_load_batched((), ["b", "a"], load_many) == [ENTITY, ENTITY]
+
+
+async def test_a_cancelled_batched_read_cancels_its_waiters_instead_of_leaving_them_waiting():
+    cache = listening_cache()
+
+    async def load_many(items: list[str]) -> dict[str, ServedEntity]:
+        raise asyncio.CancelledError  # as when the pool closes under a read at shutdown
+
+    with pytest.raises(asyncio.CancelledError):
+        await asyncio.wait_for(cache.get_or_load_batched((), ["a"], load_many), timeout=5)
