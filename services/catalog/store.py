@@ -595,6 +595,9 @@ async def cached_count(conn: asyncpg.Connection, count_sql: str, args: list[Any]
     if total is not None:
         return total
     async with conn.transaction():
+        # A cached count is derived data: lost in a crash, it is counted again, so its commit need not wait for
+        # the WAL to reach the disk (on the first read of every query after a write).
+        await conn.execute("SET LOCAL synchronous_commit = off")
         await conn.execute("SELECT pg_advisory_xact_lock($1, hashtext($2))", _COUNT_LOCK, key)
         total = await conn.fetchval(_COUNT_HIT, key)  # counted while this reader waited
         if total is not None:
