@@ -594,10 +594,13 @@ async def cached_count(conn: asyncpg.Connection, count_sql: str, args: list[Any]
     total = await conn.fetchval(_COUNT_HIT, key)
     if total is not None:
         return total
+    own_transaction = not conn.is_in_transaction()
     async with conn.transaction():
         # A cached count is derived data: lost in a crash, it is counted again, so its commit need not wait for
-        # the WAL to reach the disk (on the first read of every query after a write).
-        await conn.execute("SET LOCAL synchronous_commit = off")
+        # the WAL to reach the disk (on the first read of every query after a write). Only in a transaction of
+        # its own: inside a caller's, the setting would last until the caller's commit and cover its writes too.
+        if own_transaction:
+            await conn.execute("SET LOCAL synchronous_commit = off")
         await conn.execute("SELECT pg_advisory_xact_lock($1, hashtext($2))", _COUNT_LOCK, key)
         total = await conn.fetchval(_COUNT_HIT, key)  # counted while this reader waited
         if total is not None:

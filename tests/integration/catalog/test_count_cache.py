@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import pytest_asyncio
 
+from services.catalog import store
 from services.catalog.app import DEFINITION as CATALOG
 from services.catalog.app import Settings as CatalogSettings
 from shared.service import running_service
@@ -111,3 +112,10 @@ async def test_a_write_invalidates_the_ranked_search_total(catalog, http):
     assert await total("ledger") == 0
     await create(http, catalog, component("ledger-api"))
     assert await total("ledger") == 1
+
+
+async def test_counting_inside_a_callers_transaction_leaves_its_commit_durable(catalog):
+    async with catalog.deps.pool.acquire() as conn, conn.transaction():
+        await conn.execute("SET LOCAL synchronous_commit = on")  # test clusters run with it off (shared/embedded.py)
+        assert await store.cached_count(conn, "SELECT count(*) FROM entities WHERE kind = $1", ["component"]) == 3
+        assert await conn.fetchval("SHOW synchronous_commit") == "on"
